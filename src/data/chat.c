@@ -23,7 +23,8 @@ int fdpo_chat_parse_name(const char *name, fdpo_chat_kind *kind) {
 /* ---- recognition: the file's template is one of FDPO_CHAT_KNOWN (data/chat_known.h), up to
  * what Jinja ignores. Both are reduced to a canonical form and compared: newlines as Jinja's
  * lexer normalises them (\r\n and \r are \n, one trailing \n dropped: keep_trailing_newline is
- * off in transformers), whitespace inside {{ }} and {% %} only where it separates two words,
+ * off in transformers), whitespace inside {{ }} and {% %} only where it separates two words
+ * or two operator characters (`! =` and `= =` are not Jinja's `!=` and `==` but syntax errors),
  * string literals by their value (either quote, any escape), comments by their
  * whitespace-control marks only. Template text outside the tags must be the same byte for
  * byte (trim_blocks and lstrip_blocks make its whitespace count). Anything else (a filter, a
@@ -89,6 +90,9 @@ static int canon_string(const char *p, char q, fdpo_chat_text *o, const char **e
 }
 
 static int is_word(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
+/* the characters of Jinja's two-character operators (== != <= >= // **): joined across
+ * whitespace they would lex as another token */
+static int is_operator(char c) { return c && strchr("=!<>*/", c) != NULL; }
 
 /* The canonical form of a template source (above), malloc'd; NULL when it cannot be read
  * (an unclosed tag, comment or string, an escape canon_string refuses). */
@@ -127,7 +131,8 @@ static char *canonical(const char *src) {
             if (!*p) goto bad;
             if (p[0] == close[0] && p[1] == close[1]) { fdpo_chat_text_put(&o, close, 2, 0, 0); p += 2; break; }
             if (*p == ' ' || *p == '\t' || *p == '\n') { space = 1; p++; continue; }
-            if (space && o.n && is_word(o.text[o.n - 1]) && is_word(*p)) fdpo_chat_text_put(&o, " ", 1, 0, 0);
+            if (space && o.n && ((is_word(o.text[o.n - 1]) && is_word(*p)) || (is_operator(o.text[o.n - 1]) && is_operator(*p))))
+                fdpo_chat_text_put(&o, " ", 1, 0, 0);
             space = 0;
             if (*p == '\'' || *p == '"') {
                 if (canon_string(p + 1, *p, &o, &p)) goto bad;
@@ -294,6 +299,20 @@ int fdpo_chat_for(const fdpo_tokenizer *t, fdpo_chat *out) {
         }
         if (known->flags & KNOWN_START_BOS) out->start_bos = 1;
         if (known->flags & KNOWN_NO_BOS) out->start_bos = 0;
+        /* the file's bos_token is the config's only (transformers passes no other): Llama-3.1's
+         * {{- bos_token }} renders none without one, and Meta-Llama-3's bos_token + text
+         * raises in Jinja; the <|begin_of_text|> fallback is for a named built-in, whose saved
+         * source writes it as a literal */
+        free(out->bos);
+        out->bos = token_text(t, fdpo_tokenizer_bos(t));
+        if (!out->bos && (known->flags & KNOWN_BOS_PLUS)) {
+            for (int k = 0; k < KNOWN_MAX_HOLES; k++) free(holes[k]);
+            fdpo_chat_free(out);
+            return fdpo_error("%s (Meta-Llama-3's) writes bos_token + text, and the tokenizer's config sets no "
+                              "bos_token: Jinja refuses to render it ('bos_token' is undefined), as transformers' "
+                              "apply_chat_template would; set bos_token (<|begin_of_text|>) in tokenizer_config.json",
+                              origin);
+        }
         /* the template's literal bos / end of turn is what it renders */
         if ((v = hole_value(known, holes, HOLE_BOS))) { free(out->bos); out->bos = fdpo_strdup(v); }
         if ((v = hole_value(known, holes, HOLE_EOS))) { free(out->eos); out->eos = fdpo_strdup(v); }

@@ -53,7 +53,7 @@ const fdpo_chat_known FDPO_CHAT_KNOWN[] = {
      "' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n"
      "' }}{% endif %}"},
     /* Meta-Llama-3-Instruct */
-    {FDPO_CHAT_LLAMA3, 0, {HOLE_NONE},
+    {FDPO_CHAT_LLAMA3, KNOWN_BOS_PLUS, {HOLE_NONE},
      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n"
      "\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n"
      "\n' }}{% endif %}"},
@@ -205,7 +205,7 @@ const fdpo_chat_known FDPO_CHAT_KNOWN[] = {
      "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
      "message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
      "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},
-    {FDPO_CHAT_LLAMA3, 0, {HOLE_NONE},
+    {FDPO_CHAT_LLAMA3, KNOWN_BOS_PLUS, {HOLE_NONE},
      "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
      "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
      "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},

@@ -20,6 +20,7 @@ enum {
 #define KNOWN_START_BOS 1 /* chatml after bos_token (OpenHermes-2.5) */
 #define KNOWN_NO_BOS 2    /* llama3 without the leading bos (fdpo's saved source for a tokenizer without one) */
 #define KNOWN_SAVED 4     /* the source fdpo saves for its kind (fdpo_chat_source), HOLE_BOS/HOLE_EOS filled */
+#define KNOWN_BOS_PLUS 8  /* llama3 writing bos_token + text (Meta-Llama-3): Jinja refuses it when bos_token is undefined */
 #define KNOWN_MAX_HOLES 3
 
 typedef struct {

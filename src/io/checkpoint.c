@@ -771,7 +771,8 @@ int fdpo_checkpoint_file_kind(const char *name) {
                                         "model.safetensors.index.json", "adapter_config.json",
                                         "adapter_model.safetensors", "training_state.json", "training_state.safetensors"};
     static const char *const tokenizer[] = {"fdpo_tokenizer.json", "tokenizer.json", "vocab.json", "merges.txt",
-                                            "encoder.json", "vocab.bpe", "tokenizer_config.json", "chat_template.jinja"};
+                                            "encoder.json", "vocab.bpe", "tokenizer_config.json", "chat_template.jinja",
+                                            "special_tokens_map.json"};
     for (size_t i = 0; i < sizeof model / sizeof model[0]; i++) if (!strcmp(name, model[i])) return FDPO_CKPT_FILE_MODEL;
     for (size_t i = 0; i < sizeof tokenizer / sizeof tokenizer[0]; i++)
         if (!strcmp(name, tokenizer[i])) return FDPO_CKPT_FILE_TOKENIZER;

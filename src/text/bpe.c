@@ -82,8 +82,9 @@ struct fdpo_bpe {
     unsigned char *json_added; /* [n_vocab] 1 = in tokenizer.json's added_tokens: a config name keeps its flag */
     int32_t *added; size_t n_added; /* added tokens matched in text, longest first */
     unsigned char added_first[256]; /* 1 if some added token starts with this byte */
-    char *src_json, *src_config, *src_jinja; /* tokenizer.json / tokenizer_config.json / chat_template.jinja as read (saved verbatim) */
-    size_t src_json_len, src_config_len, src_jinja_len;
+    char *src_json, *src_config, *src_jinja, *src_map; /* tokenizer.json / tokenizer_config.json / chat_template.jinja /
+                                                         * special_tokens_map.json as read (saved verbatim) */
+    size_t src_json_len, src_config_len, src_jinja_len, src_map_len;
     pcre2_code *re;
     word_cache cache[CACHE_SLOTS];
 };
@@ -271,7 +272,7 @@ void fdpo_bpe_free(struct fdpo_bpe *b) {
     for (int i = 0; i < CACHE_SLOTS; i++) { cache_release(&b->cache[i]); pthread_mutex_destroy(&b->cache[i].lock); }
     if (b->re) pcre2_code_free(b->re);
     if (b->digits_re) pcre2_code_free(b->digits_re);
-    free(b->pattern); free(b->in_model); free(b->special); free(b->json_added); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja);
+    free(b->pattern); free(b->in_model); free(b->special); free(b->json_added); free(b->added); free(b->src_json); free(b->src_config); free(b->src_jinja); free(b->src_map);
     free(b);
 }
 
@@ -482,6 +483,18 @@ static int check_consistent(struct fdpo_bpe *b, const char *vocab_where, const c
     return 0;
 }
 
+/* A boolean field of a tokenizer file: absent gives dflt; anything but true/false (1, "true",
+ * null) is refused naming the field, as Hugging Face's loaders refuse it (serde's bool never
+ * coerces; the Python AddedToken takes only a bool), rather than read as false. */
+static int json_bool(const cJSON *obj, const char *key, int dflt, int *out, const char *where) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = dflt;
+    if (!v) return 0;
+    if (!cJSON_IsBool(v)) return fdpo_error("%s: '%s' must be true or false", where, key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
 /* ---- added tokens (tokenizer.json "added_tokens", tokenizer_config.json
  * "added_tokens_decoder") ----
  * Each entry {"id", "content", "special", ...} joins the vocabulary (when its content is not
@@ -493,11 +506,13 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
     if (!cJSON_IsString(c) || !*c->valuestring) return fdpo_error("%s: 'content' missing or not a non-empty string", where);
     if (!(id >= 0 && id <= 1e8 && id == (double)(int64_t)id)) return fdpo_error("%s: 'id' is not a non-negative integer", where);
     static const char *const unsupported[] = {"lstrip", "rstrip", "single_word"};
-    for (size_t k = 0; k < 3; k++)
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, unsupported[k])))
-            return fdpo_error("%s: '%s' = true is not supported (token '%s')", where, unsupported[k], c->valuestring);
-    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(a, "special");
-    if (sp && !cJSON_IsBool(sp)) return fdpo_error("%s: 'special' must be true or false", where);
+    int flag, special, normalized;
+    for (size_t k = 0; k < 3; k++) {
+        if (json_bool(a, unsupported[k], 0, &flag, where)) return -1;
+        if (flag) return fdpo_error("%s: '%s' = true is not supported (token '%s')", where, unsupported[k], c->valuestring);
+    }
+    /* normalized is only checked: added tokens are matched in the raw text (docs/tokenizer.md) */
+    if (json_bool(a, "special", 0, &special, where) || json_bool(a, "normalized", 0, &normalized, where)) return -1;
     const cJSON *have = cJSON_GetObjectItemCaseSensitive(vocab, c->valuestring);
     if (have && have->valuedouble != id)
         return fdpo_error("%s: token '%s' has id %.0f, but the vocabulary gives it id %.0f", where, c->valuestring, id, have->valuedouble);
@@ -505,7 +520,7 @@ static int added_entry(cJSON *vocab, cJSON *list, const cJSON *a, double id, con
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "content", c->valuestring);
     if (!have) cJSON_AddStringToObject(e, "where", where); /* it joined the vocabulary here */
-    cJSON_AddBoolToObject(e, "special", cJSON_IsTrue(sp));
+    cJSON_AddBoolToObject(e, "special", special);
     cJSON_AddItemToArray(list, e);
     return 0;
 }
@@ -605,15 +620,7 @@ static void list_special(cJSON *list, const char *content) {
 /* transformers adds every token the config names (its SPECIAL_TOKENS_ATTRIBUTES) that is not
  * an added token yet as a special added token: each goes into list (add_mark keeps the ones
  * the files added); eos, bos and pad ids into ebp. */
-static int config_specials(const cJSON *cfg, const char *file, const struct fdpo_bpe *b, cJSON *list, int32_t ebp[3]) {
-    static const char *const KEYS[] = {"eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
-                                       "mask_token"};
-    for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
-        int32_t id;
-        if (config_token(cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]), KEYS[k], file, b, k < 3, &id)) return -1;
-        if (k < 3) ebp[k] = id;
-        if (id >= 0) list_special(list, b->str[id]);
-    }
+static int additional_specials(const cJSON *cfg, const char *file, const struct fdpo_bpe *b, cJSON *list) {
     const cJSON *more = cJSON_GetObjectItemCaseSensitive(cfg, "additional_special_tokens"), *e;
     if (!more || cJSON_IsNull(more)) return 0;
     if (!cJSON_IsArray(more)) return fdpo_error("%s: additional_special_tokens must be a list", file);
@@ -626,6 +633,26 @@ static int config_specials(const cJSON *cfg, const char *file, const struct fdpo
         if (id >= 0) list_special(list, b->str[id]);
     }
     return 0;
+}
+
+/* The named tokens of tokenizer_config.json (cfg, may be NULL) and special_tokens_map.json
+ * (map, NULL unless it applies: see read_special_tokens_map). transformers' legacy loading sets each key
+ * the map has over the config's value (null included) and appends the map's
+ * additional_special_tokens to the config's. */
+static int config_specials(const cJSON *cfg, const char *file, const cJSON *map, const char *map_file,
+                           const struct fdpo_bpe *b, cJSON *list, int32_t ebp[3]) {
+    static const char *const KEYS[] = {"eos_token", "bos_token", "pad_token", "unk_token", "sep_token", "cls_token",
+                                       "mask_token"};
+    for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
+        int32_t id;
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(map, KEYS[k]);
+        const char *from = v ? map_file : file;
+        if (!v) v = cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]);
+        if (config_token(v, KEYS[k], from, b, k < 3, &id)) return -1;
+        if (k < 3) ebp[k] = id;
+        if (id >= 0) list_special(list, b->str[id]);
+    }
+    return additional_specials(cfg, file, b, list) || additional_specials(map, map_file, b, list) ? -1 : 0;
 }
 
 /* chat_template as a list [{"name", "template"}]: transformers makes it a dict (a later name
@@ -659,28 +686,40 @@ static int chat_from_list(const cJSON *ct, const char *file, char **chat, char *
 /* White_Space written out, for \s in patterns read from files (see the header comment). */
 static const char WS_CLASS[] = WS;
 
-/* The file's regex with \s and \S spelled as Unicode White_Space (Hugging Face's
- * Oniguruma semantics; PCRE2's \s differs at U+180E). \S inside a class cannot be
- * expanded in place and is refused. */
+/* Oniguruma's \w (Unicode: Letter | Mark | Number | Connector_Punctuation) and \h (a hex
+ * digit; PCRE2's \h is horizontal space), as class contents */
+static const char WORD_CLASS[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+static const char HEX_CLASS[] = "0-9a-fA-F";
+
+/* The file's regex with the escapes whose meaning differs between Oniguruma (Hugging Face
+ * tokenizers compiles Split patterns with it) and PCRE2 spelled out as Oniguruma reads them:
+ * \s and \S as Unicode White_Space (PCRE2's \s differs at U+180E), \w \W and the \b \B
+ * built on them (PCRE2 10.42's \w has no marks and only _ of the connectors), \h \H (hex
+ * digits in Oniguruma). A negated one (\S \W \H) inside a class cannot be expanded in place
+ * and is refused. */
 static char *pattern_rewrite(const char *pat, const char *where) {
     size_t n = strlen(pat), cap = 4 * n + 64 + 16 * sizeof WS_CLASS;
     char *out = fdpo_malloc(cap);
     size_t k = 0;
     int in_class = 0;
     for (size_t i = 0; i < n; i++) {
-        if (k + 2 * sizeof WS_CLASS + 8 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
+        while (k + 2 * sizeof WS_CLASS + 4 * sizeof WORD_CLASS + 64 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
         char c = pat[i];
         if (c == '\\' && i + 1 < n) {
             char d = pat[++i];
-            if (d == 's') k += (size_t)sprintf(out + k, in_class ? "%s" : "[%s]", WS_CLASS);
-            else if (d == 'S') {
-                if (in_class) {
-                    free(out);
-                    fdpo_error("%s: \\S inside a character class is not supported", where);
-                    return NULL;
-                }
-                k += (size_t)sprintf(out + k, "[^%s]", WS_CLASS);
-            } else { out[k++] = c; out[k++] = d; }
+            const char *cls = d == 's' || d == 'S' ? WS_CLASS : d == 'w' || d == 'W' ? WORD_CLASS
+                            : d == 'h' || d == 'H' ? HEX_CLASS : NULL;
+            if (cls && in_class && (d == 'S' || d == 'W' || d == 'H')) {
+                free(out);
+                fdpo_error("%s: \\%c inside a character class is not supported", where, d);
+                return NULL;
+            }
+            if (cls) k += (size_t)sprintf(out + k, in_class ? "%s" : d >= 'a' ? "[%s]" : "[^%s]", cls);
+            else if ((d == 'b' || d == 'B') && !in_class) /* a word boundary on Oniguruma's \w */
+                k += (size_t)sprintf(out + k, d == 'b' ? "(?:(?<=[%s])(?![%s])|(?<![%s])(?=[%s]))"
+                                                       : "(?:(?<=[%s])(?=[%s])|(?<![%s])(?![%s]))",
+                                     WORD_CLASS, WORD_CLASS, WORD_CLASS, WORD_CLASS);
+            else { out[k++] = c; out[k++] = d; }
             continue;
         }
         if (c == '[' && !in_class) {
@@ -710,10 +749,10 @@ static char *pattern_rewrite(const char *pat, const char *where) {
 /* jinja: chat_template.jinja beside the files (NULL: none), which transformers (4.47 on)
  * reads in place of tokenizer_config.json's chat_template. */
 static int finish(fdpo_tokenizer **out, struct fdpo_bpe *b, const char *where, const cJSON *cfg, const char *cfg_name,
-                  const char *jinja) {
+                  const cJSON *map, const char *map_name, const char *jinja) {
     int32_t ebp[3] = {-1, -1, -1};
     cJSON *named = cJSON_CreateArray();
-    if (cfg && config_specials(cfg, cfg_name, b, named, ebp)) { cJSON_Delete(named); return -1; }
+    if ((cfg || map) && config_specials(cfg, cfg_name, map, map_name, b, named, ebp)) { cJSON_Delete(named); return -1; }
     int32_t eos = ebp[0], bos = ebp[1], pad = ebp[2];
     if (eos < 0) eos = strmap_get(b, EOT_TEXT, EOT_LEN);
     if (eos < 0) {
@@ -778,6 +817,15 @@ static cJSON *parse_config(const char *name, const char *text, size_t len) {
     return c;
 }
 
+/* special_tokens_map.json counts only when tokenizer_config.json has no added_tokens_decoder
+ * (a directory saved before transformers 4.34, or written by hand): transformers reads it
+ * then, and not otherwise. *map NULL when it does not apply. */
+static int read_special_tokens_map(const cJSON *cfg, const char *sp, const char *stext, size_t slen, cJSON **map) {
+    *map = NULL;
+    if (!stext || cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder")) return 0;
+    return (*map = parse_config(sp, stext, slen)) ? 0 : -1;
+}
+
 static void keep_config(struct fdpo_bpe *b, const char *text, size_t len) {
     if (!text) return;
     b->src_config = fdpo_malloc(len + 1);
@@ -816,13 +864,48 @@ static int keep_jinja(struct fdpo_bpe *b, const char *jp, const char *jtext, siz
     return 0;
 }
 
+/* A file beside the tokenizer files, if any (*text NULL when absent). */
+static int read_beside(const char *dir, const char *name, char **path, char **text, size_t *len) {
+    *path = fdpo_path_join(dir, name);
+    *text = NULL; *len = 0;
+    if (!fdpo_file_exists(*path)) return 0;
+    return (*text = fdpo_read_file(*path, len)) ? 0 : -1;
+}
+/* tokenizer_config.json, chat_template.jinja and special_tokens_map.json (path, text, length) */
+typedef struct { char *cp, *ctext, *jp, *jtext, *sp, *stext; size_t clen, jlen, slen; } beside;
+static int read_config(const char *dir, beside *c) {
+    memset(c, 0, sizeof *c);
+    return read_beside(dir, "tokenizer_config.json", &c->cp, &c->ctext, &c->clen) ||
+           read_beside(dir, "chat_template.jinja", &c->jp, &c->jtext, &c->jlen) ||
+           read_beside(dir, "special_tokens_map.json", &c->sp, &c->stext, &c->slen) ? -1 : 0;
+}
+static void beside_free(beside *c) { free(c->cp); free(c->ctext); free(c->jp); free(c->jtext); free(c->sp); free(c->stext); }
+
+/* the config files of c parsed: *cfg (NULL: none), *map (NULL: none, or it does not apply) */
+static int parse_beside(const beside *c, cJSON **cfg, cJSON **map) {
+    *cfg = *map = NULL;
+    if (c->ctext && !(*cfg = parse_config(c->cp, c->ctext, c->clen))) return -1;
+    return read_special_tokens_map(*cfg, c->sp, c->stext, c->slen, map);
+}
+
+/* keep the files as read, to be saved */
+static int keep_beside(struct fdpo_bpe *b, const beside *c) {
+    keep_config(b, c->ctext, c->clen);
+    if (c->stext) {
+        b->src_map = fdpo_malloc(c->slen + 1);
+        memcpy(b->src_map, c->stext, c->slen); b->src_map[c->slen] = 0;
+        b->src_map_len = c->slen;
+    }
+    return keep_jinja(b, c->jp, c->jtext, c->jlen);
+}
+
 static fdpo_tokenizer *parse_pair(const char *vp, const char *vtext, size_t vlen, const char *mp, const char *mtext,
-                                  size_t mlen, const char *cp, const char *ctext, size_t clen, const char *jp,
-                                  const char *jtext, size_t jlen) {
+                                  size_t mlen, const beside *c) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
-    cJSON *j = NULL, *cfg = NULL, *list = cJSON_CreateArray();
-    if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
+    const char *cp = c->cp;
+    cJSON *j = NULL, *cfg = NULL, *map = NULL, *list = cJSON_CreateArray();
+    if (parse_beside(c, &cfg, &map)) goto done;
     if (cfg && pair_tokenizer_class(b, cfg, cp)) goto done;
     if (!(j = parse_json(vp, vtext, vlen))) goto done;
     if (cfg && cJSON_IsObject(j) && added_from_decoder(j, list, cfg, cp)) goto done;
@@ -831,11 +914,10 @@ static fdpo_tokenizer *parse_pair(const char *vp, const char *vtext, size_t vlen
     if (cJSON_GetArraySize(list)) add_mark(b, list, 0);
     if (load_merges(b, mp, mtext, mlen)) goto done;
     if (check_consistent(b, vp, mp)) goto done;
-    keep_config(b, ctext, clen);
-    if (keep_jinja(b, jp, jtext, jlen)) goto done;
-    if (finish(&t, b, vp, cfg, cp, b->src_jinja)) goto done;
+    if (keep_beside(b, c)) goto done;
+    if (finish(&t, b, vp, cfg, cp, map, c->sp, b->src_jinja)) goto done;
 done:
-    cJSON_Delete(j); cJSON_Delete(cfg); cJSON_Delete(list);
+    cJSON_Delete(j); cJSON_Delete(cfg); cJSON_Delete(map); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
 }
@@ -843,7 +925,8 @@ done:
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_config(const char *vp, const char *vtext, size_t vlen,
                                                 const char *mp, const char *mtext, size_t mlen,
                                                 const char *cp, const char *ctext, size_t clen) {
-    return parse_pair(vp, vtext, vlen, mp, mtext, mlen, cp, ctext, clen, NULL, NULL, 0);
+    beside c = {.cp = (char *)cp, .ctext = (char *)ctext, .clen = clen};
+    return parse_pair(vp, vtext, vlen, mp, mtext, mlen, &c);
 }
 
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size_t vlen,
@@ -851,21 +934,6 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vp, const char *vtext, size
     return fdpo_tokenizer_bpe_parse_config(vp, vtext, vlen, mp, mtext, mlen, NULL, NULL, 0);
 }
 
-/* A file beside the tokenizer files, if any (*text NULL when absent). */
-static int read_beside(const char *dir, const char *name, char **path, char **text, size_t *len) {
-    *path = fdpo_path_join(dir, name);
-    *text = NULL; *len = 0;
-    if (!fdpo_file_exists(*path)) return 0;
-    return (*text = fdpo_read_file(*path, len)) ? 0 : -1;
-}
-/* tokenizer_config.json and chat_template.jinja */
-typedef struct { char *cp, *ctext, *jp, *jtext; size_t clen, jlen; } beside;
-static int read_config(const char *dir, beside *c) {
-    memset(c, 0, sizeof *c);
-    return read_beside(dir, "tokenizer_config.json", &c->cp, &c->ctext, &c->clen) ||
-           read_beside(dir, "chat_template.jinja", &c->jp, &c->jtext, &c->jlen) ? -1 : 0;
-}
-static void beside_free(beside *c) { free(c->cp); free(c->ctext); free(c->jp); free(c->jtext); }
 
 static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char *mname) {
     char *vp = fdpo_path_join(dir, vname), *mp = fdpo_path_join(dir, mname);
@@ -875,14 +943,13 @@ static fdpo_tokenizer *load_pair(const char *dir, const char *vname, const char 
     fdpo_tokenizer *t = NULL;
     if (!fdpo_file_exists(mp)) fdpo_error("%s: missing merges file %s (beside %s)", mp, mname, vname);
     else if ((vtext = fdpo_read_file(vp, &vlen)) && (mtext = fdpo_read_file(mp, &mlen)) && read_config(dir, &c) == 0)
-        t = parse_pair(vp, vtext, vlen, mp, mtext, mlen, c.cp, c.ctext, c.clen, c.jp, c.jtext, c.jlen);
+        t = parse_pair(vp, vtext, vlen, mp, mtext, mlen, &c);
     free(vtext); free(mtext); beside_free(&c);
     free(vp); free(mp);
     return t;
 }
 
-static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const char *cp, const char *ctext,
-                                       size_t clen, const char *jp, const char *jtext, size_t jlen);
+static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const beside *c);
 
 static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
     char *p = fdpo_path_join(dir, "tokenizer.json");
@@ -890,7 +957,7 @@ static fdpo_tokenizer *load_tokenizer_json(const char *dir) {
     char *text = fdpo_read_file(p, &n);
     beside c = {0};
     fdpo_tokenizer *t = NULL;
-    if (text && read_config(dir, &c) == 0) t = parse_json_file(p, text, n, c.cp, c.ctext, c.clen, c.jp, c.jtext, c.jlen);
+    if (text && read_config(dir, &c) == 0) t = parse_json_file(p, text, n, &c);
     free(text); beside_free(&c);
     free(p);
     return t;
@@ -926,17 +993,22 @@ static int check_normalizer(struct fdpo_bpe *b, const char *p, const cJSON *nz, 
  * ByteLevel with use_regex = false needs a Split (at top level or in a Sequence). Sets
  * b->pattern (NULL = GPT-2's). */
 static int byte_level(const char *p, const cJSON *e, const char *field, int *use_regex) {
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "add_prefix_space")))
-        return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
-    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(e, "use_regex");
-    *use_regex = !cJSON_IsFalse(ur);
+    char where[PATH_MAX + 96];
+    snprintf(where, sizeof where, "%s: %s", p, field);
+    int prefix;
+    if (json_bool(e, "add_prefix_space", 0, &prefix, where) || json_bool(e, "use_regex", 1, use_regex, where)) return -1;
+    if (prefix) return fdpo_error("%s: %s.add_prefix_space = true is not supported", p, field);
     return 0;
 }
 static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, const char *field) {
     const cJSON *pat = cJSON_GetObjectItemCaseSensitive(e, "pattern");
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex"), *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
     const cJSON *beh = cJSON_GetObjectItemCaseSensitive(e, "behavior");
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "invert"))) return fdpo_error("%s: %s.invert = true is not supported", p, field);
+    char where[PATH_MAX + 96];
+    snprintf(where, sizeof where, "%s: %s", p, field);
+    int invert;
+    if (json_bool(e, "invert", 0, &invert, where)) return -1;
+    if (invert) return fdpo_error("%s: %s.invert = true is not supported", p, field);
     if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated"))
         return fdpo_error("%s: %s.behavior '%s' is not supported (Isolated is)", p, field,
                           cJSON_IsString(beh) ? beh->valuestring : "(missing)");
@@ -979,7 +1051,11 @@ static int check_pre_tokenizer(struct fdpo_bpe *b, const char *p, const cJSON *p
         if (!strcmp(s, "Digits")) { /* before any regex: each digit (or run) its own piece */
             if (n_byte || b->pattern || b->digits)
                 return fdpo_error("%s: %s: Digits is supported only first in the sequence", p, field);
-            b->digits = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "individual_digits")) ? 1 : 2;
+            char where[PATH_MAX + 96];
+            snprintf(where, sizeof where, "%s: %s", p, field);
+            int individual;
+            if (json_bool(e, "individual_digits", 0, &individual, where)) return -1;
+            b->digits = individual ? 1 : 2;
         } else if (!strcmp(s, "Split")) {
             if (n_byte) return fdpo_error("%s: %s: a Split after ByteLevel is not supported", p, field);
             if (split_pattern(b, p, e, field)) return -1;
@@ -1023,18 +1099,19 @@ fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json(const char *p, const char *text, s
 
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse_json_config(const char *p, const char *text, size_t len,
                                                      const char *cp, const char *ctext, size_t clen) {
-    return parse_json_file(p, text, len, cp, ctext, clen, NULL, NULL, 0);
+    beside c = {.cp = (char *)cp, .ctext = (char *)ctext, .clen = clen};
+    return parse_json_file(p, text, len, &c);
 }
 
-static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const char *cp, const char *ctext,
-                                       size_t clen, const char *jp, const char *jtext, size_t jlen) {
+static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t len, const beside *c) {
     struct fdpo_bpe *b = bpe_new();
     fdpo_tokenizer *t = NULL;
-    cJSON *v2 = NULL, *cfg = NULL, *list = cJSON_CreateArray();
+    const char *cp = c->cp;
+    cJSON *v2 = NULL, *cfg = NULL, *map = NULL, *list = cJSON_CreateArray();
     cJSON *j = parse_json(p, text, len);
     if (!j) goto done;
     if (!cJSON_IsObject(j)) { fdpo_error("%s: not a JSON object", p); goto done; }
-    if (ctext && !(cfg = parse_config(cp, ctext, clen))) goto done;
+    if (parse_beside(c, &cfg, &map)) goto done;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
     if (!cJSON_IsObject(model)) { fdpo_error("%s: no \"model\" object", p); goto done; }
@@ -1043,7 +1120,12 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
                    cJSON_IsString(type) ? type->valuestring : "not a string");
         goto done;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"))) { refuse_sentencepiece(p, "model.byte_fallback is true"); goto done; }
+    char model_where[PATH_MAX + 16];
+    snprintf(model_where, sizeof model_where, "%s: model", p);
+    int byte_fallback, ignore_merges;
+    if (json_bool(model, "byte_fallback", 0, &byte_fallback, model_where) ||
+        json_bool(model, "ignore_merges", 0, &ignore_merges, model_where)) goto done;
+    if (byte_fallback) { refuse_sentencepiece(p, "model.byte_fallback is true"); goto done; }
     static const char *must_be_null[] = {"continuing_subword_prefix", "end_of_word_suffix", "dropout"};
     for (size_t i = 0; i < 3; i++) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(model, must_be_null[i]);
@@ -1055,7 +1137,7 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
     if (check_normalizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), 0)) goto done;
     if (check_pre_tokenizer(b, p, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"))) goto done;
     if (check_decoder(p, cJSON_GetObjectItemCaseSensitive(j, "decoder"))) goto done;
-    b->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
+    b->ignore_merges = ignore_merges;
     char where[PATH_MAX + 128];   /* "PATH: model.vocab", a path of up to PATH_MAX whole */
     snprintf(where, sizeof where, "%s: model.vocab", p);
     /* added tokens outside model.vocab extend it (literal text, e.g. <|endoftext|>) */
@@ -1103,11 +1185,10 @@ static fdpo_tokenizer *parse_json_file(const char *p, const char *text, size_t l
     b->src_json = fdpo_malloc(len + 1);
     memcpy(b->src_json, text, len); b->src_json[len] = 0;
     b->src_json_len = len;
-    keep_config(b, ctext, clen);
-    if (keep_jinja(b, jp, jtext, jlen)) goto done;
-    if (finish(&t, b, p, cfg, cp, b->src_jinja)) goto done;
+    if (keep_beside(b, c)) goto done;
+    if (finish(&t, b, p, cfg, cp, map, c->sp, b->src_jinja)) goto done;
 done:
-    cJSON_Delete(j); cJSON_Delete(v2); cJSON_Delete(cfg); cJSON_Delete(list);
+    cJSON_Delete(j); cJSON_Delete(v2); cJSON_Delete(cfg); cJSON_Delete(map); cJSON_Delete(list);
     if (!t) fdpo_bpe_free(b);
     return t;
 }
@@ -1192,6 +1273,7 @@ int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir) {
     const struct fdpo_bpe *b = t->bpe;
     if (fdpo_mkdir_p(dir)) return -1;
     if (save_config(t, dir)) return -1;
+    if (b->src_map && save_text(dir, "special_tokens_map.json", b->src_map, b->src_map_len)) return -1;
     if (b->src_json) return save_text(dir, "tokenizer.json", b->src_json, b->src_json_len);
     cJSON *v = cJSON_CreateObject();
     for (size_t i = 0; i < b->n_vocab; i++) cJSON_AddItemToObject(v, b->str[i], cJSON_CreateNumber((double)i));
@@ -1396,16 +1478,38 @@ static void encode_gap(const struct fdpo_bpe *b, word_cache *c, const unsigned c
     }
 }
 
+/* The next match of re in s[0..n) from off: > 0 a match, 0 none, -1 an error (named).
+ * The JIT runs on a 32 KiB machine stack, which a quantified group ((?:\p{L}|\p{N})+) over
+ * a run of about 1,400 characters exhausts (PCRE2_ERROR_JIT_STACKLIMIT): such a match is
+ * redone by the interpreter, whose backtracking frames live on the heap (Oniguruma, which
+ * Hugging Face uses, grows its stack too). An error there (its match, depth or heap limit) is
+ * reported: taken as "no match" it made the rest of the text one piece, merged across what
+ * the pattern splits. */
+static int regex_next(const struct fdpo_bpe *b, const pcre2_code *re, const unsigned char *s, size_t n, size_t off,
+                      pcre2_match_data *md) {
+    int rc = pcre2_jit_match(re, s, n, off, 0, md, NULL);
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) rc = pcre2_match(re, s, n, off, PCRE2_NO_JIT, md, NULL);
+    if (rc > 0) return 1;
+    if (rc == PCRE2_ERROR_NOMATCH) return 0;
+    if (rc == 0) return fdpo_error("pre_tokenizer regex: match data too small"); /* cannot happen: md is from the pattern */
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(rc, msg, sizeof msg);
+    const char *pat = re == b->digits_re ? (b->digits == 1 ? "\\p{N}" : "\\p{N}+") : b->pattern ? b->pattern : GPT2_PATTERN;
+    return fdpo_error("pre_tokenizer regex '%.200s%s': PCRE2 failed while splitting %zu bytes of text at byte %zu: %s",
+                      pat, strlen(pat) > 200 ? "..." : "", n, off, (char *)msg);
+}
+
 /* Pre-tokenise s[0..n) with the regex and encode each piece. */
-static void encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                         const unsigned char *s, size_t n, idvec *o) {
+static int encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                        const unsigned char *s, size_t n, idvec *o) {
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     size_t off = 0;
     while (off < n) {
-        int rc = pcre2_jit_match(b->re, s, n, off, 0, md, NULL);
+        int rc = regex_next(b, b->re, s, n, off, md);
+        if (rc < 0) return -1;
         size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
         if (start > off) encode_gap(b, c, s + off, start - off, o);
-        if (rc <= 0) break;
+        if (rc == 0) break;
         if (end == start) { /* an empty match covers nothing: step over one code point */
             if (start >= n) break;
             size_t k = 1;
@@ -1417,34 +1521,38 @@ static void encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_da
         }
         off = end;
     }
+    return 0;
 }
 
 /* A Digits pre-tokenizer first (StarCoder, SmolLM2): every digit (individual_digits) or
  * run of digits is its own piece; the regex runs on the stretches between them. */
-static void encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                           const unsigned char *s, size_t n, idvec *o) {
-    if (!b->digits_re) { encode_regex(b, c, md, s, n, o); return; }
+static int encode_segment(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                          const unsigned char *s, size_t n, idvec *o) {
+    if (!b->digits_re) return encode_regex(b, c, md, s, n, o);
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     size_t off = 0;
     while (off < n) {
-        int rc = pcre2_jit_match(b->digits_re, s, n, off, 0, md, NULL);
+        int rc = regex_next(b, b->digits_re, s, n, off, md);
+        if (rc < 0) return -1;
         size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n; /* copied: encode_regex reuses md */
-        if (start > off) encode_regex(b, c, md, s + off, start - off, o);
-        if (rc <= 0 || end == start) break;
+        if (start > off && encode_regex(b, c, md, s + off, start - off, o)) return -1;
+        if (rc == 0 || end == start) break;
         encode_word(b, c, s + start, end - start, o);
         off = end;
     }
+    return 0;
 }
 
 /* One stretch of text between added tokens: NFC-normalised first when the tokenizer's
  * normalizer asks for it (Hugging Face normalises each split that is not an added token) */
-static void encode_stretch(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
-                           const unsigned char *s, size_t n, idvec *o) {
-    if (!b->nfc || n == 0) { encode_segment(b, c, md, s, n, o); return; }
+static int encode_stretch(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
+                          const unsigned char *s, size_t n, idvec *o) {
+    if (!b->nfc || n == 0) return encode_segment(b, c, md, s, n, o);
     size_t m;
     char *u = fdpo_text_nfc((const char *)s, n, &m);
-    encode_segment(b, c, md, (const unsigned char *)u, m, o);
+    int rc = encode_segment(b, c, md, (const unsigned char *)u, m, o);
     free(u);
+    return rc;
 }
 
 /* The added token (longest first) that s[0..n) starts with, eligible under allow_special
@@ -1485,18 +1593,20 @@ int fdpo_bpe_encode_marked(const fdpo_tokenizer *t, const char *text, size_t len
     o.v = fdpo_malloc(o.cap * sizeof *o.v);
     const unsigned char *s = (const unsigned char *)text;
     size_t seg = 0;
-    for (size_t pos = 0; pos < len;) {
+    int rc = 0;
+    for (size_t pos = 0; pos < len && !rc;) {
         int ok = allow_special && (!mask || mask[pos]);
         int32_t id = added_at(b, s + pos, len - pos, ok);
         if (id < 0) { pos++; continue; }
-        encode_stretch(b, c, md, s + seg, pos - seg, &o);
+        rc = encode_stretch(b, c, md, s + seg, pos - seg, &o);
         idvec_push(&o, id);
         pos += b->n_bytes[id];
         seg = pos;
     }
-    encode_stretch(b, c, md, s + seg, len - seg, &o);
+    if (!rc) rc = encode_stretch(b, c, md, s + seg, len - seg, &o);
     if (c) pthread_mutex_unlock(&c->lock);
     else pcre2_match_data_free(md);
+    if (rc) { free(o.v); return -1; }
     *ids = o.v; *n_ids = o.n;
     return 0;
 }

@@ -83,7 +83,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int special = 0; special < 2; special++) {
         int32_t *ids = NULL;
         size_t k = 0;
-        if (fdpo_tokenizer_encode(t, sample, sample_len, special, &ids, &k)) abort();
+        /* a file's pattern may fail to match within PCRE2's limits (catastrophic backtracking):
+         * encoding then fails, naming the pattern (it used to encode the rest as one piece) */
+        if (fdpo_tokenizer_encode(t, sample, sample_len, special, &ids, &k)) {
+            if (!strstr(fdpo_last_error(), "pre_tokenizer regex '")) abort();
+            continue;
+        }
         for (size_t i = 0; i < k; i++) if (ids[i] < 0 || (size_t)ids[i] >= fdpo_tokenizer_vocab_size(t)) abort();
         /* raw token bytes concatenate back to the input */
         if (!spells(t, ids, k, sample, sample_len)) abort();

@@ -1052,6 +1052,23 @@ def test_a_save_carries_no_old_chat_template_jinja(tmp_path):
     assert harness("tok-info", str(m))["chat"] == "chatml"
 
 
+def test_a_save_carries_no_old_special_tokens_map(tmp_path):
+    """special_tokens_map.json is a tokenizer file too (read over a config without
+    added_tokens_decoder, as transformers' legacy loading does): an older save's left in OUT
+    would set the new checkpoint's eos."""
+    ref, vocab = make_tok(tmp_path / "tok", "smollm2")   # its config has no added_tokens_decoder
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS[:2]])
+    m = tmp_path / "m"
+    r = run("sft", "--out", str(m), "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    (m / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))  # an older save's
+    assert harness("tok-info", str(m))["eos"] == vocab["<|endoftext|>"]
+    r = run("sft", "--out", str(m), "--overwrite", "--tokenizer", str(tmp_path / "tok"), *SFT_TINY, data)
+    assert r.returncode == 0, r.stderr
+    assert not (m / "special_tokens_map.json").exists()
+    assert harness("tok-info", str(m))["eos"] == vocab["<|im_end|>"]
+
+
 # ---- recognition: a file's template is a built-in only when it is a known published source ----
 
 # The counterexamples of the defect hunt: templates with ChatML's, Llama-3's or Zephyr's markers
@@ -1236,3 +1253,66 @@ def test_a_named_template_renders_in_jinja_without_bos_or_eos(name, config, eot,
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONVS[0][:1]}])
     got = harness("data-chat-prompts", str(tmp_path / "m"), "auto", prompts)["ids"][0]
     assert got == ref.encode(render(saved_cfg["chat_template"], CONVS[0][:1], saved_cfg, True), True)
+
+
+SPLIT_OPERATORS = {"smollm2-not-equal": ("smollm2", "messages[0]['role'] != 'system'", "messages[0]['role'] ! = 'system'"),
+                   "qwen25-equal": ("qwen25", '(message.role == "user")', '(message.role = = "user")'),
+                   "llama3-equal": ("llama3", "loop.index0 == 0", "loop.index0 = = 0")}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_OPERATORS))
+def test_an_operator_split_by_whitespace_is_not_the_published_template(name, tmp_path):
+    """`! =` and `= =` are not Jinja's `!=` and `==` (its lexer has two-character operators):
+    Jinja2 refuses the template (unexpected char '!' / expected token ')', got '='), so
+    transformers cannot render it. fdpo's canonical form joined operator characters across
+    whitespace and rendered it as the published template; it is refused as unrecognised."""
+    need_jinja()
+    case, good, bad = SPLIT_OPERATORS[name]
+    template = CASES[case][0]
+    assert good in template
+    template = template.replace(good, bad)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    with pytest.raises(jinja2.exceptions.TemplateSyntaxError):
+        env.from_string(template)
+    make_tok(tmp_path / "tok", case, with_template=False)
+    set_config(tmp_path / "tok", chat_template=template)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONVS[0]}])
+    r = subprocess.run([HARNESS, "data-chat-sft", str(tmp_path / "tok"), "auto", data], capture_output=True, text=True)
+    assert r.returncode != 0 and "chat_template is not one fdpo recognises" in r.stderr, r.stderr
+    # the same template with the operator whole and extra spaces Jinja ignores is still recognised
+    set_config(tmp_path / "tok", chat_template=CASES[case][0].replace(good, good.replace("==", " ==  ").replace("!=", "  != ")))
+    assert harness("tok-info", str(tmp_path / "tok"))["chat"] == CASES[case][5]
+
+
+@pytest.mark.parametrize("case", ["llama3", "llama31", "llama31-published"])
+def test_a_llama3_template_without_a_bos_token_renders_as_jinja(case, tmp_path):
+    """The file's own Llama-3 template on a config with no bos_token: transformers passes no
+    bos_token, so Llama-3.1's {{- bos_token }} renders nothing and Meta-Llama-3's
+    bos_token + content raises ('bos_token' is undefined). fdpo prepended <|begin_of_text|>
+    (its fallback for a named built-in) to every prompt and sequence."""
+    need_jinja()
+    ref, vocab = make_tok(tmp_path / "tok", case)
+    cfg = {"eos_token": "<|eot_id|>", "chat_template": CASES[case][0]}
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in CONVS])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": CONVS[0][:1]}])
+    try:
+        render(cfg["chat_template"], CONVS[0], cfg, False)
+    except jinja2.exceptions.UndefinedError as e:
+        assert "'bos_token' is undefined" in str(e)
+        for cmd, path in (("data-chat-sft", data), ("data-chat-prompts", prompts)):
+            r = subprocess.run([HARNESS, cmd, str(tmp_path / "tok"), "auto", path], capture_output=True, text=True)
+            assert r.returncode != 0 and "'bos_token' is undefined" in r.stderr and "tokenizer_config.json" in r.stderr, r.stderr
+        return
+    got = harness("data-chat-prompts", str(tmp_path / "tok"), "auto", prompts)["ids"][0]
+    want = ref.encode(render(cfg["chat_template"], CONVS[0][:1], cfg, True), True)
+    assert want[0] != vocab["<|begin_of_text|>"] and got == want
+    seqs = harness("data-chat-sft", str(tmp_path / "tok"), "auto", data)["sequences"]
+    for conv, seq in zip(CONVS, seqs):
+        text = render(cfg["chat_template"], conv, cfg, False)
+        last = text.rfind("<|eot_id|>") + len("<|eot_id|>")
+        text = text[:last] if text[last:].strip("\n") == "" else text
+        ids = ref.encode(text, True)
+        if ids[-1] != vocab["<|eot_id|>"]:
+            ids.append(vocab["<|eot_id|>"])
+        assert seq["tokens"] == ids, repr(text)

@@ -734,3 +734,214 @@ def test_an_invalid_u_escape_in_tokenizer_json_is_refused(tmp_path):
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     want = f"{d}/tokenizer.json:{e.value.lineno}: invalid JSON: the \\u escape at column {e.value.colno} needs four hex digits"
     assert r.returncode == 1 and want in r.stderr.decode(), r.stderr
+
+
+def _set_flag(tj, where, key, value):
+    if where == "added":
+        tj["added_tokens"][0][key] = value
+    elif where == "model":
+        tj["model"][key] = value
+    else:  # pre_tokenizer Sequence [Digits, Split, ByteLevel]: index by type
+        for e in tj["pre_tokenizer"]["pretokenizers"]:
+            if e["type"] == where:
+                e[key] = value
+
+
+NON_BOOL_FLAGS = [("added", k) for k in ("lstrip", "rstrip", "single_word", "normalized", "special")] + [
+    ("model", "byte_fallback"), ("model", "ignore_merges"), ("Digits", "individual_digits"),
+    ("Split", "invert"), ("ByteLevel", "add_prefix_space"), ("ByteLevel", "use_regex")]
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", None], ids=["1", "0", "str", "null"])
+@pytest.mark.parametrize("where,key", NON_BOOL_FLAGS, ids=[k for _, k in NON_BOOL_FLAGS])
+def test_a_boolean_field_that_is_not_a_boolean_is_refused(tmp_path, where, key, value):
+    """Hugging Face tokenizers reads each of these fields with serde as `bool` (AddedToken's
+    lstrip/rstrip/single_word/normalized/special, BPE's byte_fallback/ignore_merges,
+    Digits.individual_digits, Split.invert, ByteLevel.add_prefix_space/use_regex), and
+    serde_json never coerces a number, string or null to a bool: `Tokenizer.from_file` fails
+    ("invalid type: integer `1`, expected a boolean"). fdpo read them with cJSON_IsTrue, so
+    `individual_digits: 1` silently meant false (digit runs merged), `lstrip: 1` bypassed the
+    refusal and `use_regex: 0` meant true."""
+    merges = train_merges(CORPUS, LLAMA3_PAT, 40, True)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", LLAMA3_PAT, vocab, merges, GPT2_ADDED, None, None)
+    tj = json.load(open(d / "tokenizer.json"))
+    tj["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Digits", "individual_digits": True})
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    assert run("tokenize", "--tokenizer", str(d), input=b"12 x").returncode == 0
+    _set_flag(tj, where, key, value)
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    r = run("tokenize", "--tokenizer", str(d), input=b"12 x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"'{key}' must be true or false" in err and "tokenizer.json" in err, err
+
+
+@pytest.mark.parametrize("key", ["lstrip", "normalized"])
+def test_a_non_boolean_flag_in_added_tokens_decoder_is_refused(toks, key, tmp_path):
+    """tokenizer_config.json's added_tokens_decoder entries become tokenizers.AddedToken(**entry),
+    whose flags are Rust bools: 1 is refused there too."""
+    d = tmp_path / "t"
+    shutil.copytree(toks["gpt2"][0], d)
+    cfg = json.load(open(d / "tokenizer_config.json"))
+    next(iter(cfg["added_tokens_decoder"].values()))[key] = 1
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "tokenizer_config.json: added_tokens_decoder" in err and f"'{key}' must be true or false" in err, err
+
+
+def test_a_long_run_under_a_quantified_group_is_split_as_the_pattern_says(tmp_path):
+    """A Split pattern with a repeated group, over a run of ~1,400+ characters, exhausted
+    PCRE2's JIT stack; the error was taken as "no match", so the rest of the text became one
+    piece and merges crossed the pattern's boundaries (' ' + 'the' -> 'Ġthe'). The ids must be
+    the reference's (Python `regex` splits these texts, as Hugging Face's Oniguruma does)."""
+    pat = r"(?:\p{L}|\p{N})+|\s+|[^\s\p{L}\p{N}]+"
+    # "Ġ the" is a merge the pattern never lets apply (' ' and 'the' are separate pieces)
+    merges = train_merges(CORPUS, pat, 60) + [("t", "h"), ("th", "e"), ("\u0120", "the")]
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "grp"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
+    texts = ["ab" * n + " the end, x1y2" * 3 for n in (600, 700, 5000)] + ["z9" * 20000 + " the"]
+    got = fdpo_ids(str(d), texts, str(tmp_path))
+    for t, g in zip(texts, got):
+        assert g == ref.encode(t), len(t)
+
+
+# ---- special_tokens_map.json: transformers' legacy loading ----
+# PreTrainedTokenizerBase._from_pretrained, when tokenizer_config.json has no
+# added_tokens_decoder (saved before transformers 4.34, or hand-written), reads
+# special_tokens_map.json and sets each of its keys over the config's value; its
+# additional_special_tokens are appended to the config's. With added_tokens_decoder the file is
+# not read at all. Expected ids below are hand-built from the vocabulary by those rules.
+
+def legacy_dir(d, family, config, special_map, pair):
+    """family's tokenizer with <|im_end|> (and <|tool|>) in the vocabulary as plain entries,
+    the given tokenizer_config.json and special_tokens_map.json; vocab.json + merges.txt when
+    pair (the slow GPT2Tokenizer layout), else tokenizer.json."""
+    ref, vocab, merges = make(d, family, with_config=False)
+    for extra in ("<|im_end|>", "<|tool|>"):
+        vocab.setdefault(extra, len(vocab))
+    tj = json.load(open(d / "tokenizer.json"))
+    if pair:
+        os.remove(d / "tokenizer.json")
+        (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(tj["model"]["merges"]) + "\n", encoding="utf-8")
+    else:
+        tj["model"]["vocab"]["<|im_end|>"] = vocab["<|im_end|>"]
+        tj["model"]["vocab"]["<|tool|>"] = vocab["<|tool|>"]
+        (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    if special_map is not None:
+        (d / "special_tokens_map.json").write_text(json.dumps(special_map))
+    return ref, vocab
+
+
+OLD_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "additional_special_tokens": ["<|tool|>"]}
+OLD_MAP = {"eos_token": {"content": "<|im_end|>", "lstrip": False, "rstrip": False, "normalized": False,
+                         "single_word": False}, "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+           "pad_token": "<|im_end|>"}
+
+
+@pytest.mark.parametrize("pair", [True, False], ids=["vocab-json", "tokenizer-json"])
+def test_special_tokens_map_overrides_a_legacy_config(pair, tmp_path):
+    """tokenizer.add_special_tokens({"eos_token": "<|im_end|>"}); save_pretrained(d) before 4.34
+    left the new eos only in special_tokens_map.json: transformers' eos and pad are
+    <|im_end|>, a special token; fdpo did not read the file and used <|endoftext|>."""
+    d = tmp_path / "t"
+    ref, vocab = legacy_dir(d, "gpt2", OLD_CONFIG, OLD_MAP, pair)
+    info = harness_json("tok-info", str(d))
+    assert (info["eos"], info["bos"], info["pad"]) == (vocab["<|im_end|>"], vocab["<|endoftext|>"], vocab["<|im_end|>"])
+    # the config's additional_special_tokens stay special beside the map's tokens
+    assert sorted(info["special"]) == sorted([vocab["<|endoftext|>"], vocab["<|im_end|>"], vocab["<|tool|>"]])
+    want = ref.encode_text("hi") + [vocab["<|im_end|>"]] + ref.encode_text(" x") + [vocab["<|tool|>"]]
+    assert fdpo_ids(str(d), ["hi<|im_end|> x<|tool|>"], str(tmp_path), "--allow-special")[0] == want
+    # a save carries the file, so the checkpoint loads with the same tokens
+    dst = tmp_path / "saved"
+    r = subprocess.run([HARNESS, "tok-save", str(d), str(dst)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(dst / "special_tokens_map.json")) == OLD_MAP
+    assert harness_json("tok-info", str(dst)) == info
+
+
+def test_special_tokens_map_appends_additional_special_tokens(tmp_path):
+    d = tmp_path / "t"
+    cfg = dict(OLD_CONFIG, additional_special_tokens=["<|tool|>"])
+    _, vocab = legacy_dir(d, "gpt2", cfg, {"additional_special_tokens": ["<|im_end|>"]}, True)
+    info = harness_json("tok-info", str(d))
+    assert info["eos"] == vocab["<|endoftext|>"]   # the map has no eos_token: the config's stands
+    assert sorted(info["special"]) == sorted([vocab["<|endoftext|>"], vocab["<|im_end|>"], vocab["<|tool|>"]])
+
+
+def test_special_tokens_map_is_not_read_beside_added_tokens_decoder(tmp_path):
+    """A config with added_tokens_decoder (transformers >= 4.34 wrote it) is complete:
+    transformers does not read special_tokens_map.json then (a malformed one included)."""
+    d = tmp_path / "t"
+    _, vocab = legacy_dir(d, "gpt2", {}, None, False)
+    n = vocab["<|endoftext|>"]
+    cfg = dict(OLD_CONFIG, added_tokens_decoder={str(n): {"content": "<|endoftext|>", "special": True}})
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "special_tokens_map.json").write_text(json.dumps(OLD_MAP))
+    info = harness_json("tok-info", str(d))
+    assert info["eos"] == n and info["pad"] == -1
+    (d / "special_tokens_map.json").write_text("{not json")
+    assert harness_json("tok-info", str(d))["eos"] == n
+
+
+@pytest.mark.parametrize("content,msg", [
+    ('{"eos_token": "<|nope|>"}', "special_tokens_map.json: eos_token '<|nope|>' is not in the vocabulary"),
+    ('{"eos_token": ', "special_tokens_map.json:1: malformed JSON"),
+    ('[]', "special_tokens_map.json: not a JSON object"),
+])
+def test_a_bad_special_tokens_map_is_named(content, msg, tmp_path):
+    d = tmp_path / "t"
+    legacy_dir(d, "gpt2", OLD_CONFIG, None, True)
+    (d / "special_tokens_map.json").write_text(content)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
+
+
+# Oniguruma's classes (its doc/RE, "Character types", Unicode case; Hugging Face tokenizers
+# compiles Split patterns with Oniguruma): \w Letter|Mark|Number|Connector_Punctuation, \h a
+# hexadecimal digit; \b \B are boundaries of that \w. PCRE2's \h is horizontal space and its
+# \w (10.42) has no marks and only "_" of the connectors.
+ONIG_W = r"\p{L}\p{M}\p{N}\p{Pc}"
+ONIG_CASES = [
+    (r"\h+", r"[0-9a-fA-F]+"),
+    (r"\w+", f"[{ONIG_W}]+"),
+    (r"\H+|\h+", r"[^0-9a-fA-F]+|[0-9a-fA-F]+"),
+    (r"[\w\s]+|\W", None),
+    (r"[\h_]+", r"[0-9a-fA-F_]+"),
+    (r"\b\w+|\B.", None),
+]
+ONIG_TEXTS = ["cafe xyz", "e\u0301 x", "a\u203fb c_d", "Face 0xBEEF\tdead beef", "x\u00b2 \u0915\u093f\u0924 ab\u0301cd",
+              "  \u00e9t\u00e9 \u0301"]
+
+
+@pytest.mark.parametrize("case", range(len(ONIG_CASES)))
+def test_split_escapes_mean_what_oniguruma_says(case, tmp_path):
+    import regex
+    pat, ref_pat = ONIG_CASES[case]
+    if ref_pat is None:   # written out by hand from the rules above
+        ref_pat = {3: rf"[{ONIG_W}\s]+|[^{ONIG_W}]",
+                   5: (rf"(?:(?<=[{ONIG_W}])(?![{ONIG_W}])|(?<![{ONIG_W}])(?=[{ONIG_W}]))[{ONIG_W}]+"
+                       rf"|(?:(?<=[{ONIG_W}])(?=[{ONIG_W}])|(?<![{ONIG_W}])(?![{ONIG_W}])).")}[case]
+    merges = train_merges(ONIG_TEXTS * 3, ".+", 60)   # merges across any boundary, so pieces show in the ids
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    regex.compile(ref_pat)
+    assert fdpo_ids(str(d), ONIG_TEXTS, str(tmp_path)) == [ref.encode(t) for t in ONIG_TEXTS], pat
+
+
+@pytest.mark.parametrize("neg", ["W", "H", "S"])
+def test_a_negated_class_escape_inside_a_class_is_refused(neg, tmp_path):
+    merges = train_merges(CORPUS, GPT2_PAT, 10)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", rf"[\{neg}x]+", vocab, merges, GPT2_ADDED, None, None)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    assert r.returncode == 1 and f"\\{neg} inside a character class is not supported" in r.stderr.decode(), r.stderr
