@@ -785,6 +785,62 @@ def test_kto_two_ranks_equal_one(work, tmp_path):
                 assert abs(a[key] - b[key]) <= 1e-5 * max(abs(a[key]), 1e-3), (key, a[key], b[key])
 
 
+
+def step_tokens(out):
+    """The tokens each logged step counted, from its metrics line: tokens_per_sec x the step's
+    seconds (dist/allreduce_seconds / dist/comm_fraction, both over the same step clock)."""
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    steps = [m for m in rows if "tokens_per_sec" in m]
+    assert steps and all(m["dist/comm_fraction"] > 0 for m in steps)
+    return [m["tokens_per_sec"] * m["dist/allreduce_seconds"] / m["dist/comm_fraction"] for m in steps]
+
+
+@pytest.mark.parametrize("cmd", ["dpo-shared", "dpo-plain", "kto", "rm"])
+def test_tokens_per_sec_counts_the_steps_tokens_once_whatever_the_ranks(work, tmp_path, cmd):
+    """One step over the whole data file (12 micro-batches of 4), so its token count is known
+    exactly from the file, counted here with the documented packings of the byte tokenizer
+    (every completion ends with <|endoftext|>): dpo per pair (docs/dpo.md "Pair layouts")
+    shared (P - 1) + Cw + Cl, plain (P + Cw - 1) + (P + Cl - 1); rm (docs/rm.md) P + C per
+    sequence, the completion's <|endoftext|> dropped; kto (docs/kto.md) P + C - 1 per example
+    plus its KL pair, prompt (i + 1) mod n with completion i, so twice that over a micro-batch.
+    Two and three ranks log the job's count (dpo, kto and rm summed an already summed count
+    over the ranks: N times the tokens)."""
+    rows = synthetic_pairs(48, 5)
+    kind = cmd.split("-")[0]
+    if kind == "kto":
+        data = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+                for r in rows[:24] for side in ("chosen", "rejected")]
+        want = sum(2 * (len(r["prompt"]) + len(r["completion"]) + 1 - 1) for r in data)
+    else:
+        data = rows
+        P = lambda r: len(r["prompt"])
+        Cw = lambda r: len(r["chosen"]) + 1   # + <|endoftext|>
+        Cl = lambda r: len(r["rejected"]) + 1
+        want = sum({"dpo-shared": (P(r) - 1) + Cw(r) + Cl(r), "dpo-plain": (P(r) + Cw(r) - 1) + (P(r) + Cl(r) - 1),
+                    "rm": (P(r) + Cw(r) - 1) + (P(r) + Cl(r) - 1)}[cmd] for r in rows)
+    write_jsonl(tmp_path / "data.jsonl", data)
+    extra = ["--layout", cmd.split("-")[1]] if kind == "dpo" else []
+    for n in (2, 3):
+        out = tmp_path / f"{cmd}{n}"
+        mpi(n, kind, "--model", work / "pol", "--data", tmp_path / "data.jsonl", "--out", out, "--steps", 1,
+            "--batch-size", 4, "--grad-accum", 12, "--threads", 1, "--eval-fraction", 0, "--quiet", *extra)
+        [got] = step_tokens(out)
+        assert abs(got - want) <= 1e-6 * want, (n, got, want)
+
+
+def test_online_step_tokens_per_sec_counts_the_pairs_positions(work, tmp_path):
+    """--mode step counts what its f-DPO step runs through the policy, as `fdpo dpo` and the
+    rounds do: the shared layout's (P - 1) + Cw + Cl per pair (docs/dpo.md "Pair layouts"),
+    not 2P + Cw + Cl. No sample ends with <|endoftext|> here (val/contain_eos_token 0), so
+    every completion is --max-new-tokens 10 long; the prompts are "prompt i:" (9 bytes)."""
+    out = tmp_path / "o"
+    mpi(2, *online_args(work, out, "--mode", "step", "--steps", 2))
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert all(m["val/contain_eos_token"] == 0 and m["pairs"] > 0 for m in rows)
+    for m, got in zip(rows, step_tokens(out)):
+        want = m["pairs"] * ((9 - 1) + 10 + 10)
+        assert abs(got - want) <= 1e-6 * want, (got, want)
+
 # ---- LoRA dropout under MPI ----
 
 LORA = ["--lora-r", 4, "--lora-targets", "c_attn,c_proj,c_fc", "--lr", "1e-3", "--threads", 1, "--quiet"]
