@@ -461,6 +461,61 @@ def test_commands_with_nothing_to_split_print_once(work, tmp_path):
             assert mpi(n, *args).stdout == one, (n, args)
 
 
+# preloaded into the ranks: rank 1's first look-up (stat, lstat, access, opendir, open) of a
+# path containing $DELAY_PATH sleeps 2 s first, as a slow node or a network file system may
+SLOW_RANK_1_SHIM = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static int done;
+static void maybe_sleep(const char *p) {
+    const char *r = getenv("OMPI_COMM_WORLD_RANK"), *m = getenv("DELAY_PATH");
+    if (done || !p || !r || strcmp(r, "1") || !m || !strstr(p, m)) return;
+    done = 1;
+    sleep(2);
+}
+int stat(const char *p, struct stat *s) { maybe_sleep(p); int (*f)(const char *, struct stat *) = dlsym(RTLD_NEXT, "stat"); return f(p, s); }
+int lstat(const char *p, struct stat *s) { maybe_sleep(p); int (*f)(const char *, struct stat *) = dlsym(RTLD_NEXT, "lstat"); return f(p, s); }
+int access(const char *p, int m) { maybe_sleep(p); int (*f)(const char *, int) = dlsym(RTLD_NEXT, "access"); return f(p, m); }
+DIR *opendir(const char *p) { maybe_sleep(p); DIR *(*f)(const char *) = dlsym(RTLD_NEXT, "opendir"); return f(p); }
+int open(const char *p, int fl, ...) {
+    maybe_sleep(p);
+    va_list a; va_start(a, fl); int mode = va_arg(a, int); va_end(a);
+    int (*f)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
+    return f(p, fl, mode);
+}
+"""
+
+
+def test_merge_with_a_slow_rank_succeeds(work, tmp_path):
+    """merge runs whole on every rank and rank 0 writes (docs/scaling.md). Every rank looked
+    at --out on its own after the claim's barrier, so a rank slower than rank 0's merge and
+    save (here rank 1, its first look at OUT delayed 2 s) found the job's own checkpoint and
+    ended the job with "already holds a checkpoint". Rank 0's verdict is now every rank's: the
+    job succeeds, and OUT holds the weighted average (computed here with numpy)."""
+    src, so = tmp_path / "slow.c", tmp_path / "libslow.so"
+    src.write_text(SLOW_RANK_1_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(so), str(src), "-ldl"], check=True, capture_output=True)
+    out = tmp_path / "merged"
+    r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", f"LD_PRELOAD={so}",
+                        "-x", "DELAY_PATH=merged", FDPO, "merge", "--model", work / "pol", "--model", work / "pol2",
+                        "--weight", "0.3,0.7", "--out", out, "--threads", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "already holds" not in r.stderr and "weighted average of 2 checkpoints written" in r.stderr, r.stderr
+    a, b, m = (st.load(str(d / "model.safetensors"))[0] for d in (work / "pol", work / "pol2", out))
+    for k in a:
+        np.testing.assert_allclose(m[k].astype(np.float64), 0.3 * a[k].astype(np.float64) + 0.7 * b[k], rtol=1e-6, atol=1e-7)
+    # the refusal of an OUT that already holds a checkpoint is said once for the job still
+    r = mpi(2, "merge", "--model", work / "pol", "--model", work / "pol2", "--out", out, "--threads", 1, check=False)
+    assert r.returncode != 0 and "already holds a checkpoint (model.safetensors)" in r.stderr, r.stderr
+
+
 def test_tokenizer_train_under_mpirun_is_one_run(work, tmp_path):
     """Every rank trained and took --out's lock: each job failed on some rank ("in use by
     another run (pid 0 holds OUT.lock)"), the files written or not. Rank 0 trains alone, the
