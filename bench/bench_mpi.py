@@ -23,8 +23,12 @@ one warm-up step (dropped) plus --steps-per-run timed steps, until both have >= 
 timed steps; report median and best per configuration, the ratio of medians, the allreduce
 seconds and share per 2-rank side, and the gradient bytes (n_params * 4). For --dpo the
 tokens of a step are not in metrics.jsonl: every pair has the same lengths, so a step's tokens
-are the same on every side and come from a 2-rank row (tokens_per_sec x allreduce_seconds /
-comm_fraction, which is the step's wall time times its token rate).
+are counted from the pairs (dpo_step_tokens: batch x grad-accum pairs of (P - 1) + Cw + Cl
+tokens, the shared layout), the same on every side whatever the rank count. A 2-rank row must
+agree (tokens_per_sec x allreduce_seconds / comm_fraction is the step's tokens as fdpo counted
+them): fdpo before wave 43 counted a dpo step's tokens once per rank, so its 2-rank
+tokens_per_sec was twice the job's, and this bench, which then took the count from that row,
+gave every 1-rank DPO step twice its time (docs/scaling.md).
 
     /usr/bin/python3 bench/bench_mpi.py                 # small shapes, < 2 minutes
     /usr/bin/python3 bench/bench_mpi.py --124m --steps 6
@@ -102,10 +106,32 @@ def write_inputs(tmp, name, llama=False):
     return cfg, text, B * A * shapes["n_positions"]
 
 
+DPO_PROMPT_BYTES, DPO_COMPLETION_BYTES = 24, 40
+
+
+def dpo_step_tokens(pairs, batch_size, grad_accum):
+    """the positions one fdpo dpo step runs through the policy, counted from the pairs (rows of
+    the pairs file, all of one length) with docs/dpo.md's shared layout (dpo's default): per
+    pair (P - 1) + Cw + Cl, byte-level tokens, each completion ending with <|endoftext|>"""
+    per_pair = {(len(r["prompt"]) - 1) + (len(r["chosen"]) + 1) + (len(r["rejected"]) + 1) for r in pairs}
+    assert len(per_pair) == 1 and all(r[k].isascii() for r in pairs for k in ("prompt", "chosen", "rejected"))
+    return batch_size * grad_accum * per_pair.pop()
+
+
+def check_dpo_tokens(rows, tokens):
+    """fdpo's own count of a 2-rank step (tokens_per_sec x the step's seconds) against the
+    count of the pairs: a binary that counts otherwise gives rates this bench cannot use"""
+    m = next(m for m in rows if m["dist/comm_fraction"] > 0)
+    counted = m["tokens_per_sec"] * m["dist/allreduce_seconds"] / m["dist/comm_fraction"]
+    if abs(counted - tokens) > 1e-6 * tokens:
+        sys.exit(f"{FDPO}: a 2-rank dpo step logged {counted:.1f} tokens, the pairs hold {tokens}: its tokens_per_sec "
+                 f"is not the job's (fdpo before wave 43 counted a step's tokens once per rank); use a newer build")
+
+
 def write_dpo_inputs(tmp, cfg, text):
     """a starting checkpoint of the bench's shapes (one pretrain step) and 64 pairs with fixed
     lengths (prompt 24, chosen and rejected 40 bytes: byte-level tokens), so every step has
-    the same tokens"""
+    the same tokens; returns (checkpoint, pairs file, dpo config, tokens per step)"""
     init = os.path.join(tmp, "init")
     r = subprocess.run([FDPO, "pretrain", "--config", cfg, "--steps", "1", "--out", init, "--quiet", text],
                        capture_output=True, text=True)
@@ -117,17 +143,18 @@ def write_dpo_inputs(tmp, cfg, text):
     with open(dpo_cfg, "w") as f:
         f.write(f"[train]\nbatch-size = {B}\ngrad-accum = {A}\nlr = 1e-4\nseed = 1\nlog-every = 1\neval-every = 0\n")
     pairs = os.path.join(tmp, "pairs.jsonl")
+    rows = [{"prompt": f"question {i:04d}: which is it?"[:DPO_PROMPT_BYTES],
+             "chosen": ("yes, it is the first one " * 2)[:DPO_COMPLETION_BYTES],
+             "rejected": (f"no {i:04d} it is another one " * 2)[:DPO_COMPLETION_BYTES]} for i in range(64)]
     with open(pairs, "w") as f:
-        for i in range(64):
-            f.write(json.dumps({"prompt": f"question {i:04d}: which is it?"[:24],
-                                "chosen": ("yes, it is the first one " * 2)[:40],
-                                "rejected": (f"no {i:04d} it is another one " * 2)[:40]}) + "\n")
-    return init, pairs, dpo_cfg
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return init, pairs, dpo_cfg, dpo_step_tokens(rows, B, A)
 
 
 def run(ranks, threads, cfg, text, steps, out, overlap=False, dpo=None):
     if dpo:
-        init, pairs, dpo_cfg = dpo
+        init, pairs, dpo_cfg = dpo[:3]
         argv = [FDPO, "dpo", "--config", dpo_cfg, "--model", init, "--data", pairs, "--eval-fraction", "0",
                 "--ref-cache-dir", os.path.join(os.path.dirname(out), "cache"), "--threads", str(threads),
                 "--steps", str(steps), "--out", out, "--quiet"]
@@ -289,9 +316,9 @@ def main():
                            overlap, dpo)
                 rows_of[name] += rows[1:]   # the first step is the warm-up
             rnd += 1
-        if dpo:   # the step's tokens (the same on every side): rate x the step's wall time
-            m = next(m for m in rows_of["2 ranks x 1 thread"] if m["dist/comm_fraction"] > 0)
-            global_tokens = round(m["tokens_per_sec"] * m["dist/allreduce_seconds"] / m["dist/comm_fraction"])
+        if dpo:   # the step's tokens, counted from the pairs (the same on every side)
+            global_tokens = dpo[3]
+            check_dpo_tokens(rows_of["2 ranks x 1 thread"], global_tokens)
         times = {k: [global_tokens / m["tokens_per_sec"] for m in v] for k, v in rows_of.items()}
         comm = {k: [m["dist/allreduce_seconds"] for m in v] for k, v in rows_of.items() if sides[k][0] > 1}
         frac = {k: [m["dist/comm_fraction"] for m in v] for k, v in rows_of.items() if sides[k][0] > 1}

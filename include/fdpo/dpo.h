@@ -58,7 +58,7 @@ typedef struct {
 
 /* Means over the pairs of one call (TRL's names in docs/dpo.md). */
 typedef struct {
-    size_t pairs, tokens;          /* tokens = model positions processed (policy) */
+    size_t pairs, tokens;          /* tokens = model positions the policy processed on this rank (under MPI its micro-batches' only) */
     double loss, pref_loss, sft_nll;
     double rewards_chosen, rewards_rejected, margins, accuracy;  /* accuracy: ties count 1/2 */
     double logps_chosen, logps_rejected, logits_chosen, logits_rejected;

@@ -51,7 +51,7 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
 void fdpo_unpaired_free(fdpo_unpaired_set *s);
 
 typedef struct {
-    size_t n, desirable, undesirable, tokens;
+    size_t n, desirable, undesirable, tokens;   /* tokens: model positions this rank processed (under MPI its micro-batches' only) */
     double loss, kl;                                   /* kl: z0 of the micro-batches, weighted by their sizes */
     double rewards_chosen, rewards_rejected, margins;  /* beta * l, means over desirable / undesirable */
     double logps_chosen, logps_rejected;               /* policy summed completion log-probs */

@@ -27,7 +27,8 @@ typedef struct {
  * held through the save, so a run or merge into the same OUT meanwhile is refused) and, without
  * overwrite, a refusal of an OUT that holds another run's output: a checkpoint, rounds, stages
  * or a tokenizer (fdpo_out_holds_run) or the metrics.jsonl and summaries of a run that never
- * saved (fdpo_out_run_file). */
+ * saved (fdpo_out_run_file). Under MPI a collective: rank 0 looks, and every rank returns its
+ * verdict before rank 0 can write OUT. */
 int fdpo_merge_claim_out(const char *out, int overwrite);
 /* Errors name the flag: "--weight: 3 weights for 2 models". */
 int fdpo_merge_opts_check(const fdpo_merge_opts *o);

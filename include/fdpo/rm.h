@@ -39,7 +39,7 @@ void fdpo_rm_batch_free(fdpo_rm_batch *rb);
 typedef struct {
     size_t pairs;
     double loss, accuracy, margin, mean_reward, rewards_chosen, rewards_rejected; /* means; ties count 1/2 */
-    size_t tokens;
+    size_t tokens;   /* model positions this rank processed (under MPI its micro-batches' only) */
 } fdpo_rm_metrics;
 
 /* Loss, metrics and (grad) ACCUMULATED gradients of n pairs, micro_batch pairs per

@@ -526,8 +526,10 @@ size_t fdpo_trainer_next_item(fdpo_trainer *tr);          /* next training item 
 /* Call before the first micro-batch of a step: zero grads, start the step clock. */
 void fdpo_trainer_begin_step(fdpo_trainer *tr);
 /* After the micro-batches' backward passes: clip (tr->last_grad_norm = norm before
- * clipping), lr of this step (tr->last_lr), AdamW, step++. n_tokens: tokens processed this
- * step (for tokens/s). */
+ * clipping), lr of this step (tr->last_lr), AdamW, step++. n_tokens: the tokens THIS RANK
+ * processed this step (its own micro-batches, not a count already summed over the ranks):
+ * like the gradients, the trainer sums them over the ranks, and tokens_per_sec is the job's
+ * (the step's tokens, each counted once, per second). */
 int fdpo_trainer_step(fdpo_trainer *tr, size_t n_tokens);
 /* Progress line for the step just taken (extra appended, may be NULL; quiet: nothing). */
 void fdpo_trainer_progress(fdpo_trainer *tr, double loss, const char *extra);

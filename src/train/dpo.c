@@ -282,12 +282,13 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
     }
     if (grad && fdpo_dist_overlap_backward_done()) return -1;   /* before the sums below, on every rank */
     if (fdpo_dist_size() > 1) {
-        double sums[12] = {sum_loss, sum_nll, sum_rw, sum_rl, sum_acc, sum_lpw, sum_lpl, sum_sw, sum_sl,
-                           sum_logit_w, sum_logit_l, (double)out->tokens};
-        if (fdpo_dist_sum_f64(sums, 12) || (pair_out && fdpo_dist_sum_f64(pair_out, 5 * n))) return -1;
+        /* out->tokens stays this rank's: fdpo_trainer_step sums it over the ranks */
+        double sums[11] = {sum_loss, sum_nll, sum_rw, sum_rl, sum_acc, sum_lpw, sum_lpl, sum_sw, sum_sl,
+                           sum_logit_w, sum_logit_l};
+        if (fdpo_dist_sum_f64(sums, 11) || (pair_out && fdpo_dist_sum_f64(pair_out, 5 * n))) return -1;
         sum_loss = sums[0]; sum_nll = sums[1]; sum_rw = sums[2]; sum_rl = sums[3]; sum_acc = sums[4];
         sum_lpw = sums[5]; sum_lpl = sums[6]; sum_sw = sums[7]; sum_sl = sums[8];
-        sum_logit_w = sums[9]; sum_logit_l = sums[10]; out->tokens = (size_t)sums[11];
+        sum_logit_w = sums[9]; sum_logit_l = sums[10];
     }
     const double inv = 1.0 / (double)n;
     out->pairs = n;

@@ -114,13 +114,14 @@ int fdpo_kto_step(fdpo_gpt2 *policy, fdpo_gpt2 *ref, const fdpo_kto_loss *K, con
     free(kb.seq_offset); free(kb.tokens); free(kb.targets);
     if (rc || (grad && fdpo_dist_overlap_backward_done())) return -1;   /* before the sums below, on every rank */
     if (fdpo_dist_size() > 1) {
-        double sums[12] = {(double)s.desirable, (double)s.undesirable, (double)s.tokens, s.loss, s.kl,
+        /* s.tokens stays this rank's: fdpo_trainer_step sums it over the ranks */
+        double sums[10] = {(double)s.desirable, (double)s.undesirable, s.loss, s.kl,
                            s.rewards_chosen, s.rewards_rejected, s.logps_chosen, s.logps_rejected,
-                           s.scores_chosen, s.scores_rejected, 0};
-        if (fdpo_dist_sum_f64(sums, 12) || (out_l && fdpo_dist_sum_f64(out_l, 4 * n))) return -1;
-        s.desirable = (size_t)sums[0]; s.undesirable = (size_t)sums[1]; s.tokens = (size_t)sums[2];
-        s.loss = sums[3]; s.kl = sums[4]; s.rewards_chosen = sums[5]; s.rewards_rejected = sums[6];
-        s.logps_chosen = sums[7]; s.logps_rejected = sums[8]; s.scores_chosen = sums[9]; s.scores_rejected = sums[10];
+                           s.scores_chosen, s.scores_rejected};
+        if (fdpo_dist_sum_f64(sums, 10) || (out_l && fdpo_dist_sum_f64(out_l, 4 * n))) return -1;
+        s.desirable = (size_t)sums[0]; s.undesirable = (size_t)sums[1];
+        s.loss = sums[2]; s.kl = sums[3]; s.rewards_chosen = sums[4]; s.rewards_rejected = sums[5];
+        s.logps_chosen = sums[6]; s.logps_rejected = sums[7]; s.scores_chosen = sums[8]; s.scores_rejected = sums[9];
     }
     if (out) {
         s.n = n;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/dpo.h"
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
@@ -39,13 +40,19 @@ int fdpo_merge_claim_out(const char *out, int overwrite) {
      * replaced; and the recovery may restore a checkpoint from OUT.old, checked after it */
     if (fdpo_checkpoint_recover(out)) return -1;
     if (overwrite) return 0;
-    /* any run's output, not only a checkpoint: the swap would drop its other files */
-    const char *held = fdpo_out_holds_run(out, 0), *run_file = held ? NULL : fdpo_out_run_file(out);
+    /* Under MPI rank 0 looks and its verdict is the job's, given to every rank before rank 0
+     * goes on (fdpo_dist_all_ok waits for all): nothing orders a rank's own look after the
+     * claim before rank 0's save, and a late rank found the merge this job had just written. */
     int rc = 0;
-    if (held) rc = fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, held);
-    /* a run that never saved: its metrics would describe another model than the merged one */
-    else if (run_file) rc = fdpo_error("--out: %s already holds another run's output (%s) (use --overwrite to replace it)",
-                                       out, run_file);
+    if (fdpo_dist_is_root()) {
+        /* any run's output, not only a checkpoint: the swap would drop its other files */
+        const char *held = fdpo_out_holds_run(out, 0), *run_file = held ? NULL : fdpo_out_run_file(out);
+        if (held) rc = fdpo_error("--out: %s already holds %s (use --overwrite to replace it)", out, held);
+        /* a run that never saved: its metrics would describe another model than the merged one */
+        else if (run_file) rc = fdpo_error("--out: %s already holds another run's output (%s) (use --overwrite to replace it)",
+                                           out, run_file);
+    }
+    rc = fdpo_dist_all_ok(rc);
     if (rc) fdpo_dir_unlock(out);
     return rc;
 }

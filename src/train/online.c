@@ -996,7 +996,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
         char what[32];   /* the step as its metrics line counts it */
         snprintf(what, sizeof what, "step %ld", step + 1);
         rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, what, step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
-        size_t np = 0, tokens = 0;
+        size_t np = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
         for (size_t p = 0; rc == 0 && p < P; p++) {
             size_t best = p * K, worst = best;
@@ -1016,7 +1016,6 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             pair_sample[2 * np + 1] = worst;
             pptr[np++] = q;
             gap += r[best] - r[worst];
-            tokens += 2 * lens[p] + b->n_tokens + w->n_tokens;
         }
         t_score = fdpo_now();
         /* log pi: the sampler's own sums (untempered, over the tokens scored here); log pi_ref:
@@ -1043,8 +1042,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
          * the sum is the single process's gradient up to the order of the float additions */
         d.cfg.micro_batch = (np + (size_t)fdpo_dist_size() - 1) / (size_t)fdpo_dist_size();
         if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, pair_ref, 1, &m, NULL);
-        /* tokens: the step's total, counted once (rank 0) in the trainer's sum */
-        if (!rc && np > 0) rc = fdpo_trainer_step(&tr, fdpo_dist_is_root() ? tokens : 0);
+        /* m.tokens: the positions this rank's block ran through the policy (the trainer sums the ranks') */
+        if (!rc && np > 0) rc = fdpo_trainer_step(&tr, m.tokens);
         else if (!rc) {
             /* no pairs (every prompt's samples tied): nothing to learn from, so the policy and
              * AdamW stay as they are (weight decay and momentum would move it); the step counts */

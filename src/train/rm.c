@@ -89,10 +89,11 @@ int fdpo_rm_step(fdpo_gpt2 *m, fdpo_rm_batch *rb, const fdpo_pref_pair *const *p
     free(r); free(dr);
     if (rc || (grad && fdpo_dist_overlap_backward_done())) return -1;   /* before the sums below, on every rank */
     if (fdpo_dist_size() > 1) {
-        double sums[6] = {s.loss, s.accuracy, s.margin, s.rewards_chosen, s.rewards_rejected, (double)s.tokens};
-        if (fdpo_dist_sum_f64(sums, 6) || (rewards_out && fdpo_dist_sum_f64(rewards_out, 2 * n))) return -1;
+        /* s.tokens stays this rank's: fdpo_trainer_step sums it over the ranks */
+        double sums[5] = {s.loss, s.accuracy, s.margin, s.rewards_chosen, s.rewards_rejected};
+        if (fdpo_dist_sum_f64(sums, 5) || (rewards_out && fdpo_dist_sum_f64(rewards_out, 2 * n))) return -1;
         s.loss = sums[0]; s.accuracy = sums[1]; s.margin = sums[2];
-        s.rewards_chosen = sums[3]; s.rewards_rejected = sums[4]; s.tokens = (size_t)sums[5];
+        s.rewards_chosen = sums[3]; s.rewards_rejected = sums[4];
     }
     if (out) {
         double d = n ? (double)n : 1;

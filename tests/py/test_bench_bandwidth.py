@@ -740,3 +740,20 @@ def test_bench_sample_refuses_a_run_whose_rows_stopped_early(tmp_path):
         bench_sample.run_side("base-fp32", str(tmp_path), str(tmp_path), a)
     assert str(e.value) == ("base-fp32: fdpo generate drew 863 new tokens, not 8 x 128: a row stopped early, so it did "
                             "not do PyTorch's work")
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI is not installed (scripts/deps.sh installs it)")
+def test_bench_mpi_dpo_counts_a_steps_tokens_from_the_pairs(tmp_path):
+    """bench_mpi.py --dpo divides a step's tokens by each side's tokens_per_sec. It took the
+    count from a 2-rank row, where fdpo counted the tokens once per rank (twice the step's),
+    so every 1-rank step came out at twice its time (docs/scaling.md's "1.63x faster with 2
+    ranks"). The count now comes from the pairs: at the small shapes 2 x 4 pairs of
+    (24 - 1) + (40 + 1) + (40 + 1) tokens (docs/dpo.md's shared layout, byte tokens, each
+    completion with <|endoftext|>) = 840, and a 2-rank step's own count must agree."""
+    import bench_mpi   # its fdpo: FDPO_BIN, else build/fdpo, as the tests'
+    cfg, text, _ = bench_mpi.write_inputs(str(tmp_path), "small")
+    dpo = bench_mpi.write_dpo_inputs(str(tmp_path), cfg, text)
+    assert dpo[3] == 2 * 4 * ((24 - 1) + (40 + 1) + (40 + 1)) == 840
+    rows = bench_mpi.run(2, 1, cfg, text, 2, str(tmp_path / "out"), False, dpo)
+    assert len(rows) == 2
+    bench_mpi.check_dpo_tokens(rows, dpo[3])   # sys.exit (a test failure) when they differ

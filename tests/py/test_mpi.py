@@ -461,6 +461,61 @@ def test_commands_with_nothing_to_split_print_once(work, tmp_path):
             assert mpi(n, *args).stdout == one, (n, args)
 
 
+# preloaded into the ranks: rank 1's first look-up (stat, lstat, access, opendir, open) of a
+# path containing $DELAY_PATH sleeps 2 s first, as a slow node or a network file system may
+SLOW_RANK_1_SHIM = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static int done;
+static void maybe_sleep(const char *p) {
+    const char *r = getenv("OMPI_COMM_WORLD_RANK"), *m = getenv("DELAY_PATH");
+    if (done || !p || !r || strcmp(r, "1") || !m || !strstr(p, m)) return;
+    done = 1;
+    sleep(2);
+}
+int stat(const char *p, struct stat *s) { maybe_sleep(p); int (*f)(const char *, struct stat *) = dlsym(RTLD_NEXT, "stat"); return f(p, s); }
+int lstat(const char *p, struct stat *s) { maybe_sleep(p); int (*f)(const char *, struct stat *) = dlsym(RTLD_NEXT, "lstat"); return f(p, s); }
+int access(const char *p, int m) { maybe_sleep(p); int (*f)(const char *, int) = dlsym(RTLD_NEXT, "access"); return f(p, m); }
+DIR *opendir(const char *p) { maybe_sleep(p); DIR *(*f)(const char *) = dlsym(RTLD_NEXT, "opendir"); return f(p); }
+int open(const char *p, int fl, ...) {
+    maybe_sleep(p);
+    va_list a; va_start(a, fl); int mode = va_arg(a, int); va_end(a);
+    int (*f)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
+    return f(p, fl, mode);
+}
+"""
+
+
+def test_merge_with_a_slow_rank_succeeds(work, tmp_path):
+    """merge runs whole on every rank and rank 0 writes (docs/scaling.md). Every rank looked
+    at --out on its own after the claim's barrier, so a rank slower than rank 0's merge and
+    save (here rank 1, its first look at OUT delayed 2 s) found the job's own checkpoint and
+    ended the job with "already holds a checkpoint". Rank 0's verdict is now every rank's: the
+    job succeeds, and OUT holds the weighted average (computed here with numpy)."""
+    src, so = tmp_path / "slow.c", tmp_path / "libslow.so"
+    src.write_text(SLOW_RANK_1_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(so), str(src), "-ldl"], check=True, capture_output=True)
+    out = tmp_path / "merged"
+    r = subprocess.run([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", f"LD_PRELOAD={so}",
+                        "-x", "DELAY_PATH=merged", FDPO, "merge", "--model", work / "pol", "--model", work / "pol2",
+                        "--weight", "0.3,0.7", "--out", out, "--threads", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "already holds" not in r.stderr and "weighted average of 2 checkpoints written" in r.stderr, r.stderr
+    a, b, m = (st.load(str(d / "model.safetensors"))[0] for d in (work / "pol", work / "pol2", out))
+    for k in a:
+        np.testing.assert_allclose(m[k].astype(np.float64), 0.3 * a[k].astype(np.float64) + 0.7 * b[k], rtol=1e-6, atol=1e-7)
+    # the refusal of an OUT that already holds a checkpoint is said once for the job still
+    r = mpi(2, "merge", "--model", work / "pol", "--model", work / "pol2", "--out", out, "--threads", 1, check=False)
+    assert r.returncode != 0 and "already holds a checkpoint (model.safetensors)" in r.stderr, r.stderr
+
+
 def test_tokenizer_train_under_mpirun_is_one_run(work, tmp_path):
     """Every rank trained and took --out's lock: each job failed on some rank ("in use by
     another run (pid 0 holds OUT.lock)"), the files written or not. Rank 0 trains alone, the
@@ -784,6 +839,62 @@ def test_kto_two_ranks_equal_one(work, tmp_path):
             if key in a:
                 assert abs(a[key] - b[key]) <= 1e-5 * max(abs(a[key]), 1e-3), (key, a[key], b[key])
 
+
+
+def step_tokens(out):
+    """The tokens each logged step counted, from its metrics line: tokens_per_sec x the step's
+    seconds (dist/allreduce_seconds / dist/comm_fraction, both over the same step clock)."""
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    steps = [m for m in rows if "tokens_per_sec" in m]
+    assert steps and all(m["dist/comm_fraction"] > 0 for m in steps)
+    return [m["tokens_per_sec"] * m["dist/allreduce_seconds"] / m["dist/comm_fraction"] for m in steps]
+
+
+@pytest.mark.parametrize("cmd", ["dpo-shared", "dpo-plain", "kto", "rm"])
+def test_tokens_per_sec_counts_the_steps_tokens_once_whatever_the_ranks(work, tmp_path, cmd):
+    """One step over the whole data file (12 micro-batches of 4), so its token count is known
+    exactly from the file, counted here with the documented packings of the byte tokenizer
+    (every completion ends with <|endoftext|>): dpo per pair (docs/dpo.md "Pair layouts")
+    shared (P - 1) + Cw + Cl, plain (P + Cw - 1) + (P + Cl - 1); rm (docs/rm.md) P + C per
+    sequence, the completion's <|endoftext|> dropped; kto (docs/kto.md) P + C - 1 per example
+    plus its KL pair, prompt (i + 1) mod n with completion i, so twice that over a micro-batch.
+    Two and three ranks log the job's count (dpo, kto and rm summed an already summed count
+    over the ranks: N times the tokens)."""
+    rows = synthetic_pairs(48, 5)
+    kind = cmd.split("-")[0]
+    if kind == "kto":
+        data = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+                for r in rows[:24] for side in ("chosen", "rejected")]
+        want = sum(2 * (len(r["prompt"]) + len(r["completion"]) + 1 - 1) for r in data)
+    else:
+        data = rows
+        P = lambda r: len(r["prompt"])
+        Cw = lambda r: len(r["chosen"]) + 1   # + <|endoftext|>
+        Cl = lambda r: len(r["rejected"]) + 1
+        want = sum({"dpo-shared": (P(r) - 1) + Cw(r) + Cl(r), "dpo-plain": (P(r) + Cw(r) - 1) + (P(r) + Cl(r) - 1),
+                    "rm": (P(r) + Cw(r) - 1) + (P(r) + Cl(r) - 1)}[cmd] for r in rows)
+    write_jsonl(tmp_path / "data.jsonl", data)
+    extra = ["--layout", cmd.split("-")[1]] if kind == "dpo" else []
+    for n in (2, 3):
+        out = tmp_path / f"{cmd}{n}"
+        mpi(n, kind, "--model", work / "pol", "--data", tmp_path / "data.jsonl", "--out", out, "--steps", 1,
+            "--batch-size", 4, "--grad-accum", 12, "--threads", 1, "--eval-fraction", 0, "--quiet", *extra)
+        [got] = step_tokens(out)
+        assert abs(got - want) <= 1e-6 * want, (n, got, want)
+
+
+def test_online_step_tokens_per_sec_counts_the_pairs_positions(work, tmp_path):
+    """--mode step counts what its f-DPO step runs through the policy, as `fdpo dpo` and the
+    rounds do: the shared layout's (P - 1) + Cw + Cl per pair (docs/dpo.md "Pair layouts"),
+    not 2P + Cw + Cl. No sample ends with <|endoftext|> here (val/contain_eos_token 0), so
+    every completion is --max-new-tokens 10 long; the prompts are "prompt i:" (9 bytes)."""
+    out = tmp_path / "o"
+    mpi(2, *online_args(work, out, "--mode", "step", "--steps", 2))
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert all(m["val/contain_eos_token"] == 0 and m["pairs"] > 0 for m in rows)
+    for m, got in zip(rows, step_tokens(out)):
+        want = m["pairs"] * ((9 - 1) + 10 + 10)
+        assert abs(got - want) <= 1e-6 * want, (got, want)
 
 # ---- LoRA dropout under MPI ----
 
