@@ -164,6 +164,35 @@ def test_fkl_with_rewards_whose_gap_overflows(tmp_path):
     assert float(s["objective"]) == pytest.approx(1e308 - 0.1 * want, rel=1e-12)
 
 
+def mp_lambda(div, q, r, beta, pi):
+    """lambda from KKT, r_i - beta f'(pi_i/q_i) - lambda = 0, at the best response (in every support)"""
+    import mpmath as mp
+    i = int(np.argmax(r))
+    A = mp.mpf(div[6:]) if div.startswith("alpha:") else None
+    u = pi[i] / mp.mpf(float(q[i]))
+    fp = {"rkl": lambda: mp.log(u) + 1, "fkl": lambda: -1 / u, "js": lambda: mp.log(2 * u / (1 + u)),
+          "chi2": lambda: 2 * (u - 1)}.get(div, lambda: (1 - u ** (-A)) / A)()
+    return mp.mpf(float(r[i])) - mp.mpf(float(beta)) * fp
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5", "alpha:0.3", "chi2"])
+@pytest.mark.parametrize("q,r,beta", [([0.5, 0.5], [1e308, -1e308], 1e308),
+                                      ([0.3, 0.3, 0.4], [1.5e308, -1.5e308, 1e308], 1.7e308),
+                                      ([0.3, 0.3, 0.4], [1.5e308, -1.5e308, 1e308], 1e300)])
+def test_rewards_whose_spread_overflows(tmp_path, div, q, r, beta):
+    """rewards 1e308 and -1e308: r_max - r overflowed to inf, so at beta = 1e308 the worse
+    response's (r_max - r)/beta = 2 read inf: point masses for rkl/fkl/js/chi2, an alpha:0.5
+    policy summing to 1.5, lambda -inf or NaN, all with exit 0. pi*, every statistic and lambda
+    against the 60-digit mpmath optimum (chi2: exact rationals), which has no overflow to avoid."""
+    q, r = np.array(q), np.array(r)
+    s, pi = solve(tmp_path, div, beta, q, r)
+    ref = mp_optimum(div, q, r, beta)
+    np.testing.assert_allclose(pi, [float(x) for x in ref], rtol=1e-12, atol=1e-300)
+    assert int(s["support"]) == sum(float(x) > 0 for x in ref)   # at 1e300 some pi* underflow
+    assert_stats(s, div, q, r, beta, ref, rel=1e-12, abs_=1e-13)
+    assert float(s["lambda"]) == pytest.approx(float(mp_lambda(div, q, r, beta, ref)), rel=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
 def test_rkl_is_softmax_to_rounding(tmp_path, beta):
     q, r = problem(200, 2, zipf=False)
