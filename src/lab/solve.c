@@ -90,15 +90,39 @@ static inline double plus_beta_times(double y, double b, double beta, double x) 
     return isfinite(y) ? y : 2 * (0.5 * b + 0.5 * beta * x);
 }
 
+/* q (u log u - u + 1), from q, p = q u, u and lu = log u: KL(pi || pi_ref) is their sum
+ * plus 1 - sum q (sum_stat_offset), as sum p = 1. Unlike sum p log u, whose terms are ~lu and
+ * cancel to a sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's
+ * error relative to lu; near u = 1 in expm1 form, elsewhere from p (u overflows where p does
+ * not: a subnormal pi_ref); p = 0 gives its limit, q. */
+static double kl_term(double q, double p, double u, double lu) {
+    if (p == 0) return q;
+    return fabs(lu) < 1 ? q * (u * lu - expm1(lu)) : p * lu - p + q;
+}
+
+/* 1 - sum q (compensated): what the sums of kl_term and of fkl's standardised f leave out when
+ * pi_ref, kept as given, sums to 1 only within the loader's 1e-9 */
+static double sum_stat_offset(const double *q, size_t n) {
+    double s = 0, c = 0;
+    for (size_t i = 0; i < n; i++) {   /* Neumaier */
+        double t = s + q[i];
+        c += fabs(s) >= fabs(q[i]) ? (s - t) + q[i] : (q[i] - t) + s;
+        s = t;
+    }
+    return (1 - s) - c;
+}
+
 /* Accumulates the statistics of pi one element at a time. */
 typedef struct { double er, h, kl, df; size_t support; } acc;
 static inline void acc_add(acc *a, const fdpo_divergence *d, double q, double logq, double r, double pi, double logpi, double u) {
     if (pi > 0) {
         a->er += pi * r;
         a->h -= pi * logpi;
-        a->kl += pi * (logpi - logq);
         a->support++;
     }
+    /* KL in kl_term's second-order form (the caller adds sum_stat_offset): the plain terms
+     * pi (log pi - log q) are ~1/beta and cancel to a sum ~1/beta^2 (chi2's KL read -1e-16 at beta = 1e8) */
+    a->kl += kl_term(q, pi, u, isfinite(u) ? log(u) : logpi - logq);
     /* q f(u) overflows where p f(u)/u does not: u log u past u ~ 2.5e305, and u = p/q itself
      * for a subnormal q (tv's D_f was inf, js's NaN); there eval's log-space form, exact there
      * since log p - log q is the ~700 it needs to be. pi = 0 keeps q f(0) (fkl's inf is D_f's). */
@@ -307,28 +331,6 @@ static double log_gap(double a, double b) {
     return isinf(d) ? log(0.5 * a - 0.5 * b) + M_LN2 : log(d);
 }
 
-/* q (u log u - u + 1), from q, p = q u, u and lu = log u: KL(pi || pi_ref) is their sum
- * plus 1 - sum q (sum_stat_offset), as sum p = 1. Unlike sum p log u, whose terms are ~lu and
- * cancel to a sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's
- * error relative to lu; near u = 1 in expm1 form, elsewhere from p (u overflows where p does
- * not: a subnormal pi_ref); p = 0 gives its limit, q. */
-static double kl_term(double q, double p, double u, double lu) {
-    if (p == 0) return q;
-    return fabs(lu) < 1 ? q * (u * lu - expm1(lu)) : p * lu - p + q;
-}
-
-/* 1 - sum q (compensated): what the sums of kl_term and of fkl's standardised f leave out when
- * pi_ref, kept as given, sums to 1 only within the loader's 1e-9 */
-static double sum_stat_offset(const double *q, size_t n) {
-    double s = 0, c = 0;
-    for (size_t i = 0; i < n; i++) {   /* Neumaier */
-        double t = s + q[i];
-        c += fabs(s) >= fabs(q[i]) ? (s - t) + q[i] : (q[i] - t) + s;
-        s = t;
-    }
-    return (1 - s) - c;
-}
-
 int fdpo_lab_divergence_check(const fdpo_divergence *d) {
     if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
         return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);
@@ -505,6 +507,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
+        a.kl += sum_stat_offset(q, n);
         break;
     }
     case FDPO_DIV_TV: {
@@ -523,6 +526,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
+        a.kl += sum_stat_offset(q, n);
         break;
     }
     }

@@ -360,7 +360,7 @@ def test_tiny_beta_is_the_optimum(tmp_path, div, scale, rel_beta):
         np.testing.assert_allclose(pi[top], q[top] / q[top].sum(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "fkl", "rkl"])
+@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "fkl", "rkl", "chi2"])
 # (pi_ref 5e-10 over 1 at beta 1e12: the reference's bracket, all u <= 1 at the pole's end, does
 # not hold: D_f ~ 1e-25 there is below what such a pi_ref defines anyway)
 @pytest.mark.parametrize("beta,qs", [(b, q) for b in (1e2, 1e4, 1e8, 1e12) for q in ("exact", "rounded", "off")
@@ -370,7 +370,9 @@ def test_large_beta_f_divergence_is_the_optimums(tmp_path, div, beta, qs):
     f, as u log u - (u+1)(e + log u - log 2), left an absolute 1e-16 that made D_f -3e-17 at
     beta = 1e8; alpha's u w - (1-A) u - A left 3e-16 at u = 1 (the objective, E[r] - beta D_f,
     went to -3e4 at 1e20); rkl's and fkl's (f'(1) != 0) carried the normalisation's rounding to
-    first order (-1e-16 against 7.6e-18). Against the 60-digit mpmath optimum: D_f within 1e-6
+    first order (-1e-16 against 7.6e-18); chi2's KL (and tv's) was summed as pi log(pi/pi_ref),
+    terms ~1/beta cancelling to ~1/beta^2 (0.19 % off at 1e6, negative at 1e8), now in the other
+    divergences' second-order kl_term (reference: exact rationals). Against the 60-digit mpmath optimum: D_f within 1e-6
     relative up to beta = 1e8, E[r] to 1e-12, and the objective within 1e-15 * beta (D_f's own
     rounding times beta). At 1e12, u - 1 ~ 1e-12 is known to ~2e-16 absolute (the rounding of
     the distance to the pole, or of log Z, near 0.69), so D_f ~ (u - 1)^2 to ~1e-3 relative:
@@ -387,6 +389,24 @@ def test_large_beta_f_divergence_is_the_optimums(tmp_path, div, beta, qs):
         (s, ref["f_divergence"])
     assert float(s["expected_reward"]) == pytest.approx(float(ref["expected_reward"]), rel=1e-12, abs=0), s
     assert abs(float(s["objective"]) - float(ref["objective"])) <= 1e-15 * beta, (s, ref["objective"])
+
+
+def test_frontier_chi2_kl_at_a_large_beta(tmp_path):
+    """frontier's x-axis, KL(pi* || pi_ref), for chi2 at beta 1e4..1e8 (pi_ref summing to 1 exactly
+    in doubles): it read 5.9333e-14 at 1e6 (-0.19 %) and -9.9e-17 at 1e8 against 5.9448e-18.
+    Reference: chi2's optimum in exact rationals, its KL in 50-digit mpmath."""
+    import mpmath as mp
+    q, r, betas = np.array([0.5, 0.25, 0.125, 0.125]), np.array([1.0, 0.5, -0.25, -1.0]), [1e4, 1e6, 1e8]
+    path = tmp_path / "p.csv"
+    write_problem(path, q, r)
+    got = rows(lab("frontier", "--data", path, "--divergence", "chi2", "--betas", ",".join(map(repr, betas)),
+                   "--threads", 1).stdout)
+    mp.mp.dps = 50
+    for row, beta in zip(got, betas):
+        pi, _ = chi2_exact(q, r, beta)
+        want = mp.fsum(mp.mpf(p.numerator) / p.denominator * mp.log(mp.mpf(p.numerator) / p.denominator / mp.mpf(float(qi)))
+                       for p, qi in zip(pi, q))
+        assert float(row["kl"]) == pytest.approx(float(want), rel=1e-6, abs=0), (beta, row["kl"], want)
 
 
 def test_kl_with_a_subnormal_pi_ref_at_a_small_beta(tmp_path):
