@@ -996,6 +996,17 @@ def test_renormalises_with_a_warning(tmp_path):
     (["frontier", "--n-betas", "1"], "--n-betas 1: one beta, but --beta-min 0.01 and --beta-max 10 differ (give "
      "them equal, or --n-betas 2 or more)"),
     (["constrained", "--frontier", "1:1.5:1"], "--frontier: '1:1.5:1' is one threshold, but LO and HI differ"),
+    # a number list's repeated value ran twice, its rows under one key (coverage's and gap's with
+    # different numbers); docs/lab.md: every lab list refuses a repeat, as --method does
+    (["frontier", "--n", "5", "--betas", "0.1,0.10"], "--betas: 0.1 given twice in '0.1,0.10'"),
+    (["gap", "--n", "5", "--betas", "1,0.5,1"], "--betas: 1 given twice in '1,0.5,1'"),
+    (["gap", "--n", "5", "--noise", "0.1, 0.1"], "--noise: 0.1 given twice in '0.1, 0.1'"),
+    (["coverage", "--n", "5", "--comparisons", "10,1e1"], "--comparisons: 10 given twice in '10,1e1'"),
+    (["bias", "--bias", "0.005,0.005"], "--bias: 0.005 given twice in '0.005,0.005'"),
+    (["constrained", "--n", "5", "--frontier", "0.1,0.1"], "--frontier: 0.1 given twice in '0.1,0.1'"),
+    (["constrained", "--n", "5", "--frontier", "0.1:0.1:3"], "--frontier: '0.1:0.1:3' gives threshold 0.1 twice"),
+    (["frontier", "--n", "5", "--beta-min", "1", "--beta-max", "1", "--n-betas", "3"],
+     "--n-betas 3: 3 betas, but --beta-min and --beta-max are both 1 (the grid would run it 3 times: give --n-betas 1)"),
     # below it the pole form's rounding grows as 1e-16/A: pi = pi_ref at A = 1e-20; alpha:1e-300
     # failed after the header was written
     (["solve", "--divergence", "rkl,alpha:1e-10"], "--divergence: alpha:1e-10: the lab solves alpha:A for A >= 1e-06"),
