@@ -170,7 +170,9 @@ int fdpo_lab_bias(const fdpo_divergence *d, double beta, double bias, const fdpo
 
 /* `fdpo lab frontier`'s log-spaced beta grid: n_betas values from beta_min to beta_max (one:
  * beta_min). Defaults 0.01, 10, 50; the check (errors name --beta-min/--beta-max, --n-betas)
- * needs 0 < beta_min <= beta_max < inf and n_betas >= 1. *betas: n_betas doubles (free). */
+ * needs 0 < beta_min <= beta_max < inf, n_betas >= 1, and n_betas = 1 for equal ends; a grid
+ * whose points do not increase (ends a few ulps apart: a beta twice) is refused too. *betas:
+ * n_betas doubles (free). */
 typedef struct { double beta_min, beta_max; long n_betas; } fdpo_lab_beta_grid_opts;
 void fdpo_lab_beta_grid_default(fdpo_lab_beta_grid_opts *o);
 int fdpo_lab_beta_grid_check(const fdpo_lab_beta_grid_opts *o);
@@ -247,8 +249,8 @@ int fdpo_lab_constrained(const double *pi_ref, const double *reward, const doubl
                          const fdpo_divergence *d, double beta, double min_safety, int stepwise,
                          double *pi, double *pi_step, fdpo_lab_constrained_result *res);
 /* `fdpo lab constrained --frontier LO:HI:K`: K evenly spaced thresholds from LO to HI (K = 1:
- * LO). An error (naming --frontier and the text) unless LO <= HI are finite and 1 <= K <= 1e6.
- * *thresholds: K doubles (free). */
+ * LO). An error (naming --frontier and the text) unless LO <= HI are finite and 1 <= K <= 1e6,
+ * and the K thresholds differ (LO = HI needs K = 1). *thresholds: K doubles (free). */
 int fdpo_lab_threshold_range(const char *spec, double **thresholds, size_t *n);
 /* Every (divergence, threshold) pair, rows[k * nthresholds + t], in parallel (OpenMP) over the
  * pairs; each row is computed sequentially, so rows do not depend on the thread count.

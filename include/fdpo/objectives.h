@@ -49,6 +49,9 @@ double fdpo_fprime_inv(const fdpo_divergence *d, double v);  /* (f')^-1(v); NaN 
 double fdpo_fprime_inv_sup(const fdpo_divergence *d);        /* sup of the domain of (f')^-1 (+inf for rkl) */
 double fdpo_score(const fdpo_divergence *d, double l);       /* s(l), l = log u (capped exponents) */
 double fdpo_score_grad(const fdpo_divergence *d, double l);  /* s'(l) */
+/* s(l) with its exponent capped at s'(l)'s cap (e^64) instead of the score's (88.72): for a score
+ * that weighs a gradient, RL's shaped reward (fdpo_shaped_reward_pg) */
+double fdpo_score_grad_capped(const fdpo_divergence *d, double l);
 /* Delta = s(l_w) - s(l_l) without the exponent cap of fdpo_score (fdpo eval's calibration, in
  * double): where neither exponent reaches the cap, exactly fdpo_score(l_w) - fdpo_score(l_l);
  * beyond it, the exact difference (the cap made two log-ratios below -88.72 a tie), +-inf only
@@ -105,11 +108,15 @@ double fdpo_kto_z0(const fdpo_divergence *d, const double *l_kl, size_t n);
 double fdpo_kto_loss_one(const fdpo_kto_loss *K, double l, int desirable, double z0, double *dl);
 /* Policy gradient with an f-penalty (src/objectives/pg_reward.c). l = log pi(y) - log pi_ref(y)
  * summed over the completion. fdpo_fprime_log(d, l) = f'(e^l) with capped exponents (NaN for
- * tv, chi2); the shaped reward is r - beta f'(e^l). Advantages over a group of k >= 2 samples
- * of one prompt: RLOO x_i - mean of the other k - 1; GRPO (x_i - mean)/(std + eps), std with
- * k - 1 (TRL's eps is 1e-4). */
+ * tv, chi2); the shaped reward is r - beta f'(e^l), logged as such. fdpo_shaped_reward_pg is the
+ * one the advantages are computed from, which weigh grad log pi: f''s exponent capped at e^64,
+ * the f-DPO derivative's cap (fdpo_score_grad_capped), so a sample far below the reference
+ * (fkl, alpha) cannot overflow the step's gradient; the two differ only where -l (fkl) or -A l
+ * (alpha) exceeds 64. Advantages over a group of k >= 2 samples of one prompt: RLOO x_i - mean
+ * of the other k - 1; GRPO (x_i - mean)/(std + eps), std with k - 1 (TRL's eps is 1e-4). */
 double fdpo_fprime_log(const fdpo_divergence *d, double l);
 double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, double log_ratio);
+double fdpo_shaped_reward_pg(const fdpo_divergence *d, double beta, double reward, double log_ratio);
 void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
 void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
 

@@ -368,7 +368,7 @@ static int lab_frontier(int argc, char **argv) {
         free(divs);
         return fdpo_error("--%s: has no effect with --betas (the list replaces the log grid)", given);
     }
-    int grc = betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta)   /* "": an empty list */
+    int grc = betalist ? flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE | FLAGS_LIST_DISTINCT, &betas, &nbeta)   /* "": an empty list */
                                     : fdpo_lab_beta_grid(&grid, &betas, &nbeta);
     if (grc) { free(divs); return -1; }
     fdpo_rng rng;
@@ -424,7 +424,7 @@ static int lab_gap(int argc, char **argv) {
     double *betas = NULL, *noises = NULL;
     size_t nd, nbeta, nnoise;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta) || flags_number_list("noise", noiselist, FLAGS_LIST_NONNEG, &noises, &nnoise)) {
+    if (flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE | FLAGS_LIST_DISTINCT, &betas, &nbeta) || flags_number_list("noise", noiselist, FLAGS_LIST_NONNEG | FLAGS_LIST_DISTINCT, &noises, &nnoise)) {
         free(divs); free(betas); return -1;
     }
     fdpo_rng rng;
@@ -527,7 +527,7 @@ static int lab_coverage(int argc, char **argv) {
     double *ns = NULL;
     size_t nd, nn;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (flags_number_list("comparisons", nlist, FLAGS_LIST_COUNT, &ns, &nn)) { free(divs); return -1; }
+    if (flags_number_list("comparisons", nlist, FLAGS_LIST_COUNT | FLAGS_LIST_DISTINCT, &ns, &nn)) { free(divs); return -1; }
     size_t *nsz = fdpo_malloc(nn * sizeof *nsz);
     for (size_t a = 0; a < nn; a++) nsz[a] = (size_t)ns[a];
     /* the library's rules before the problems are made and the table's header is written */
@@ -584,7 +584,7 @@ static int lab_bias(int argc, char **argv) {
     double *betas = NULL, *bs = NULL;
     size_t nd, nbeta, nb;
     if (parse_divs(divspec, &divs, &nd)) return -1;
-    if (flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE, &betas, &nbeta) || flags_number_list("bias", biaslist, FLAGS_LIST_NONNEG, &bs, &nb)) { free(divs); free(betas); return -1; }
+    if (flags_number_list("betas", betalist, FLAGS_LIST_POSITIVE | FLAGS_LIST_DISTINCT, &betas, &nbeta) || flags_number_list("bias", biaslist, FLAGS_LIST_NONNEG | FLAGS_LIST_DISTINCT, &bs, &nb)) { free(divs); free(betas); return -1; }
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p;
@@ -847,7 +847,7 @@ static int lab_check(int argc, char **argv) {
 /* --frontier: "b1,b2,..." or "LO:HI:K" (fdpo_lab_threshold_range) */
 static int threshold_grid(const char *spec, double **out, size_t *n) {
     if (strchr(spec, ':')) return fdpo_lab_threshold_range(spec, out, n);
-    return flags_number_list("frontier", spec, FLAGS_LIST_ANY, out, n);
+    return flags_number_list("frontier", spec, FLAGS_LIST_ANY | FLAGS_LIST_DISTINCT, out, n);
 }
 
 static int lab_constrained(int argc, char **argv) {

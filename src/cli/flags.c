@@ -704,6 +704,8 @@ int flags_list_empty_item(const char *flag, const char *spec) {
 }
 
 int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count) {
+    const int distinct = sign & FLAGS_LIST_DISTINCT;
+    sign &= ~FLAGS_LIST_DISTINCT;
     if (flags_list_empty_item(flag, spec)) return -1;
     char *s = fdpo_strdup(spec), *save = NULL;
     size_t cap = 8, n = 0;
@@ -722,6 +724,8 @@ int flags_number_list(const char *flag, const char *spec, int sign, double **out
         if (sign == FLAGS_LIST_COUNT && !(x >= 1 && x <= 9007199254740992.0 && x == floor(x))) {
             fdpo_error("--%s: '%s' is not a whole number from 1 to 2^53", flag, tok); free(s); free(v); return -1;
         }
+        for (size_t j = 0; distinct && j < n; j++)
+            if (v[j] == x) { fdpo_error("--%s: %g given twice in '%s'", flag, v[j], spec); free(s); free(v); return -1; }
         if (n == cap) v = fdpo_realloc(v, (cap *= 2) * sizeof *v);
         v[n++] = x;
     }

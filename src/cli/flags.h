@@ -102,9 +102,11 @@ void flags_prepend_list(const char *flag, const flag_list *l, char ***pos, int *
 int flags_from_config(const char *flag);
 /* "0.1,0.5,2" -> *count finite doubles (malloc'd). sign: FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE
  * (> 0), FLAGS_LIST_NONNEG (>= 0) or FLAGS_LIST_COUNT (whole numbers in [1, 2^53]: each
- * converts exactly to a size_t; the library checks its own range). Errors name the flag and
- * the item. */
-enum { FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE, FLAGS_LIST_NONNEG, FLAGS_LIST_COUNT };
+ * converts exactly to a size_t; the library checks its own range), or'd with
+ * FLAGS_LIST_DISTINCT for a list whose values key result rows (the lab's --betas): a value given
+ * twice, as numbers (0.1 and 0.10), is refused ("--betas: 0.1 given twice in '0.1,0.10'"), not
+ * run twice under one key. Errors name the flag and the item. */
+enum { FLAGS_LIST_ANY, FLAGS_LIST_POSITIVE, FLAGS_LIST_NONNEG, FLAGS_LIST_COUNT, FLAGS_LIST_DISTINCT = 16 };
 int flags_number_list(const char *flag, const char *spec, int sign, double **out, size_t *count);
 /* A comma list's empty items (",a", "a,,b", "a,"), which strtok skips: an error naming the flag
  * ("--method: empty item in 'dpo,,rloo'"), else 0. flags_number_list's own check. */

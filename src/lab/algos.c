@@ -1,7 +1,7 @@
 /* Tabular algorithm checks (include/fdpo/lab_algos.h): offline f-DPO on a pair distribution
  * that does not cover pi*, online f-DPO, f-RLOO and f-GRPO on a softmax policy, each compared
  * with the exact optimum of fdpo_lab_solve. The losses and shaped rewards are the trainer's
- * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward, fdpo_rloo/grpo_advantages,
+ * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward_pg, fdpo_rloo/grpo_advantages,
  * fdpo_kto_loss_one). */
 #include <float.h>
 #include <math.h>
@@ -265,7 +265,7 @@ static void pg_group_grad(step_ctx *c, double weight, double *g) {
      * g accumulates its negative (descent) scaled by weight */
     const size_t n = c->pp->n, k = c->k;
     for (size_t i = 0; i < k; i++)
-        c->shaped[i] = fdpo_shaped_reward(&c->o->div, c->o->beta, c->pp->reward[c->ys[i]], c->l[c->ys[i]]);
+        c->shaped[i] = fdpo_shaped_reward_pg(&c->o->div, c->o->beta, c->pp->reward[c->ys[i]], c->l[c->ys[i]]);
     if (c->o->method == FDPO_LAB_RLOO) fdpo_rloo_advantages(c->shaped, k, c->adv);
     else fdpo_grpo_advantages(c->shaped, k, c->o->grpo_eps, c->adv);
     for (size_t i = 0; i < k; i++) {
@@ -315,7 +315,7 @@ static double exact_step_grad(step_ctx *c, const double *theta, double *g, doubl
         /* E of the RLOO estimator = the exact gradient: pi_k (shaped_k - E_pi shaped) */
         double mean = 0, f = exact_loss(c, theta, g, scale);
         for (size_t i = 0; i < n; i++) {
-            c->shaped[i] = fdpo_shaped_reward(&c->o->div, c->o->beta, c->pp->reward[i], c->l[i]);
+            c->shaped[i] = fdpo_shaped_reward_pg(&c->o->div, c->o->beta, c->pp->reward[i], c->l[i]);
             mean += c->pi[i] * c->shaped[i];
         }
         for (size_t i = 0; i < n; i++) g[i] = -c->pi[i] * (c->shaped[i] - mean);

@@ -98,6 +98,9 @@ int fdpo_lab_beta_grid_check(const fdpo_lab_beta_grid_opts *o) {
     if (o->n_betas == 1 && o->beta_min != o->beta_max)   /* one point: --beta-max was dropped without a word */
         return fdpo_error("--n-betas 1: one beta, but --beta-min %g and --beta-max %g differ (give them equal, or "
                           "--n-betas 2 or more)", o->beta_min, o->beta_max);
+    if (o->n_betas > 1 && o->beta_min == o->beta_max)   /* every point the one beta: its rows under one key */
+        return fdpo_error("--n-betas %ld: %ld betas, but --beta-min and --beta-max are both %g (the grid would run it %ld "
+                          "times: give --n-betas 1)", o->n_betas, o->n_betas, o->beta_min, o->n_betas);
     return 0;
 }
 
@@ -110,6 +113,17 @@ int fdpo_lab_beta_grid(const fdpo_lab_beta_grid_opts *o, double **betas, size_t 
      * a --betas 0.01 run's), as numpy's geomspace does */
     for (long i = 0; i < nb; i++)
         (*betas)[i] = i == 0 ? o->beta_min : i == nb - 1 ? o->beta_max : exp(lo + (hi - lo) * (double)i / (double)(nb - 1));
+    /* ends a few ulps apart: interior points round onto an end (a beta twice, two rows under one
+     * key, as a repeat in --betas), or past it (exp(log 0.1) is 0.10000000000000002) */
+    for (long i = 1; i < nb; i++)
+        if (!((*betas)[i] > (*betas)[i - 1])) {
+            double b = (*betas)[i], prev = (*betas)[i - 1];
+            free(*betas);
+            *betas = NULL;
+            return fdpo_error("--beta-min %g --beta-max %g --n-betas %ld: the grid's betas must increase, but %.17g follows "
+                              "%.17g (ends this close give a beta twice): fewer --n-betas, or ends further apart",
+                              o->beta_min, o->beta_max, nb, b, prev);
+        }
     *n = (size_t)nb;
     return 0;
 }
@@ -134,6 +148,14 @@ int fdpo_lab_threshold_range(const char *spec, double **thresholds, size_t *n) {
         return fdpo_error("--frontier: '%s' is one threshold, but LO and HI differ (give LO:LO:1, or K >= 2)", spec);
     *thresholds = fdpo_malloc((size_t)k * sizeof(double));
     for (long i = 0; i < k; i++) (*thresholds)[i] = k == 1 ? lo : lo + (hi - lo) * (double)i / (double)(k - 1);
+    for (long i = 1; i < k; i++)   /* increasing: a repeat (LO = HI with K >= 2) is a neighbour, as in the beta grid */
+        if ((*thresholds)[i] == (*thresholds)[i - 1]) {
+            double b = (*thresholds)[i];
+            free(*thresholds);
+            *thresholds = NULL;
+            return fdpo_error("--frontier: '%s' gives threshold %g twice (its rows would share one key): "
+                              "LO = HI needs K = 1", spec, b);
+        }
     *n = (size_t)k;
     return 0;
 }

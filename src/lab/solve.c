@@ -74,15 +74,55 @@ void fdpo_lab_prepared_free_prompts(fdpo_lab_prepared *pps, size_t n_prompts) {
     free(pps);
 }
 
+/* (a - b)/beta, also where a - b overflows (rewards 1e308 and -1e308: the gap was inf, so at
+ * beta = 1e308 the worse response's D = 2 read inf, its pi 0, and alpha's far branch, recomputing
+ * it from log_gap, gave a pi summing to 1.5). h = gap_half(pp): 1 for the plain quotient (h a,
+ * h b and the product by 1/h are then exact: the same double as before), 1/2 where the problem's
+ * reward spread overflows, whose halves do not; doubling back is exact, or overflows only where
+ * (a - b)/beta itself does. One multiplier for every element keeps the hot loops branch-free. */
+static inline double gap_half(const fdpo_lab_prepared *pp) { return isinf(pp->r_max - pp->r_min) ? 0.5 : 1; }
+static inline double scaled_gap(double a, double b, double beta, double h) { return (h * a - h * b) / beta * (1 / h); }
+
+/* b + beta x (lambda, the objective), where it would be inf or NaN only by overflowing on the way
+ * (beta x or b + beta x past DBL_MAX though the result is not: rewards and beta ~1e308), from halves.
+ * A result beyond +-DBL_MAX stays +-inf, the double it rounds to. */
+static inline double plus_beta_times(double y, double b, double beta, double x) {
+    return isfinite(y) ? y : 2 * (0.5 * b + 0.5 * beta * x);
+}
+
+/* q (u log u - u + 1), from q, p = q u, u and lu = log u: KL(pi || pi_ref) is their sum
+ * plus 1 - sum q (sum_stat_offset), as sum p = 1. Unlike sum p log u, whose terms are ~lu and
+ * cancel to a sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's
+ * error relative to lu; near u = 1 in expm1 form, elsewhere from p (u overflows where p does
+ * not: a subnormal pi_ref); p = 0 gives its limit, q. */
+static double kl_term(double q, double p, double u, double lu) {
+    if (p == 0) return q;
+    return fabs(lu) < 1 ? q * (u * lu - expm1(lu)) : p * lu - p + q;
+}
+
+/* 1 - sum q (compensated): what the sums of kl_term and of fkl's standardised f leave out when
+ * pi_ref, kept as given, sums to 1 only within the loader's 1e-9 */
+static double sum_stat_offset(const double *q, size_t n) {
+    double s = 0, c = 0;
+    for (size_t i = 0; i < n; i++) {   /* Neumaier */
+        double t = s + q[i];
+        c += fabs(s) >= fabs(q[i]) ? (s - t) + q[i] : (q[i] - t) + s;
+        s = t;
+    }
+    return (1 - s) - c;
+}
+
 /* Accumulates the statistics of pi one element at a time. */
 typedef struct { double er, h, kl, df; size_t support; } acc;
 static inline void acc_add(acc *a, const fdpo_divergence *d, double q, double logq, double r, double pi, double logpi, double u) {
     if (pi > 0) {
         a->er += pi * r;
         a->h -= pi * logpi;
-        a->kl += pi * (logpi - logq);
         a->support++;
     }
+    /* KL in kl_term's second-order form (the caller adds sum_stat_offset): the plain terms
+     * pi (log pi - log q) are ~1/beta and cancel to a sum ~1/beta^2 (chi2's KL read -1e-16 at beta = 1e8) */
+    a->kl += kl_term(q, pi, u, isfinite(u) ? log(u) : logpi - logq);
     /* q f(u) overflows where p f(u)/u does not: u log u past u ~ 2.5e305, and u = p/q itself
      * for a subnormal q (tv's D_f was inf, js's NaN); there eval's log-space form, exact there
      * since log p - log q is the ~700 it needs to be. pi = 0 keeps q f(0) (fkl's inf is D_f's). */
@@ -95,7 +135,7 @@ static void acc_finish(const acc *a, double beta, fdpo_lab_result *res) {
     res->entropy = a->h;
     res->kl = a->kl;
     res->f_divergence = a->df;
-    res->objective = a->er - beta * a->df;
+    res->objective = plus_beta_times(a->er - beta * a->df, a->er, beta, -a->df);
     res->support = a->support;
 }
 
@@ -177,7 +217,7 @@ static inline double neg_dg(fdpo_div_kind kind, double A, double e, double u) {
 /* h(tau) + 1 = sum q_i g(tau + D_i) and -h'(t) = c sum q_i (-g'(tau + D_i)), tau = c t */
 static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double t, double c,
                   double *s, double *ds) {
-    const double *q = pp->pi_ref, *r = pp->reward, rmax = pp->r_max, A = d->alpha, tau = c * t;
+    const double *q = pp->pi_ref, *r = pp->reward, rmax = pp->r_max, A = d->alpha, tau = c * t, h = gap_half(pp);
     const int k = d->kind == FDPO_DIV_ALPHA ? int_power(A) : 0;
     const size_t n = pp->n;
     double a = 0, b = 0;
@@ -186,7 +226,7 @@ static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double 
     if (tau < DBL_MIN || isinf(g_eps(d->kind, A, k, tau))) {
         double bt = 0, lu, dp;   /* bt: tiny terms' c q (-g'), already in t */
         for (size_t i = 0; i < n; i++) {
-            double D = (rmax - r[i]) / beta, e = tau + D, u = g_eps(d->kind, A, k, e);
+            double D = scaled_gap(rmax, r[i], beta, h), e = tau + D, u = g_eps(d->kind, A, k, e);
             if (e < DBL_MIN || isinf(u)) { a += tiny_term(d->kind, A, k, q[i], pp->log_pi_ref[i], t, c, D, &lu, &dp); bt += dp; }
             else { a += q[i] * u; b += q[i] * neg_dg(d->kind, A, e, u); }
         }
@@ -197,19 +237,19 @@ static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double 
     switch (d->kind) { /* one loop per kind so the branch leaves the hot loop */
     case FDPO_DIV_FKL:
         for (size_t i = 0; i < n; i++) {
-            double e = tau + (rmax - r[i]) / beta, u = 1 / e;
+            double e = tau + scaled_gap(rmax, r[i], beta, h), u = 1 / e;
             a += q[i] * u; b += q[i] * u * u;
         }
         break;
     case FDPO_DIV_JS:
         for (size_t i = 0; i < n; i++) {
-            double e = tau + (rmax - r[i]) / beta, u = 1 / em1(e);
+            double e = tau + scaled_gap(rmax, r[i], beta, h), u = 1 / em1(e);
             a += q[i] * u; b += q[i] * u * (1 + u);
         }
         break;
     default:
         for (size_t i = 0; i < n; i++) {
-            double e = tau + (rmax - r[i]) / beta, u = g_eps(FDPO_DIV_ALPHA, A, k, e);
+            double e = tau + scaled_gap(rmax, r[i], beta, h), u = g_eps(FDPO_DIV_ALPHA, A, k, e);
             a += q[i] * u; b += q[i] * u / (A * e); /* -g'(eps) = u / (A eps) */
         }
         break;
@@ -231,8 +271,8 @@ static void sum_g(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double 
  * "did not converge"). */
 static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, double beta, double *t_out, double *c_out) {
     const fdpo_div_kind kind = d->kind;
-    const double A = d->alpha, S = TAU_SCALE;
-    double hi = g_inv(kind, A, 1.0), lo = hi / S - (pp->r_max - pp->r_min) / beta / S;
+    const double A = d->alpha, S = TAU_SCALE, h = gap_half(pp);
+    double hi = g_inv(kind, A, 1.0), lo = hi / S - scaled_gap(pp->r_max, pp->r_min, beta, h) / S;
     size_t top = pp->n_sorted < 256 ? pp->n_sorted : 256; /* all n would cost a log per response per beta */
     for (size_t k = 0; k < top; k++) {
         size_t i = pp->order_desc[k];
@@ -244,7 +284,7 @@ static int solve_tau(const fdpo_lab_prepared *pp, const fdpo_divergence *d, doub
         const double gi = q >= DBL_MIN ? g_inv(kind, A, 1 / q) / S
                         : kind == FDPO_DIV_ALPHA ? exp(A * lq - log(A * S)) * (1 - 1e-12)
                         : tiny_q(q, lq) ? exp(lq - log(S)) * (1 - 1e-12) : q / S;
-        double ti = gi - (pp->r_max - pp->reward[i]) / beta / S;
+        double ti = gi - scaled_gap(pp->r_max, pp->reward[i], beta, h) / S;
         if (ti > lo) lo = ti;
     }
     if (!(lo > 0)) lo = 0;
@@ -291,28 +331,6 @@ static double log_gap(double a, double b) {
     return isinf(d) ? log(0.5 * a - 0.5 * b) + M_LN2 : log(d);
 }
 
-/* q (u log u - u + 1), from q, p = q u, u and lu = log u: KL(pi || pi_ref) is their sum
- * plus 1 - sum q (sum_stat_offset), as sum p = 1. Unlike sum p log u, whose terms are ~lu and
- * cancel to a sum ~lu^2, each term here is ~lu^2/2 itself, so a large beta (u ~ 1) keeps KL's
- * error relative to lu; near u = 1 in expm1 form, elsewhere from p (u overflows where p does
- * not: a subnormal pi_ref); p = 0 gives its limit, q. */
-static double kl_term(double q, double p, double u, double lu) {
-    if (p == 0) return q;
-    return fabs(lu) < 1 ? q * (u * lu - expm1(lu)) : p * lu - p + q;
-}
-
-/* 1 - sum q (compensated): what the sums of kl_term and of fkl's standardised f leave out when
- * pi_ref, kept as given, sums to 1 only within the loader's 1e-9 */
-static double sum_stat_offset(const double *q, size_t n) {
-    double s = 0, c = 0;
-    for (size_t i = 0; i < n; i++) {   /* Neumaier */
-        double t = s + q[i];
-        c += fabs(s) >= fabs(q[i]) ? (s - t) + q[i] : (q[i] - t) + s;
-        s = t;
-    }
-    return (1 - s) - c;
-}
-
 int fdpo_lab_divergence_check(const fdpo_divergence *d) {
     if (d->kind == FDPO_DIV_ALPHA && !(d->alpha > 0 && d->alpha < 1))
         return fdpo_error("--divergence alpha:%g: alpha must be in (0, 1)", d->alpha);
@@ -333,7 +351,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
     if (pp->n == 0) return fdpo_error("no responses (n = 0)");
     if (fdpo_lab_divergence_check(d)) return -1;
     const size_t n = pp->n;
-    const double *q = pp->pi_ref, *r = pp->reward, *lq = pp->log_pi_ref;
+    const double *q = pp->pi_ref, *r = pp->reward, *lq = pp->log_pi_ref, h = gap_half(pp);
     acc a = {0};
     memset(res, 0, sizeof *res);
     switch (d->kind) {
@@ -343,12 +361,12 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
          * the shifted score of the best response is finite, so logsumexp is */
         const double rmax = pp->r_max;
         double m = -INFINITY, z = 0;
-        for (size_t i = 0; i < n; i++) { double v = lq[i] + (r[i] - rmax) / beta; if (v > m) m = v; }
-        for (size_t i = 0; i < n; i++) z += exp(lq[i] + (r[i] - rmax) / beta - m);
+        for (size_t i = 0; i < n; i++) { double v = lq[i] + scaled_gap(r[i], rmax, beta, h); if (v > m) m = v; }
+        for (size_t i = 0; i < n; i++) z += exp(lq[i] + scaled_gap(r[i], rmax, beta, h) - m);
         double logz = m + log(z);
-        res->lambda = rmax + beta * logz - beta; /* beta (log sum pi_ref e^(r/beta) - 1) */
+        res->lambda = plus_beta_times(rmax + beta * logz - beta, rmax, beta, logz - 1); /* beta (log sum pi_ref e^(r/beta) - 1) */
         for (size_t i = 0; i < n; i++) {
-            const double lu = (r[i] - rmax) / beta - logz, lp = lq[i] + lu, p = exp(lp);   /* lu = log(pi/pi_ref) */
+            const double lu = scaled_gap(r[i], rmax, beta, h) - logz, lp = lq[i] + lu, p = exp(lp);   /* lu = log(pi/pi_ref) */
             if (pi) pi[i] = p;
             if (log_pi) log_pi[i] = lp;
             if (p > 0) { a.er += p * r[i]; a.h -= p * lp; a.support++; }
@@ -373,7 +391,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             double s0 = 0, z = 0;
             for (size_t i = 0; i < n; i++)
                 if (r[i] == pp->r_max) z += exp(lq[i] - m);
-                else s0 += q[i] * g_eps(d->kind, A, k, (pp->r_max - r[i]) / beta);
+                else s0 += q[i] * g_eps(d->kind, A, k, scaled_gap(pp->r_max, r[i], beta, h));
             if (s0 < 1) { pole = 1 - s0; lz = log(z); }
         }
         res->iterations = pole > 0 ? 1 : solve_tau(pp, d, beta, &t, &c);
@@ -384,7 +402,8 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                               "(sum of pi off 1 by more than 1e-12)", div, beta);
         }
         const double tau = c * t;
-        res->lambda = pp->r_max - beta * fdpo_fprime_inv_sup(d) + beta * tau;
+        const double sup = fdpo_fprime_inv_sup(d);
+        res->lambda = plus_beta_times(pp->r_max - beta * sup + beta * tau, pp->r_max, beta, tau - sup);
         /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
          * fkl: u = 1/eps, f = -log u.
          * js: u = 1/expm1(eps), log((u+1)/2) = eps + log u - log 2.
@@ -400,7 +419,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                 a.df += fdpo_qf_log(d, lp, lq[i]);
                 continue;
             }
-            const double D = (pp->r_max - r[i]) / beta;
+            const double D = scaled_gap(pp->r_max, r[i], beta, h);
             double e = tau + D, u, lu, f;
             /* e = inf when (r_max - r)/beta overflows (a subnormal beta): u = 0, and log e, which
              * f needs (fkl: log e, alpha: w^(1-1/A)... in logs), is log(r_max - r) - log beta */
@@ -462,29 +481,33 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
          * no cancellation, and no r/beta that overflows. The old form (r - lambda)/(2 beta) with
          * lambda = 2 beta + (P_k - 2 beta)/Q_k lost the support at beta = 1e-17 (r - 2 beta/q
          * rounds to r) and cancelled catastrophically above. */
+        /* Rewards and A_k are held times h (gap_half): A_k and r_i - r_k overflow where the reward
+         * spread does (1e308, -1e308 gave a point mass and lambda -inf), their halves do not; h = 1
+         * is the plain form, to the bit */
         const size_t *ord = pp->order_desc;
-        double Q = 0, A = 0, rk = r[ord[0]];
+        double Q = 0, A = 0, rk = r[ord[0]];   /* A: h A_k */
         for (size_t k = 0; k < n; k++) {
             size_t i = ord[k];
-            double An = A + Q * (rk - r[i]);
-            if (!(An / beta < 2)) break;
+            double An = A + Q * (h * rk - h * r[i]);
+            if (!(An / beta < 2 * h)) break;
             A = An; Q += q[i]; rk = r[i];
         }
         /* the support is {r >= rk} (ties with r_k add nothing to A_k, so they are all in) */
-        const double c = (1 - 0.5 * (A / beta)) / Q;
+        const double c = (1 - 0.5 * (A / beta / h)) / Q, half = 0.5 / h;
         /* lambda = r_k + 2 beta (1 - c), written without the difference 1 - c */
-        res->lambda = rk + (A + beta * (2 * (Q - 1))) / Q;
+        res->lambda = (h * rk + (A + h * beta * (2 * (Q - 1))) / Q) / h;
         double s = 0; /* normalised explicitly: the sum is 1 to rounding, now exactly a distribution */
         for (size_t k = 0; k < n && r[ord[k]] >= rk; k++) {
             size_t i = ord[k];
-            s += q[i] * (r[i] - rk) / beta * 0.5 + q[i] * c;
+            s += q[i] * (h * r[i] - h * rk) / beta * half + q[i] * c;
         }
         for (size_t i = 0; i < n; i++) {
-            double p = r[i] >= rk ? (q[i] * (r[i] - rk) / beta * 0.5 + q[i] * c) / s : 0;
+            double p = r[i] >= rk ? (q[i] * (h * r[i] - h * rk) / beta * half + q[i] * c) / s : 0;
             if (pi) pi[i] = p;
             if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
+        a.kl += sum_stat_offset(q, n);
         break;
     }
     case FDPO_DIV_TV: {
@@ -503,6 +526,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
         }
+        a.kl += sum_stat_offset(q, n);
         break;
     }
     }

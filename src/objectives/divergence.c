@@ -112,7 +112,6 @@ int fdpo_divergence_admissible(const fdpo_divergence *d, const char **why) {
 
 /* log(FLT_MAX) rounded down at 4 decimals, as TRL's get_exp_cap does for float32. */
 #define EXP_CAP 88.7228
-static double cap_exp(double x) { return exp(x < EXP_CAP ? x : EXP_CAP); }
 /* e^64 ~ 6.2e27: s' beyond it is a gradient no step can follow (clipping keeps its direction
  * only), and 10 orders of magnitude below float's range leave the backward room */
 #define GRAD_EXP_CAP 64.0
@@ -268,22 +267,30 @@ double fdpo_fprime_inv_sup(const fdpo_divergence *d) {
     return NAN;
 }
 
-double fdpo_score(const fdpo_divergence *d, double l) {
+/* s(l) with its exponent capped at cap (EXP_CAP or GRAD_EXP_CAP) */
+static double score_capped(const fdpo_divergence *d, double l, double cap) {
     if (isnan(l)) return NAN;
     switch (d->kind) {
     case FDPO_DIV_RKL: return l;
-    case FDPO_DIV_FKL: return -cap_exp(-l);
+    case FDPO_DIV_FKL: return -exp(-l < cap ? -l : cap);
     case FDPO_DIV_JS: return fdpo_log_sigmoid(l);
     case FDPO_DIV_ALPHA: {
         /* (1 - e^(-A l))/A = -expm1(-A l)/A: the table's -e^(-A l)/A plus the constant 1/A.
          * In this form s(l) -> l as A -> 0 without cancellation (at A = 1e-6, l = 1e-3 the
          * naive -e^(-Al)/A + 1/A keeps about 7 of 16 digits); the cap makes s >= (1 - e^cap)/A. */
         const double A = d->alpha, x = -A * l;
-        return -expm1(x < EXP_CAP ? x : EXP_CAP) / A;
+        return -expm1(x < cap ? x : cap) / A;
     }
     default: return NAN; /* tv, chi2: no f-DPO score */
     }
 }
+
+double fdpo_score(const fdpo_divergence *d, double l) { return score_capped(d, l, EXP_CAP); }
+
+/* Where s(l) itself weighs a gradient (RL's shaped reward r - beta f'(u) multiplies grad log pi),
+ * the bound that keeps the backward within float is the derivative's, not the score's: at 88.72
+ * an RLOO advantage of beta 3.4e38 made the step's gradient inf (fkl, one sample 89 nats down) */
+double fdpo_score_grad_capped(const fdpo_divergence *d, double l) { return score_capped(d, l, GRAD_EXP_CAP); }
 
 double fdpo_score_diff(const fdpo_divergence *d, double lw, double ll) {
     if (isnan(lw) || isnan(ll)) return NAN;

@@ -11,8 +11,7 @@
 /* f'(e^l) = s(l) + the constant the score drops (rkl 1, js log 2, alpha 1/A, fkl 0): the
  * constant shifts every shaped reward of a group equally, so advantages ignore it, but the
  * logged reward is the true r - beta f'(u). */
-double fdpo_fprime_log(const fdpo_divergence *d, double l) {
-    double s = fdpo_score(d, l);
+static double fprime_from_score(const fdpo_divergence *d, double s) {
     switch (d->kind) {
     case FDPO_DIV_RKL: return s + 1;
     case FDPO_DIV_FKL: return s;
@@ -22,8 +21,17 @@ double fdpo_fprime_log(const fdpo_divergence *d, double l) {
     }
 }
 
+double fdpo_fprime_log(const fdpo_divergence *d, double l) { return fprime_from_score(d, fdpo_score(d, l)); }
+
 double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, double log_ratio) {
     return reward - beta * fdpo_fprime_log(d, log_ratio);
+}
+
+/* The shaped reward the advantages are computed from: they weigh grad log pi, so f''s exponent
+ * is capped at the f-DPO derivative's e^64, not the score's 88.72 (an RLOO advantage of
+ * beta e^88.72 = 3.4e38 beta made the backward's sums, and the gradient norm, inf) */
+double fdpo_shaped_reward_pg(const fdpo_divergence *d, double beta, double reward, double log_ratio) {
+    return reward - beta * fprime_from_score(d, fdpo_score_grad_capped(d, log_ratio));
 }
 
 /* RLOO (Ahmadian et al. 2024; TRL RLOOTrainer): adv_i = x_i - mean_{j != i} x_j. k >= 2. */

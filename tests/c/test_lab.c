@@ -284,6 +284,13 @@ START_TEST(beta_grid_and_thresholds) {
     ck_assert_uint_eq(n, 1);
     ck_assert_double_eq(b[0], 0.1);
     free(b);
+    /* a beta given twice keys two rows (lab.md: every lab list refuses a repeat): equal ends, or
+     * ends one ulp apart, whose interior points round onto them */
+    g = (fdpo_lab_beta_grid_opts){0.1, 0.1, 3};
+    ck_error_names(fdpo_lab_beta_grid_check(&g), "--n-betas 3: 3 betas, but --beta-min and --beta-max are both 0.1");
+    g = (fdpo_lab_beta_grid_opts){1, nextafter(1, 2), 5};
+    ck_error_names(fdpo_lab_beta_grid(&g, &b, &n), "--n-betas 5: the grid's betas must increase, but 1 follows 1 ");
+    ck_error_names(fdpo_lab_threshold_range("0.1:0.1:3", &b, &n), "--frontier: '0.1:0.1:3' gives threshold 0.1 twice");
     g = (fdpo_lab_beta_grid_opts){0, 10, 3};
     ck_error_names(fdpo_lab_beta_grid_check(&g), "--beta-min/--beta-max");
     g = (fdpo_lab_beta_grid_opts){1, 0.5, 3};

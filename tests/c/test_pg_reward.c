@@ -26,11 +26,21 @@ START_TEST(shaped_reward_is_r_minus_beta_fprime) {
             double want = 1.25 - 0.3 * fprime_by_hand(specs[s], exp(ls[i]));
             double got = fdpo_shaped_reward(&d, 0.3, 1.25, ls[i]);
             ck_assert_msg(fabs(got - want) <= 1e-12 * (1 + fabs(want)), "%s l=%g: %.17g vs %.17g", specs[s], ls[i], got, want);
+            /* the advantages' reward: the same wherever f''s exponent is below its cap of 64 */
+            got = fdpo_shaped_reward_pg(&d, 0.3, 1.25, ls[i]);
+            ck_assert_msg(fabs(got - want) <= 1e-12 * (1 + fabs(want)), "pg %s l=%g: %.17g vs %.17g", specs[s], ls[i], got, want);
         }
     /* far below the reference the exponent is capped (finite), not inf */
     fdpo_divergence d;
     fdpo_divergence_parse("fkl", &d);
     ck_assert(isfinite(fdpo_shaped_reward(&d, 0.1, 0, -1000)));
+    /* ... at 88.7228 (the score's cap) for the logged reward, at 64 (the f-DPO derivative's) for the
+     * advantages, which weigh grad log pi: f' = -e^(-l) fkl, (1 - e^(-A l))/A alpha */
+    ck_assert_double_eq_tol(fdpo_shaped_reward(&d, 0.1, 0, -1000), 0.1 * exp(88.7228), 1e-12 * 0.1 * exp(88.7228));
+    ck_assert_double_eq_tol(fdpo_shaped_reward_pg(&d, 0.1, 0, -1000), 0.1 * exp(64), 1e-12 * 0.1 * exp(64));
+    ck_assert_double_eq_tol(fdpo_shaped_reward_pg(&d, 0.1, 0, -63), 0.1 * exp(63), 1e-12 * 0.1 * exp(63));
+    fdpo_divergence_parse("alpha:0.5", &d);
+    ck_assert_double_eq_tol(fdpo_shaped_reward_pg(&d, 1, 0, -200), (exp(64) - 1) / 0.5, 1e-12 * exp(64) / 0.5);
     fdpo_divergence_parse("chi2", &d);
     ck_assert(isnan(fdpo_fprime_log(&d, 0.0)));
 }

@@ -164,6 +164,35 @@ def test_fkl_with_rewards_whose_gap_overflows(tmp_path):
     assert float(s["objective"]) == pytest.approx(1e308 - 0.1 * want, rel=1e-12)
 
 
+def mp_lambda(div, q, r, beta, pi):
+    """lambda from KKT, r_i - beta f'(pi_i/q_i) - lambda = 0, at the best response (in every support)"""
+    import mpmath as mp
+    i = int(np.argmax(r))
+    A = mp.mpf(div[6:]) if div.startswith("alpha:") else None
+    u = pi[i] / mp.mpf(float(q[i]))
+    fp = {"rkl": lambda: mp.log(u) + 1, "fkl": lambda: -1 / u, "js": lambda: mp.log(2 * u / (1 + u)),
+          "chi2": lambda: 2 * (u - 1)}.get(div, lambda: (1 - u ** (-A)) / A)()
+    return mp.mpf(float(r[i])) - mp.mpf(float(beta)) * fp
+
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5", "alpha:0.3", "chi2"])
+@pytest.mark.parametrize("q,r,beta", [([0.5, 0.5], [1e308, -1e308], 1e308),
+                                      ([0.3, 0.3, 0.4], [1.5e308, -1.5e308, 1e308], 1.7e308),
+                                      ([0.3, 0.3, 0.4], [1.5e308, -1.5e308, 1e308], 1e300)])
+def test_rewards_whose_spread_overflows(tmp_path, div, q, r, beta):
+    """rewards 1e308 and -1e308: r_max - r overflowed to inf, so at beta = 1e308 the worse
+    response's (r_max - r)/beta = 2 read inf: point masses for rkl/fkl/js/chi2, an alpha:0.5
+    policy summing to 1.5, lambda -inf or NaN, all with exit 0. pi*, every statistic and lambda
+    against the 60-digit mpmath optimum (chi2: exact rationals), which has no overflow to avoid."""
+    q, r = np.array(q), np.array(r)
+    s, pi = solve(tmp_path, div, beta, q, r)
+    ref = mp_optimum(div, q, r, beta)
+    np.testing.assert_allclose(pi, [float(x) for x in ref], rtol=1e-12, atol=1e-300)
+    assert int(s["support"]) == sum(float(x) > 0 for x in ref)   # at 1e300 some pi* underflow
+    assert_stats(s, div, q, r, beta, ref, rel=1e-12, abs_=1e-13)
+    assert float(s["lambda"]) == pytest.approx(float(mp_lambda(div, q, r, beta, ref)), rel=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
 def test_rkl_is_softmax_to_rounding(tmp_path, beta):
     q, r = problem(200, 2, zipf=False)
@@ -331,7 +360,7 @@ def test_tiny_beta_is_the_optimum(tmp_path, div, scale, rel_beta):
         np.testing.assert_allclose(pi[top], q[top] / q[top].sum(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "fkl", "rkl"])
+@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "fkl", "rkl", "chi2"])
 # (pi_ref 5e-10 over 1 at beta 1e12: the reference's bracket, all u <= 1 at the pole's end, does
 # not hold: D_f ~ 1e-25 there is below what such a pi_ref defines anyway)
 @pytest.mark.parametrize("beta,qs", [(b, q) for b in (1e2, 1e4, 1e8, 1e12) for q in ("exact", "rounded", "off")
@@ -341,7 +370,9 @@ def test_large_beta_f_divergence_is_the_optimums(tmp_path, div, beta, qs):
     f, as u log u - (u+1)(e + log u - log 2), left an absolute 1e-16 that made D_f -3e-17 at
     beta = 1e8; alpha's u w - (1-A) u - A left 3e-16 at u = 1 (the objective, E[r] - beta D_f,
     went to -3e4 at 1e20); rkl's and fkl's (f'(1) != 0) carried the normalisation's rounding to
-    first order (-1e-16 against 7.6e-18). Against the 60-digit mpmath optimum: D_f within 1e-6
+    first order (-1e-16 against 7.6e-18); chi2's KL (and tv's) was summed as pi log(pi/pi_ref),
+    terms ~1/beta cancelling to ~1/beta^2 (0.19 % off at 1e6, negative at 1e8), now in the other
+    divergences' second-order kl_term (reference: exact rationals). Against the 60-digit mpmath optimum: D_f within 1e-6
     relative up to beta = 1e8, E[r] to 1e-12, and the objective within 1e-15 * beta (D_f's own
     rounding times beta). At 1e12, u - 1 ~ 1e-12 is known to ~2e-16 absolute (the rounding of
     the distance to the pole, or of log Z, near 0.69), so D_f ~ (u - 1)^2 to ~1e-3 relative:
@@ -358,6 +389,24 @@ def test_large_beta_f_divergence_is_the_optimums(tmp_path, div, beta, qs):
         (s, ref["f_divergence"])
     assert float(s["expected_reward"]) == pytest.approx(float(ref["expected_reward"]), rel=1e-12, abs=0), s
     assert abs(float(s["objective"]) - float(ref["objective"])) <= 1e-15 * beta, (s, ref["objective"])
+
+
+def test_frontier_chi2_kl_at_a_large_beta(tmp_path):
+    """frontier's x-axis, KL(pi* || pi_ref), for chi2 at beta 1e4..1e8 (pi_ref summing to 1 exactly
+    in doubles): it read 5.9333e-14 at 1e6 (-0.19 %) and -9.9e-17 at 1e8 against 5.9448e-18.
+    Reference: chi2's optimum in exact rationals, its KL in 50-digit mpmath."""
+    import mpmath as mp
+    q, r, betas = np.array([0.5, 0.25, 0.125, 0.125]), np.array([1.0, 0.5, -0.25, -1.0]), [1e4, 1e6, 1e8]
+    path = tmp_path / "p.csv"
+    write_problem(path, q, r)
+    got = rows(lab("frontier", "--data", path, "--divergence", "chi2", "--betas", ",".join(map(repr, betas)),
+                   "--threads", 1).stdout)
+    mp.mp.dps = 50
+    for row, beta in zip(got, betas):
+        pi, _ = chi2_exact(q, r, beta)
+        want = mp.fsum(mp.mpf(p.numerator) / p.denominator * mp.log(mp.mpf(p.numerator) / p.denominator / mp.mpf(float(qi)))
+                       for p, qi in zip(pi, q))
+        assert float(row["kl"]) == pytest.approx(float(want), rel=1e-6, abs=0), (beta, row["kl"], want)
 
 
 def test_kl_with_a_subnormal_pi_ref_at_a_small_beta(tmp_path):
@@ -947,6 +996,17 @@ def test_renormalises_with_a_warning(tmp_path):
     (["frontier", "--n-betas", "1"], "--n-betas 1: one beta, but --beta-min 0.01 and --beta-max 10 differ (give "
      "them equal, or --n-betas 2 or more)"),
     (["constrained", "--frontier", "1:1.5:1"], "--frontier: '1:1.5:1' is one threshold, but LO and HI differ"),
+    # a number list's repeated value ran twice, its rows under one key (coverage's and gap's with
+    # different numbers); docs/lab.md: every lab list refuses a repeat, as --method does
+    (["frontier", "--n", "5", "--betas", "0.1,0.10"], "--betas: 0.1 given twice in '0.1,0.10'"),
+    (["gap", "--n", "5", "--betas", "1,0.5,1"], "--betas: 1 given twice in '1,0.5,1'"),
+    (["gap", "--n", "5", "--noise", "0.1, 0.1"], "--noise: 0.1 given twice in '0.1, 0.1'"),
+    (["coverage", "--n", "5", "--comparisons", "10,1e1"], "--comparisons: 10 given twice in '10,1e1'"),
+    (["bias", "--bias", "0.005,0.005"], "--bias: 0.005 given twice in '0.005,0.005'"),
+    (["constrained", "--n", "5", "--frontier", "0.1,0.1"], "--frontier: 0.1 given twice in '0.1,0.1'"),
+    (["constrained", "--n", "5", "--frontier", "0.1:0.1:3"], "--frontier: '0.1:0.1:3' gives threshold 0.1 twice"),
+    (["frontier", "--n", "5", "--beta-min", "1", "--beta-max", "1", "--n-betas", "3"],
+     "--n-betas 3: 3 betas, but --beta-min and --beta-max are both 1 (the grid would run it 3 times: give --n-betas 1)"),
     # below it the pole form's rounding grows as 1e-16/A: pi = pi_ref at A = 1e-20; alpha:1e-300
     # failed after the header was written
     (["solve", "--divergence", "rkl,alpha:1e-10"], "--divergence: alpha:1e-10: the lab solves alpha:A for A >= 1e-06"),

@@ -52,10 +52,23 @@ def completion_logp(model, prompt, comp):
     return sum(lp[P - 1 + j, comp[j]] for j in range(len(comp)))
 
 
-def reference_step(model, samples, algo, div, beta, k, eps=1e-4):
+def fprime_capped(div, l):
+    """f'(e^l) as docs/rl.md says the advantages take it: fkl's -e^(-l) and alpha's
+    (1 - e^(-A l))/A with the exponent capped at 64 (the f-DPO derivative's cap); rkl, js as they are"""
+    l = l.detach().numpy()
+    if div == "fkl":
+        return torch.as_tensor(-np.exp(np.minimum(-l, 64.0)))
+    if div.startswith("alpha:"):
+        A = float(div[6:])
+        return torch.as_tensor((1 - np.exp(np.minimum(-A * l, 64.0))) / A)
+    return fprime(div, torch.exp(torch.as_tensor(l)))
+
+
+def reference_step(model, samples, algo, div, beta, k, eps=1e-4, fprime_of_l=None):
     logp = torch.stack([completion_logp(model, s["prompt"], s["completion"]) for s in samples])
     l = logp.detach() - torch.tensor([s["ref_logp"] for s in samples])
-    shaped = torch.tensor([s["reward"] for s in samples]) - beta * fprime(div, torch.exp(l))
+    fp = fprime_of_l(div, l) if fprime_of_l else fprime(div, torch.exp(l))
+    shaped = torch.tensor([s["reward"] for s in samples]) - beta * fp
     g = shaped.view(-1, k)
     if algo == "rloo":  # TRL RLOOTrainer: baseline = mean of the other k - 1
         adv = g - (g.sum(1, keepdim=True) - g) / (k - 1)
@@ -97,6 +110,35 @@ def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
     assert abs(res["loss"] - loss) <= 1e-5 * max(abs(loss), 1e-3), (res["loss"], loss)
     assert rel_err(res["advantages"], adv) < 1e-5
     for name, g in g_ref.items():
+        assert rel_err(grads[name], g) < 1e-4, name
+
+
+@pytest.mark.parametrize("algo,div,far", [("rloo", "fkl", [-89.0]), ("rloo", "fkl", [-1000.0]), ("rloo", "alpha:0.5", [-200.0]),
+                                          ("grpo", "fkl", [-70.0, -100.0])])
+def test_sample_far_below_the_reference_keeps_the_gradient_finite(tmp_path, algo, div, far):
+    """A sample 89 nats below the reference (fkl; alpha:0.5 at 200): f'(u) = -e^(-l) took the
+    score's exponent cap, 88.72, so the RLOO advantage was beta 3.4e38 and the step's gradient
+    inf ("gradient norm is inf", whatever --lr). The advantages now take f' with the exponent
+    capped at 64, as the f-DPO derivative does (docs/rl.md); reference: that rule and TRL's
+    RLOO/GRPO in PyTorch float64. GRPO normalises, but samples past the cap (70 and 100 down) now tie."""
+    torch.manual_seed(0)
+    V, k = 11, len(far) + 1
+    model = GPT2(V, 16, 8, 2, 2, seed=5)
+    model.save_hf(str(tmp_path / "policy"))
+    samples = random_groups(np.random.default_rng(2), V, k, [2, 3], lambda p, j: 2 + j, 0.0, 0.0)
+    for i, s in enumerate(samples):   # the first samples of each group `far` nats down, the last at the reference
+        logp = float(completion_logp(model, s["prompt"], s["completion"]))
+        s["ref_logp"] = logp - (far[i % k] if i % k < len(far) else 0.0)
+    spec = {"algo": algo, "divergence": div, "beta": 1.0, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    res = json.load(open(tmp_path / "out" / "result.json"))
+    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+    loss, adv, g_ref = reference_step(model, samples, algo, div, 1.0, k, fprime_of_l=fprime_capped)
+    assert rel_err(res["advantages"], adv) < 1e-5, (res["advantages"], adv)
+    assert abs(res["loss"] - loss) <= 1e-5 * abs(loss), (res["loss"], loss)
+    for name, g in g_ref.items():
+        assert np.all(np.isfinite(grads[name])), name
         assert rel_err(grads[name], g) < 1e-4, name
 
 
