@@ -72,6 +72,13 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     for (size_t i = 0; i < o->n_merge_weights; i++)
         if (!(o->merge_weights[i] > 0 && o->merge_weights[i] < 1))
             return fdpo_error("--merge: weight %g must be in (0, 1)", o->merge_weights[i]);
+    for (size_t i = 0; i < o->n_merge_weights; i++)   /* one merge directory per weight: a repeat wrote one twice */
+        for (size_t j = 0; j < i; j++)
+            if (o->merge_weights[j] == o->merge_weights[i]) {
+                char w[32];
+                fdpo_fmt_double(w, sizeof w, o->merge_weights[i]);
+                return fdpo_error("--merge: weight %s given twice", w);
+            }
     if (o->n_merge_weights && o->n_lambdas < 2) return fdpo_error("--merge: needs two or more --lambda values to interpolate between");
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");

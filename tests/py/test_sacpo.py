@@ -260,6 +260,8 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     (["--lambda", "1,x"], "--lambda: 'x' is not a finite number"),
     (["--lambda", "1", "--merge", "0.5"], "--merge: needs two or more --lambda"),
     (["--lambda", "1,2", "--merge", "1.5"], "--merge: weight 1.5 must be in (0, 1)"),
+    # each weight names one merge directory (merge-1-2-w0.5): a repeat merged into it twice
+    (["--lambda", "1,2", "--merge", "0.5,0.50"], "--merge: weight 0.5 given twice"),
     (["--lambda", "1", "--loss", "simpo"], "--loss simpo"),
     (["--lambda", "1", "--order", "later"], "--order: 'later'"),
     ([], "--lambda: required"),
