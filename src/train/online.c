@@ -615,11 +615,8 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     /* a pair needs two different completions of a prompt: greedy decoding (temperature 0, or
      * top-k 1) gives all --n the same text, so every prompt ties and nothing ever trains (the
      * run "succeeded" with the initial weights) */
-    if (o->sample.temperature == 0 || o->sample.top_k == 1)
-        return fdpo_error("--%s: online pairs need different completions of a prompt, and greedy decoding gives all "
-                          "--n %ld the same text (no pair could ever form); sample with --temperature > 0 and "
-                          "--top-k 0 or > 1", o->sample.temperature == 0 ? "temperature 0" : "top-k 1", o->n);
-    return 0;
+    return fdpo_sample_distinct_check(&o->sample, o->n, "online pairs need different completions of a prompt",
+                                      "no pair could ever form");
 }
 
 int fdpo_online_rounds_opts_check(const fdpo_online_opts *o) {
