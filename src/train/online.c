@@ -817,7 +817,9 @@ static int online_run(const fdpo_online_opts *o) {
             d.ref = ref_name;
             fdpo_train_state ts;
             double t0 = fdpo_now();
-            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref, &ts);
+            /* round_ref NULL: the reference is this round's starting policy, whose first step
+             * takes it from its own forward (the scoring's log pi is another float order) */
+            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref, !round_ref, &ts);
             st.t_training = fdpo_now() - t0;
             /* its pairs, from memory: round-K.pairs.jsonl is written with the round, after this */
             if (rc) fdpo_error_context("round %ld: f-DPO on its %zu pairs", k, buf.n_pairs);
@@ -1039,7 +1041,11 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
          * trainer sums them; the step's denominators are the whole step's (fdpo_dpo_step), so
          * the sum is the single process's gradient up to the order of the float additions */
         d.cfg.micro_batch = (np + (size_t)fdpo_dist_size() - 1) / (size_t)fdpo_dist_size();
+        /* step 0 of a run whose reference is --model: the policy is the reference, its own
+         * forward gives the reference's log-probs (implicit rewards exactly 0) */
+        d.ref_is_policy = step == 0 && ref_is_model;
         if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, pair_ref, 1, &m, NULL);
+        d.ref_is_policy = 0;
         /* tokens: the step's total, counted once (rank 0) in the trainer's sum */
         if (!rc && np > 0) rc = fdpo_trainer_step(&tr, fdpo_dist_is_root() ? tokens : 0);
         else if (!rc) {
