@@ -124,6 +124,15 @@ def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
     plan = json.loads((s2 / "sacpo.json").read_text())["plan"]
     assert plan["lora"]["targets"] == "c_attn" and plan["training"]["lora-targets"] == "c_attn" \
         and plan["lambdas"] == [1, 2], plan
+    # an online stage beside a stage on a file: the online stages' training settings, apart
+    (tmp_path / "p.txt").write_text("hello there\nwhat is up\n")
+    mixed = ["sacpo", "--model", data / "base", "--reward", "length", "--data", tmp_path / "p.txt", "--safety-data",
+             data / "safety.jsonl", "--rounds", 1, "--prompts-per-round", 2, "--n", 3, "--max-new-tokens", 4,
+             "--lambda", 1, "--beta", 0.2, "--out", tmp_path / "s3", *COMMON, *lora]
+    fdpo(*mixed)
+    assert "lora-targets" in json.loads((tmp_path / "s3" / "sacpo.json").read_text())["plan"]["online"]["training"]
+    r = fdpo(*mixed, "--lora-targets", "attn.c_attn")
+    assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr, r.stderr
 
 
 def test_rerun_of_a_plan_that_holds_a_big_integer_as_a_number(data, tmp_path):
