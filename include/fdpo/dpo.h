@@ -68,6 +68,13 @@ typedef struct {
 typedef struct {
     fdpo_gpt2 *policy;
     fdpo_gpt2 *ref_live;       /* frozen reference run each step, or NULL (cached log-probs) */
+    /* 1: the reference is the policy's current weights (the first step of a run whose
+     * reference is its starting policy: online f-DPO): the reference's log-probs are the
+     * policy forward's own, so every implicit reward is exactly 0 (log-probs scored by
+     * another pass, in another float order, made them rounding noise). With LoRA dropout
+     * active the policy's training forward is not the reference's: the reference is then the
+     * policy's forward without dropout, run on the same batch. ref_logp and ref_live are not read. */
+    int ref_is_policy;
     fdpo_dpo_config cfg;
     fdpo_pair_batch pb;
     float *token_logp, *ref_token_logp, *d_token_logp;
@@ -189,9 +196,12 @@ int fdpo_dpo_train(const fdpo_dpo_run_opts *o);
  * save with the model (the online rounds' background writer). A stop request (SIGINT) before
  * the last step then fails the run without saving ("interrupted after step N of M (nothing of
  * it is saved; train.continue_how)"): a round is redone, never resumed mid-way; after the last
- * step the run ends as if none came, its pairs trained (the round is complete). */
+ * step the run ends as if none came, its pairs trained (the round is complete).
+ * ref_is_start: the reference is the policy as passed (an online round whose reference is its
+ * starting policy): the first step takes the reference's log-probs from the policy's own
+ * forward (fdpo_dpo.ref_is_policy), later steps from ref_logp. */
 int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
-                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
+                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp, int ref_is_start,
                          fdpo_train_state *state_out);
 
 #ifdef __cplusplus

@@ -48,6 +48,10 @@ typedef struct {
                                  first_prompt + their index in the slice */
 } fdpo_sample_config;
 int fdpo_sample_config_check(const fdpo_sample_config *c); /* names the bad flag */
+/* For a run that compares the n completions of a prompt (online pairs, RLOO/GRPO groups):
+ * refuses greedy decoding (temperature 0 or top-k 1), which gives all n the same text. need:
+ * what needs them to differ; else_what: what greedy decoding would leave (both for the message). */
+int fdpo_sample_distinct_check(const fdpo_sample_config *c, long n, const char *need, const char *else_what);
 
 /* The RNG of one sample depends only on (seed, prompt index, sample index), so samples do
  * not depend on batching or the thread count. */

@@ -34,14 +34,15 @@ typedef struct {
     long r;               /* rank; 0 = no LoRA */
     double alpha;         /* scaling s = alpha / r */
     double dropout;       /* on the adapter input, in [0, 1) */
-    const char *targets;  /* comma list of module-name suffixes, PEFT's target_modules */
+    const char *targets;  /* comma list of module-name suffixes, PEFT's target_modules, or
+                             FDPO_LORA_ALL_LINEAR (below); NULL: PEFT's default */
 } fdpo_lora_opts;
 
 typedef struct fdpo_lora {
     size_t r;
     double alpha, dropout;
     float scale;                       /* alpha / r */
-    char *targets;                     /* the comma list as given (adapter_config.json) */
+    char *targets;                     /* the comma list as given, all-linear expanded (adapter_config.json) */
     char *base_model;                  /* base_model_name_or_path written with the adapter (may be NULL) */
     int site_tensor[FDPO_LORA_N_SITES]; /* index of the site's lora_A in view.tensors (B follows), -1 = none */
     int score_tensor;                  /* a reward model's score head, trained in full (PEFT's modules_to_save
@@ -68,8 +69,9 @@ typedef struct fdpo_lora {
 
 /* Parse the options against m's family; errors name the flag. A target matches a module
  * when it equals the module's path or is a suffix of it after a '.', as in PEFT (GPT-2's
- * "c_proj" matches attn.c_proj and mlp.c_proj); a target matching nothing is an error that
- * lists the model's module names. */
+ * "c_proj" matches attn.c_proj and mlp.c_proj), and the whole value FDPO_LORA_ALL_LINEAR
+ * selects every linear layer; a target matching nothing is an error that lists the model's
+ * module names. */
 int fdpo_lora_opts_check(const fdpo_lora_opts *o, const fdpo_gpt2 *m);
 /* The comma list of module names alone, its errors naming it `name` (an adapter's
  * target_modules). */
@@ -90,9 +92,11 @@ int fdpo_lora_check_continued(const fdpo_gpt2 *m, const char *owner, long r, dou
  * "mlp.c_proj", "transformer.h.0.attn.c_attn") leaves out a module of some layer that the
  * comma list targets selects, else 0; -1 with the error of a bad targets list. */
 int fdpo_lora_excludes(const char *targets, const fdpo_gpt2 *m, const char *entry);
-/* PEFT's target_modules "all-linear" for m's family: every linear layer of the blocks (the
- * LM head is not one). */
-const char *fdpo_lora_all_linear(const fdpo_gpt2 *m);
+/* PEFT's target_modules shorthand, taken by every targets value above (--lora-targets, an
+ * adapter's target_modules) as a whole value: every linear layer of the blocks (the LM head,
+ * PEFT's output layer, is left out); gpt2 c_attn,c_proj,c_fc, llama q/k/v/o_proj and
+ * gate/up/down_proj. */
+#define FDPO_LORA_ALL_LINEAR "all-linear"
 /* Attach fresh adapters to m (A kaiming-uniform from seed, B zero); m->lora owns them. On a
  * reward model the score head joins the trainable tensors (initialised from m's).
  * Adapters m already has (a model read from a LoRA checkpoint) are first folded into the

@@ -39,7 +39,7 @@ int cmd_rl(int argc, char **argv) {
         {"n", FLAG_COUNT, &k, "4", "samples per prompt (the RLOO/GRPO group, >= 2)", 0},
         {"prompts-per-step", FLAG_INT, &o.prompts_per_step, "8", "prompts sampled each step (cycling through the file)", 0},
         {"grpo-eps", FLAG_FLOAT, &o.rl.grpo_eps, "1e-4", "GRPO: advantage = (x - mean)/(std + eps)", 0},
-        {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature (1 = the policy being trained)", 0},
+        {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature, > 0 (1 = the policy being trained; greedy decoding gives a group one text)", 0},
         {"top-k", FLAG_COUNT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},
         {"top-p", FLAG_FLOAT, &top_p, "1", "nucleus mass in (0, 1] (1 = off)", 0},
         {"max-new-tokens", FLAG_COUNT, &max_new, "32", "most tokens per completion", 0},

@@ -58,7 +58,7 @@ size_t train_flags_add(fdpo_flag *f, size_t n, fdpo_train_opts *o) {
         {"lora-r",        FLAG_INT,   &o->lora_r,        "0",      "LoRA rank: train rank-R adapters on --model's frozen weights; OUT gets PEFT adapter files (0: full fine-tuning)", 0},
         {"lora-alpha",    FLAG_FLOAT, &o->lora_alpha,    "8",      "LoRA scaling alpha (the update is alpha/r * B A)", 0},
         {"lora-dropout",  FLAG_FLOAT, &o->lora_dropout,  "0",      "dropout on the LoRA adapters' input during training", 0},
-        {"lora-targets",  FLAG_STR,   &o->lora_targets,  NULL,     "comma list of modules to adapt, PEFT names (llama: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; gpt2: c_attn,c_proj,c_fc; default: PEFT's, c_attn / q_proj,v_proj)", 0},
+        {"lora-targets",  FLAG_STR,   &o->lora_targets,  NULL,     "comma list of modules to adapt, PEFT names (llama: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; gpt2: c_attn,c_proj,c_fc), or all-linear (PEFT's: all of them, the output head excepted; default: PEFT's, c_attn / q_proj,v_proj)", 0},
     };
     _Static_assert(sizeof shared / sizeof shared[0] <= TRAIN_FLAGS_MAX, "raise TRAIN_FLAGS_MAX (train_flags.h)");
     size_t k = sizeof shared / sizeof shared[0];

@@ -35,6 +35,14 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     return 0;
 }
 
+int fdpo_sample_distinct_check(const fdpo_sample_config *c, long n, const char *need, const char *else_what) {
+    if (c->temperature == 0 || c->top_k == 1)
+        return fdpo_error("--%s: %s, and greedy decoding gives all --n %ld the same text (%s); sample with "
+                          "--temperature > 0 and --top-k 0 or > 1", c->temperature == 0 ? "temperature 0" : "top-k 1",
+                          need, n, else_what);
+    return 0;
+}
+
 void fdpo_sample_rng(fdpo_rng *r, uint64_t seed, size_t prompt_index, size_t sample_index) {
     uint64_t key[3] = {seed, (uint64_t)prompt_index, (uint64_t)sample_index};
     fdpo_rng_seed(r, fdpo_hash64(FDPO_HASH_INIT, key, sizeof key));

@@ -473,19 +473,19 @@ int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, 
 /* DIR/generation_config.json, kept as read so that every save writes it again: Hugging Face's
  * generate takes its defaults from it (an instruct model's end-of-turn ids among its
  * eos_token_id, its sampling settings), and a fine-tuned Llama-3-Instruct saved without it
- * generated past its end of turn. fdpo itself does not read it. NULL when absent; not a JSON
- * object: said, and not carried. */
+ * generated past its end of turn. fdpo itself does not read it. NULL when absent; unreadable,
+ * or not a JSON object as Python's json reads one (the checks of config.json: an invalid \u
+ * escape, a raw control character, text after the object, ...; transformers could not load
+ * it from the checkpoints): said with FILE:LINE and column, and not carried. */
 static char *read_generation_config(const char *dir) {
     char *path = fdpo_path_join(dir, "generation_config.json");
     size_t len = 0;
     char *text = NULL;
     if (fdpo_file_exists(path)) {   /* as transformers, which falls back to the model config's */
         cJSON *root = NULL;
-        if (!(text = fdpo_read_file(path, &len))) {
+        if (!(text = fdpo_read_file(path, &len)) || !(root = fdpo_jsonl_parse_object(path, 1, text, len, NULL))) {
             fdpo_log(FDPO_LOG_WARN, "%s; left out of the checkpoints written from this model", fdpo_last_error());
             fdpo_clear_error();
-        } else if (!cJSON_IsObject(root = cJSON_ParseWithLengthOpts(text, len + 1, NULL, 1))) {   /* whole: no text after it */
-            fdpo_log(FDPO_LOG_WARN, "%s: not a JSON object; left out of the checkpoints written from this model", path);
             free(text);
             text = NULL;
         }

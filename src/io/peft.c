@@ -298,6 +298,11 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (!cJSON_IsString(x) || !*x->valuestring || strchr(x->valuestring, ',')) {
                 fdpo_error("%s: target_modules must hold module names", path); goto done;
             }
+            if (!strcmp(x->valuestring, FDPO_LORA_ALL_LINEAR)) {   /* PEFT expands the string only: a name in a list */
+                fdpo_error("%s: target_modules [\"" FDPO_LORA_ALL_LINEAR "\"] names no module (PEFT's shorthand for every "
+                           "linear layer is the string \"" FDPO_LORA_ALL_LINEAR "\", not a list entry)", path);
+                goto done;
+            }
             if (names_a_layer(x->valuestring)) {   /* PEFT matches it as a suffix of one layer's path */
                 fdpo_error("%s: target_modules entry '%s' names a module path (a layer of its own): not supported "
                            "(fdpo adapts a module, by name, in every layer)", path, x->valuestring);
@@ -310,8 +315,8 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (*targets) strcat(targets, ",");
             strcat(targets, x->valuestring);
         }
-    } else if (cJSON_IsString(tm) && !strcmp(tm->valuestring, "all-linear")) {
-        targets = fdpo_strdup(fdpo_lora_all_linear(m));
+    } else if (cJSON_IsString(tm) && !strcmp(tm->valuestring, FDPO_LORA_ALL_LINEAR)) {
+        targets = fdpo_strdup(FDPO_LORA_ALL_LINEAR);   /* the targets matcher's, as --lora-targets all-linear */
     } else if (cJSON_IsString(tm)) {   /* PEFT: re.fullmatch over every module's full name */
         fdpo_error("%s: target_modules \"%.64s\" is a regular expression (PEFT matches a string against full module "
                    "names): not supported; give a list of module names", path, tm->valuestring);

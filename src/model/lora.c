@@ -52,12 +52,26 @@ static int target_matches(const char *target, size_t len, const char *path) {
 /* PEFT's default target_modules for the model type (no --lora-targets) */
 static const char *default_targets(const fdpo_gpt2 *m) { return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,v_proj" : "c_attn"; }
 
+/* PEFT's target_modules "all-linear" (_maybe_include_all_linear_layers): every linear layer
+ * but the output head, named as PEFT saves them after expanding it */
+static const char *all_linear_targets(const fdpo_gpt2 *m) {
+    return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" : "c_attn,c_proj,c_fc";
+}
+
+/* The comma list of module names a targets value stands for: the default for NULL, the
+ * family's linear layers for PEFT's "all-linear" (the whole value, as PEFT takes it), else
+ * the value itself */
+static const char *targets_list(const char *targets, const fdpo_gpt2 *m) {
+    if (!targets) return default_targets(m);
+    return !strcmp(targets, FDPO_LORA_ALL_LINEAR) ? all_linear_targets(m) : targets;
+}
+
 /* Which sites the comma list selects (mask by site); errors name the list as `name`
  * (--lora-targets, or an adapter's target_modules). */
 static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected, const char *name) {
     int first, end;
     family_sites(m, &first, &end);
-    if (!targets) targets = default_targets(m);
+    targets = targets_list(targets, m);
     memset(selected, 0, FDPO_LORA_N_SITES * sizeof *selected);
     if (!targets || !*targets) return fdpo_error("%s: empty (name the linear layers to adapt)", name);
     for (const char *p = targets; *p;) {
@@ -69,6 +83,9 @@ static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected,
         int hit = 0;
         for (int s = first; s < end; s++)
             if (target_matches(p, len, module_path[s])) { selected[s] = 1; hit = 1; }
+        if (!hit && len == strlen(FDPO_LORA_ALL_LINEAR) && !strncmp(p, FDPO_LORA_ALL_LINEAR, len))
+            return fdpo_error("%s: '%s': '" FDPO_LORA_ALL_LINEAR "' (PEFT's every linear layer but the output head) is a "
+                              "value of its own, not an entry of a list of module names", name, targets);
         if (!hit) {
             char list[512] = "";
             for (int s = first; s < end; s++) {
@@ -136,10 +153,6 @@ int fdpo_lora_targets_same(const char *targets, const char *other, const fdpo_gp
     return !memcmp(a, b, sizeof a);
 }
 
-const char *fdpo_lora_all_linear(const fdpo_gpt2 *m) {
-    return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" : "c_attn,c_proj,c_fc";
-}
-
 static char *layer_name(const char *pattern, const char *suffix) {
     char buf[256];
     snprintf(buf, sizeof buf, "base_model.model.%s.%s", pattern, suffix);
@@ -156,7 +169,7 @@ int fdpo_lora_attach(fdpo_gpt2 *m, const fdpo_lora_opts *o, uint64_t seed) {
     l->alpha = o->alpha;
     l->dropout = o->dropout;
     l->scale = (float)(o->alpha / (double)o->r);
-    l->targets = fdpo_strdup(o->targets ? o->targets : default_targets(m));
+    l->targets = fdpo_strdup(targets_list(o->targets, m));   /* the names its adapter_config.json lists */
     l->enabled = 1;
     l->seed = seed;
     fdpo_gpt2 *v = &l->view;

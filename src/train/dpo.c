@@ -205,8 +205,15 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
     const int simpo = L->kind == FDPO_LOSS_SIMPO, per_token_mean = L->kind == FDPO_LOSS_IPO || simpo;
     memset(out, 0, sizeof *out);
     if (n == 0) return fdpo_error("dpo step: no pairs");
-    if (!simpo && !ref_logp && !d->ref_live) return fdpo_error("dpo step: no reference (neither cached log-probs nor a live model)");
-    if (check_pairs(d->policy, pairs, n) || (d->ref_live && !simpo && !ref_logp && check_pairs(d->ref_live, pairs, n))) return -1;
+    const int ref_self = d->ref_is_policy && !simpo;
+    /* the reference is the policy, but its training forward drops adapter inputs: the
+     * reference's forward runs apart, without dropout */
+    const int ref_self_apart = ref_self && d->policy->lora && d->policy->lora->training && d->policy->lora->dropout > 0;
+    const int ref_forward = !simpo && (ref_self_apart || (!ref_self && !ref_logp));
+    if (!simpo && !ref_self && !ref_logp && !d->ref_live)
+        return fdpo_error("dpo step: no reference (neither cached log-probs nor a live model)");
+    if (check_pairs(d->policy, pairs, n) || (d->ref_live && ref_forward && !ref_self && check_pairs(d->ref_live, pairs, n)))
+        return -1;
     /* step-wide denominators, so that micro-batches add up to the full-batch gradient */
     size_t chosen_tokens_total = 0, rejected_tokens_total = 0;
     for (size_t k = 0; k < n; k++) { chosen_tokens_total += pairs[k]->n_chosen; rejected_tokens_total += pairs[k]->n_rejected; }
@@ -226,7 +233,12 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
         fdpo_pair_batch *pb = &d->pb;
         fdpo_pair_batch_build(pb, d->cfg.layout, pairs + k0, nk);
         ensure_scratch(d, pb->batch.n_tokens);
-        if (!simpo && !ref_logp) {
+        if (ref_self_apart) {   /* the policy as evaluated (before its training forward, which replaces the activations) */
+            d->policy->lora->training = 0;
+            int frc = fdpo_gpt2_forward(d->policy, &pb->batch, d->ref_token_logp, NULL);
+            d->policy->lora->training = 1;
+            if (frc) return fdpo_error_context("reference forward");
+        } else if (ref_forward) {
             /* LoRA: the live reference may be the policy itself with its adapters off (its
              * forward comes first; the policy's own forward below replaces the activations) */
             fdpo_lora *base_only = d->ref_live == d->policy ? d->policy->lora : NULL;
@@ -248,10 +260,9 @@ int fdpo_dpo_step(fdpo_dpo *d, const fdpo_pref_pair *const *pairs, size_t n, con
             const size_t rb = pb->rejected_begin[k], re = pb->rejected_end[k];
             double lp_w = range_sum(d->token_logp, cb, ce), lp_l = range_sum(d->token_logp, rb, re);
             double ref_w = 0, ref_l = 0;
-            if (!simpo) {
-                if (ref_logp) { ref_w = ref_logp[2 * (k0 + k)]; ref_l = ref_logp[2 * (k0 + k) + 1]; }
-                else { ref_w = range_sum(d->ref_token_logp, cb, ce); ref_l = range_sum(d->ref_token_logp, rb, re); }
-            }
+            if (ref_self && !ref_self_apart) { ref_w = lp_w; ref_l = lp_l; }   /* the same forward's sums: l = 0 exactly */
+            else if (ref_forward) { ref_w = range_sum(d->ref_token_logp, cb, ce); ref_l = range_sum(d->ref_token_logp, rb, re); }
+            else if (!simpo) { ref_w = ref_logp[2 * (k0 + k)]; ref_l = ref_logp[2 * (k0 + k) + 1]; }
             /* the quantities the loss sees: sums, or per-token means for ipo/simpo */
             const double nw = per_token_mean ? (double)p->n_chosen : 1.0, nl = per_token_mean ? (double)p->n_rejected : 1.0;
             const double lw = (lp_w - ref_w) / nw, ll = (lp_l - ref_l) / nl;

@@ -461,7 +461,7 @@ done:
 }
 
 int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fdpo_tokenizer *tok,
-                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp,
+                         const fdpo_pref_pair *const *pairs, size_t n, const double *ref_logp, int ref_is_start,
                          fdpo_train_state *state_out) {
     const fdpo_train_opts *to = &o->train;
     if (fdpo_dpo_run_opts_check(o)) return -1;
@@ -498,7 +498,9 @@ int fdpo_dpo_train_pairs(const fdpo_dpo_run_opts *o, fdpo_gpt2 *policy, const fd
             if (!simpo) { step_ref[2 * i] = ref_logp[2 * k]; step_ref[2 * i + 1] = ref_logp[2 * k + 1]; }
         }
         fdpo_dpo_metrics m;
+        d.ref_is_policy = ref_is_start && tr.state.step == 0;   /* until the first update */
         rc = fdpo_dpo_step(&d, step_pairs, per_step, simpo ? NULL : step_ref, 1, &m, NULL);
+        d.ref_is_policy = 0;
         if (!rc) rc = fdpo_trainer_step(&tr, m.tokens);
         if (!rc && fdpo_trainer_want_log(&tr)) {
             fdpo_trainer_metrics_begin(&tr, m.loss);

@@ -615,11 +615,8 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     /* a pair needs two different completions of a prompt: greedy decoding (temperature 0, or
      * top-k 1) gives all --n the same text, so every prompt ties and nothing ever trains (the
      * run "succeeded" with the initial weights) */
-    if (o->sample.temperature == 0 || o->sample.top_k == 1)
-        return fdpo_error("--%s: online pairs need different completions of a prompt, and greedy decoding gives all "
-                          "--n %ld the same text (no pair could ever form); sample with --temperature > 0 and "
-                          "--top-k 0 or > 1", o->sample.temperature == 0 ? "temperature 0" : "top-k 1", o->n);
-    return 0;
+    return fdpo_sample_distinct_check(&o->sample, o->n, "online pairs need different completions of a prompt",
+                                      "no pair could ever form");
 }
 
 int fdpo_online_rounds_opts_check(const fdpo_online_opts *o) {
@@ -820,7 +817,9 @@ static int online_run(const fdpo_online_opts *o) {
             d.ref = ref_name;
             fdpo_train_state ts;
             double t0 = fdpo_now();
-            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref, &ts);
+            /* round_ref NULL: the reference is this round's starting policy, whose first step
+             * takes it from its own forward (the scoring's log pi is another float order) */
+            rc = fdpo_dpo_train_pairs(&d, policy, tok, buf.pair_ptr, buf.n_pairs, buf.pair_ref, !round_ref, &ts);
             st.t_training = fdpo_now() - t0;
             /* its pairs, from memory: round-K.pairs.jsonl is written with the round, after this */
             if (rc) fdpo_error_context("round %ld: f-DPO on its %zu pairs", k, buf.n_pairs);
@@ -1041,7 +1040,11 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
          * trainer sums them; the step's denominators are the whole step's (fdpo_dpo_step), so
          * the sum is the single process's gradient up to the order of the float additions */
         d.cfg.micro_batch = (np + (size_t)fdpo_dist_size() - 1) / (size_t)fdpo_dist_size();
+        /* step 0 of a run whose reference is --model: the policy is the reference, its own
+         * forward gives the reference's log-probs (implicit rewards exactly 0) */
+        d.ref_is_policy = step == 0 && ref_is_model;
         if (!rc && np > 0) rc = fdpo_dpo_step(&d, pptr, np, pair_ref, 1, &m, NULL);
+        d.ref_is_policy = 0;
         /* m.tokens: the positions this rank's block ran through the policy (the trainer sums the ranks') */
         if (!rc && np > 0) rc = fdpo_trainer_step(&tr, m.tokens);
         else if (!rc) {

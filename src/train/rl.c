@@ -405,6 +405,11 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     const fdpo_train_opts t = rl_train_opts(o);
     if (fdpo_train_opts_check(&t)) return -1;
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
+    /* RLOO and GRPO score a sample against the others of its group: greedy decoding gives the
+     * group one text, every advantage 0, and the run "trained" nothing (exit 0) */
+    if (fdpo_sample_distinct_check(&o->sample, (long)o->rl.k, "RLOO/GRPO compare the --n completions of a prompt",
+                                   "every advantage would be 0 and nothing would train"))
+        return -1;
     if (fdpo_train_out_ref_check(o->train.out, o->ref, o->model) || fdpo_train_out_reward_check(o->train.out, o->reward))
         return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon */

@@ -404,6 +404,50 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
     }
 }
 
+/* --lora-targets as the modules it selects (fdpo_lora_targets_same against --model's family,
+ * as the trainers' --resume and online rounds compare it), not as typed: PEFT's default named
+ * explicitly (c_attn) or another spelling of the same modules (attn.c_attn) was refused as a
+ * change. Where the saved plan's text (the "lora" entry, absent for the default, and the
+ * stages' training settings, null for it) selects what the given one does, the new plan takes
+ * the saved text, so only other modules differ and the state keeps what it recorded. -1 after
+ * the error of a list that matches nothing. */
+static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *model) {
+    /* where the text is: parent, its child (NULL: none), key; the online stages' training
+     * settings are apart beside stages on files */
+    const char *const where[][3] = {{"lora", NULL, "targets"}, {"training", NULL, "lora-targets"},
+                                    {"online", "training", "lora-targets"}};
+    fdpo_gpt2 shape = {0};   /* the matcher reads the family only: --model's config (a LoRA checkpoint's base's) */
+    int have_shape = 0;
+    for (size_t i = 0; i < sizeof where / sizeof where[0]; i++) {
+        cJSON *pn = cJSON_GetObjectItemCaseSensitive(plan, where[i][0]);
+        const cJSON *ps = cJSON_GetObjectItemCaseSensitive(saved, where[i][0]);
+        if (where[i][1]) {
+            pn = cJSON_GetObjectItemCaseSensitive(pn, where[i][1]);
+            ps = cJSON_GetObjectItemCaseSensitive(ps, where[i][1]);
+        }
+        if (!cJSON_IsObject(pn) || !cJSON_IsObject(ps)) continue;
+        const char *key = where[i][2];
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(pn, key), *s = cJSON_GetObjectItemCaseSensitive(ps, key);
+        /* the "lora" entry leaves the default out; training settings hold null for it, and no
+         * key in a full run's (told apart by the comparison that follows) */
+        if (strcmp(where[i][0], "lora") && (!n || !s)) continue;
+        if ((n && !cJSON_IsString(n) && !cJSON_IsNull(n)) || (s && !cJSON_IsString(s) && !cJSON_IsNull(s))) continue;
+        const char *now = cJSON_IsString(n) ? n->valuestring : NULL, *was = cJSON_IsString(s) ? s->valuestring : NULL;
+        if (now == was || (now && was && !strcmp(now, was))) continue;
+        if (!have_shape) {
+            if (fdpo_checkpoint_load_config(model, &shape.config)) return fdpo_error_context("--model %s", model);
+            have_shape = 1;
+        }
+        const int same = fdpo_lora_targets_same(now, was, &shape, "--lora-targets");
+        if (same < 0) return -1;
+        if (!same) continue;   /* other modules: named by the comparison that follows */
+        if (!s) cJSON_DeleteItemFromObjectCaseSensitive(pn, key);
+        else if (n) cJSON_ReplaceItemInObjectCaseSensitive(pn, key, cJSON_Duplicate(s, 1));
+        else cJSON_AddItemToObject(pn, key, cJSON_Duplicate(s, 1));
+    }
+    return 0;
+}
+
 /* 1 when every training setting the saved plan records (then) is now's, else 0 naming the
  * first that is not (a plan of an earlier fdpo records fewer, or none) */
 static int training_same(const cJSON *then, const cJSON *now, const char *path) {
@@ -461,6 +505,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON *saved = cJSON_GetObjectItemCaseSensitive(st->root, "plan");
         st->done = cJSON_GetObjectItemCaseSensitive(st->root, "stages_done");
         if (!saved || !cJSON_IsArray(st->done)) { cJSON_Delete(plan); return fdpo_error("%s: not a sacpo state file", st->path); }
+        if (plan_same_lora_targets(plan, saved, o->dpo.train.init)) { cJSON_Delete(plan); return -1; }
         /* the lambda list may grow (more models from the same stages); everything else must
          * match: the plan first (model, data, divergence, beta, order, LoRA), then the training
          * settings one by one, named: those the saved plan records (a plan of an earlier fdpo

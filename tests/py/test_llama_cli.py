@@ -347,9 +347,32 @@ def test_written_checkpoints_keep_generation_config(llama, tmp_path):
     fdpo("pretrain", "--data", tmp_path / "t.txt", "--out", tmp_path / "sft", "--overwrite", *ARCH, "--seq-len", 16,
          "--batch-size", 2, "--steps", 1, "--threads", 1, "--eval-every", 0, "--quiet")
     assert not (tmp_path / "sft" / "generation_config.json").exists()
-    for k, bad in enumerate(['["not", "an", "object"]', '{"eos_token_id": 256} trailing']):
+    for k, (bad, why) in enumerate([('["not", "an", "object"]', "1: expected a JSON object, got an array"),
+                                    ('{"eos_token_id": 256} trailing', "1: unexpected text after the JSON object at column 23")]):
         (src / "generation_config.json").write_text(bad)
         r = fdpo("sft", "--model", src, "--out", tmp_path / f"bad{k}", "--steps", 1, *common)
-        assert f"{src}/generation_config.json: not a JSON object; left out of the checkpoints written from this model" \
+        assert f"{src}/generation_config.json:{why}; left out of the checkpoints written from this model" \
             in r.stderr, r.stderr
         assert not (tmp_path / f"bad{k}" / "generation_config.json").exists()
+
+
+@pytest.mark.parametrize("bad", ['{"do_sample": true,\n  "note": "a\\uZZZZ b",\n  "eos_token_id": 256}',
+                                 '{"do_sample": true, "note": "tab\there"}'])
+def test_generation_config_that_python_json_refuses_is_left_out(tmp_path, bad):
+    """generation_config.json was checked with a bare cJSON parse, which reads \\uZZZZ as U+0000
+    and keeps a raw control character: the file passed as "a JSON object" and was copied into
+    every checkpoint, which transformers (Python's json) then could not load. It is now read as
+    config.json is, and left out with a warning naming FILE:LINE and the column Python's json
+    names."""
+    from test_generate import make_model
+    make_model(tmp_path / "gm", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "q%d" % i, "completion": " answer"} for i in range(4)])
+    (tmp_path / "gm" / "generation_config.json").write_text(bad)
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(bad)
+    r = fdpo("sft", "--model", tmp_path / "gm", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "g1", "--steps", 1,
+             "--batch-size", 2, "--seq-len", 32, "--eval-fraction", 0, "--threads", 1, "--quiet")
+    assert f"{tmp_path / 'gm'}/generation_config.json:{e.value.lineno}: invalid JSON: " in r.stderr, r.stderr
+    assert f" at column {e.value.colno}" in r.stderr and "; left out of the checkpoints written from this model" \
+        in r.stderr, r.stderr
+    assert (tmp_path / "g1" / "model.safetensors").exists() and not (tmp_path / "g1" / "generation_config.json").exists()

@@ -465,6 +465,33 @@ def test_resume_compares_lora_targets_by_the_modules_they_select(tmp_path):
     assert (tmp_path / "rounds" / "round-1" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_lora_targets_all_linear_is_peft_all_linear(tmp_path, family):
+    """--lora-targets all-linear was refused as matching "no linear layer", followed by the
+    list of the linear layers it would select, while an adapter_config.json's "all-linear"
+    was read. PEFT (_maybe_include_all_linear_layers) expands it to every linear layer (GPT-2's
+    Conv1D, Llama's nn.Linear) but the output head, and saves the module names: every 2-D
+    weight of the base's layers here. It trains the adapter of that explicit list, byte for
+    byte, and resumes it; inside a list it is refused as a value of its own."""
+    base = (make_gpt2 if family == "gpt2" else make_llama)(tmp_path / "base")
+    prefix = "transformer.h.0." if family == "gpt2" else "model.layers.0."
+    w = st.load(str(base / "model.safetensors"))[0]
+    linear = [k[len(prefix):-len(".weight")] for k, v in w.items()   # the layer's linear modules, as PEFT finds them
+              if k.startswith(prefix) and k.endswith(".weight") and v.ndim == 2]
+    assert sorted(linear) == sorted(GPT2_MODULES if family == "gpt2" else LLAMA_MODULES)
+    names = list(dict.fromkeys(m.split(".")[-1] for m in linear))   # PEFT saves the names' last parts
+    train_adapter(tmp_path, base, tmp_path / "listed", "--lora-r", 2, "--lora-targets", ",".join(names), steps=2)
+    train_adapter(tmp_path, base, tmp_path / "all", "--lora-r", 2, "--lora-targets", "all-linear", "--stop-at", 1, steps=2)
+    fdpo("sft", "--out", tmp_path / "all", "--resume", "--data", tmp_path / "sft.jsonl", "--quiet")
+    assert sorted(json.load(open(tmp_path / "all" / "adapter_config.json"))["target_modules"]) == sorted(names)
+    for f in ("adapter_model.safetensors", "adapter_config.json", "training_state.safetensors"):
+        assert (tmp_path / "listed" / f).read_bytes() == (tmp_path / "all" / f).read_bytes(), f
+    r = fdpo("sft", "--model", base, "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "bad", "--lora-r", 2,
+             "--lora-targets", f"{names[0]},all-linear", check=False)
+    assert r.returncode == 1 and f"--lora-targets: '{names[0]},all-linear': 'all-linear' (PEFT's every linear layer " \
+        "but the output head) is a value of its own, not an entry of a list of module names" in r.stderr, r.stderr
+
+
 def test_a_lora_run_resumes_from_another_directory(tmp_path):
     """--model was saved as typed only: a run started in proj/ with --model base resumed from
     proj/.. could not load its base ("base/config.json: cannot open"), and --model
@@ -858,6 +885,9 @@ def test_peft_target_modules_forms_and_defaults(tmp_path):
         ("layers", short, {"layers_to_transform": [0]}, "layers_to_transform is not supported (fdpo adapts the target "
          "modules of every layer)"),
         ("unknown", ["c_attn"], None, "target_modules: 'c_attn' matches no linear layer of this llama model"),
+        # PEFT expands the string only: a list's entries are module names, and none is called so
+        ("listed-all", ["all-linear"], None, 'target_modules ["all-linear"] names no module (PEFT\'s shorthand for '
+         'every linear layer is the string "all-linear", not a list entry)'),
     ]:
         bad = write_peft(tmp_path / name, 2, modules, dims, 3, 6, 0.0, targets, extra=extra)
         r = harness("model-fb", "--model", base, "--lora", bad, "--batch", bp, "--out", tmp_path / "x.st", check=False)

@@ -557,6 +557,31 @@ def test_each_round_is_one_fresh_adamw_run_as_pytorch(setup, tmp_path, batch):
         torch.set_default_dtype(torch.float32)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["rounds", "ref-update-round", "step"])
+def test_first_step_against_its_own_policy_is_exact(setup, tmp_path, mode, precision):
+    """Where the policy is its reference -- round 0 of online DPO, every round's start with
+    --ref-update round, step 1 of --mode step -- every implicit reward beta (log pi - log pi_ref)
+    is 0 by the identity pi = pi_ref, the sigmoid loss -log sigma(0) = log 2 and a tie counts
+    0.5. log pi_ref came from the sampler's scoring pass and log pi from the training forward,
+    the same function in another float order: rewards of ~1e-8, accuracies 0.6 or 0.67."""
+    rounds = 2 if mode == "ref-update-round" else 1
+    common = ["--n", 4, "--max-new-tokens", 8, "--threads", 1, "--precision", precision, "--lr", "1e-2"]
+    if mode == "step":
+        online(setup, tmp_path / "o", "--mode", "step", "--steps", 1, "--prompts-per-round", 8, *common)
+        firsts = [metrics(tmp_path / "o")[0]]
+    else:
+        extra = ["--ref-update", "round"] if mode == "ref-update-round" else []
+        online(setup, tmp_path / "o", "--rounds", rounds, "--prompts-per-round", 8, "--pairing", "all-bt", *common, *extra)
+        firsts = [metrics(tmp_path / "o" / f"round-{k}")[0] for k in range(rounds)]
+    for m in firsts:
+        assert m["step"] == 1 and m.get("pairs", 2) >= 2, m
+        assert (m["rewards/chosen"], m["rewards/rejected"], m["rewards/margins"]) == (0, 0, 0), m
+        assert m["rewards/accuracies"] == 0.5 and abs(m["loss"] - math.log(2)) < 1e-12, m
+    if mode == "rounds":   # the steps after the first train against the same reference: no longer 0
+        assert any(m["rewards/margins"] != 0 for m in metrics(tmp_path / "o" / "round-0")[1:])
+
+
 def test_killed_mid_save_leaves_the_last_round_and_resume_equals_uninterrupted(setup, tmp_path):
     """A round's checkpoint is written in the background while the next round samples. Kill
     the process (SIGKILL) while round 1's files are being written -- strace holds every fsync

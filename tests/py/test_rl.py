@@ -453,6 +453,27 @@ def test_rl_bad_flags(tmp_path):
         assert r.returncode != 0 and needle in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("greedy", [["--temperature", "0"], ["--algo", "grpo", "--top-k", "1"]])
+def test_rl_refuses_greedy_sampling(tmp_path, greedy):
+    """RLOO's advantage r_i - mean_{j!=i} r_j and GRPO's (r_i - mean) / (std + eps) (TRL's
+    formulas) are exactly 0 on a group of --n equal completions, which greedy decoding gives:
+    the run trained nothing and exited 0. Refused up front by name, as fdpo online refuses it."""
+    import subprocess
+    from dpo_common import FDPO
+    from test_generate import make_model
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("hello\nworld\n")
+    r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
+                        "--reward", "length", "--out", tmp_path / "o", "--steps", 1, "--n", 3, "--prompts-per-step", 2,
+                        "--max-new-tokens", 4, "--threads", 1, "--quiet", *greedy]], capture_output=True, text=True, timeout=60)
+    flag = greedy[-2][2:] + " " + greedy[-1]
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo rl: --{flag}: RLOO/GRPO compare the --n completions of a prompt, and greedy decoding gives all --n 3 "
+        "the same text (every advantage would be 0 and nothing would train); sample with --temperature > 0 and "
+        "--top-k 0 or > 1\n"), r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_rl_sample_count_beyond_memory_is_refused_by_name(tmp_path):
     """--n 10^14 for 2 prompts a step: "out of memory allocating 1599999999999984 bytes", naming
     no flag (a hunt's find); refused naming --n, before --out is made"""
@@ -796,8 +817,9 @@ def test_step_split_into_rank_blocks_is_the_whole_step(tmp_path, blocks):
 @pytest.mark.parametrize("per_step", [3, 5])
 def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
     """The objective/* and val/* values `fdpo rl` logs at step 1, against PyTorch float64 on
-    the same completions: with --temperature 0 (greedy) the completions are the argmax
-    continuations of the starting policy, computed here; the reference is another model, so
+    the same completions: the policy is sharpened until its top token leads the next by more
+    than 40 nats, so that sampling (temperature 1; greedy decoding is refused) draws the argmax
+    continuation of the starting policy, computed here; the reference is another model, so
     the log-ratios are not 0. objective/scores = mean reward (the cmd: script's character code
     sum mod 97),
     objective/kl = mean sum_t (log pi - log pi_ref), objective/entropy = mean -sum_t log pi,
@@ -813,6 +835,10 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
     from test_online import ascii_model, load_gpt2
     code_sum = lambda text: sum(ord(ch) for ch in text) % 97
     pol_dir = ascii_model(tmp_path / "pol")
+    sharp = load_gpt2(pol_dir)
+    with torch.no_grad():   # its logits are wte @ (ln_f bias) at every position: x 8000, the top gap becomes ~70
+        sharp.param("ln_f.bias").mul_(8000)
+    sharp.save_hf(str(pol_dir))
     make_model(tmp_path / "ref", 257, seed=9, n_positions=64, byte_tokenizer=True)
     prompts = ["p0:", "q1 ", "the cat"]
     (tmp_path / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
@@ -822,7 +848,7 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
     r = subprocess.run([str(a) for a in [
         FDPO, "rl", "--model", pol_dir, "--ref", tmp_path / "ref", "--data", tmp_path / "prompts.txt", "--out",
         tmp_path / "out", "--reward", f"cmd:/usr/bin/python3 {tmp_path / 'codes.py'}", "--divergence", "js",
-        "--beta", beta, "--steps", 1, "--n", 2, "--prompts-per-step", per_step, "--temperature", 0,
+        "--beta", beta, "--steps", 1, "--n", 2, "--prompts-per-step", per_step,
         "--max-new-tokens", max_new, "--threads", 1, "--quiet"]], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     m = json.loads(open(tmp_path / "out" / "metrics.jsonl").readline())
@@ -836,13 +862,13 @@ def test_rl_logged_objective_values_match_pytorch(tmp_path, per_step):
                 lpi, lref = F.log_softmax(pol(x)[-1], -1), F.log_softmax(ref(x)[-1], -1)
                 t = int(torch.argmax(lpi))
                 s = torch.sort(lpi, descending=True).values
-                assert float(s[0] - s[1]) > 1e-6   # no near-tie: fp32 greedy picks the same token
+                assert float(s[0] - s[1]) > 40   # P(another token) < 257 e^-40 per draw: the argmax is drawn
                 a, b = a + float(lpi[t]), b + float(lref[t])
                 comp.append(t)
                 if t == 256:
                     break
             text = bytes(c for c in comp if c < 256).decode()
-            for _ in range(2):   # --n 2: both greedy samples are this one
+            for _ in range(2):   # --n 2: both samples are this one
                 lp.append(a); lr.append(b); rewards.append(code_sum(text)); eos.append(comp[-1] == 256)
     lp, lr = np.array(lp), np.array(lr)
     fdiv = float(np.mean(f_over_u("js", lp - lr)))

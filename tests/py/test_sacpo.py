@@ -97,6 +97,44 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
 
 
+def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
+    """A rerun (sacpo's resume) compared --lora-targets as typed against sacpo.json: PEFT's GPT-2
+    default (c_attn) named explicitly, or the same modules as attn.c_attn (PEFT's '.'-suffix
+    rule), was refused as a change in both directions, adding a lambda too, while the trainers'
+    --resume accepts them (docs/lora.md). The same modules rerun, keeping the saved text; other
+    modules are refused."""
+    lora = ["--lora-r", 2]
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    sacpo(data, s1, "--lambda", "1", *lora)
+    for again in ("c_attn", "attn.c_attn", "all-linear"):
+        r = sacpo(data, s1, "--lambda", "1", *lora, "--lora-targets", again, check=again != "all-linear")
+        if again == "all-linear":   # c_attn, c_proj, c_fc: other modules
+            assert r.returncode == 1 and r.stderr.endswith(
+                f'--lora-targets: "all-linear" differs from (none) in {s1}/sacpo.json, which its stages trained with '
+                "(use the same flags or another --out)\n"), r.stderr
+        else:
+            assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr
+    assert "targets" not in json.loads((s1 / "sacpo.json").read_text())["plan"]["lora"]
+    sacpo(data, s2, "--lambda", "1", *lora, "--lora-targets", "c_attn")
+    r = sacpo(data, s2, "--lambda", "1", *lora)
+    assert "safety stage (lambda 1): done before" in r.stderr, r.stderr
+    r = sacpo(data, s2, "--lambda", "1,2", *lora, "--lora-targets", "attn.c_attn")
+    assert "safety stage (lambda 1): done before" in r.stderr, r.stderr
+    assert json.loads((s2 / "lambda-2" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
+    plan = json.loads((s2 / "sacpo.json").read_text())["plan"]
+    assert plan["lora"]["targets"] == "c_attn" and plan["training"]["lora-targets"] == "c_attn" \
+        and plan["lambdas"] == [1, 2], plan
+    # an online stage beside a stage on a file: the online stages' training settings, apart
+    (tmp_path / "p.txt").write_text("hello there\nwhat is up\n")
+    mixed = ["sacpo", "--model", data / "base", "--reward", "length", "--data", tmp_path / "p.txt", "--safety-data",
+             data / "safety.jsonl", "--rounds", 1, "--prompts-per-round", 2, "--n", 3, "--max-new-tokens", 4,
+             "--lambda", 1, "--beta", 0.2, "--out", tmp_path / "s3", *COMMON, *lora]
+    fdpo(*mixed)
+    assert "lora-targets" in json.loads((tmp_path / "s3" / "sacpo.json").read_text())["plan"]["online"]["training"]
+    r = fdpo(*mixed, "--lora-targets", "attn.c_attn")
+    assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr, r.stderr
+
+
 def test_rerun_of_a_plan_that_holds_a_big_integer_as_a_number(data, tmp_path):
     """a plan of an earlier fdpo holds --seed 10^18 as a JSON number, the new one as its digits:
     the rerun adding a lambda was refused ("--seed: \"1000000000000000000\" differs from 1e+18")"""
