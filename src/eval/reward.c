@@ -682,6 +682,9 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
             char save = *e; *e = 0;
             char *q;
             double v = strtod(p, &q);
+            /* nothing converted (an empty line, or blanks only, which strtod reads as 0):
+             * tested before the trailing blanks are skipped, which would move q past p */
+            const int converted = q != p;
             while (*q == ' ' || *q == '\t' || *q == '\r') q++;
             /* decimal only: strtod also reads hexadecimal ("0x10" was 16), which no reward
              * program means; and the whole line ("7\0junk" stopped at its NUL) */
@@ -689,7 +692,7 @@ static int cmd_score(fdpo_reward *r, size_t n, char *const *prompts, char *const
             while (*num == ' ' || *num == '\t') num++;
             if (memchr(p, 0, (size_t)(e - p)))
                 rc = fdpo_error("reward command '%s': output line %zu contains a NUL byte", r->program, line + 1);
-            else if (q == p || *q || !isfinite(v) || !fdpo_number_is_decimal(num) || q != e)
+            else if (!converted || *q || !isfinite(v) || !fdpo_number_is_decimal(num) || q != e)
                 rc = fdpo_error("reward command '%s': output line %zu '%.80s' is not a finite decimal number", r->program,
                                 line + 1, p);
             else out[line] = v;

@@ -514,6 +514,11 @@ def test_cmd_reward_large_exchange_does_not_deadlock(tmp_path):
     ("sys.stdin.read(); print(1); print('0x10'); print(2)\n", "output line 2 '0x10' is not a finite decimal number"),
     # a NUL inside a line: strtod stopped there and the junk after it passed
     ("sys.stdin.read(); print(1); sys.stdout.write('7\\0junk\\n'); print(2)\n", "output line 2 contains a NUL byte"),
+    # a line of blanks only, as an empty line: strtod reads it as 0, and the reward was 0
+    ("sys.stdin.read(); print(1); print(''); print(2)\n", "output line 2 '' is not a finite decimal number"),
+    ("sys.stdin.read(); print(1); print(' '); print(2)\n", "output line 2 ' ' is not a finite decimal number"),
+    ("sys.stdin.read(); print(1); print(2); print('\\t')\n", "output line 3 '\t' is not a finite decimal number"),
+    ("sys.stdin.read(); print('%8s' % ''); print(1); print(2)\n", "output line 1 '        ' is not a finite decimal number"),
     ("sys.stdin.read(); print(1)\n", "printed 1 lines, expected 3"),
     ("sys.stdin.read(); print('1\\n2\\n3\\n4')\n", "printed more than 3 lines"),
 ])
