@@ -224,7 +224,11 @@ int cmd_eval(int argc, char **argv) {
                  min_of < n_pol ? policies[min_of] : "");
         po.max_length_name = cap_name;
         if (fdpo_pref_load(pairs_path, ref_tok, &po, &pairs)) rc = fdpo_error_context("--pairs");
-        else { have_pairs = 1; c.pairs = &pairs; }
+        else {
+            have_pairs = 1; c.pairs = &pairs;
+            /* what --bad-pairs skip dropped is counted and said, as dpo, rm and kto do */
+            fdpo_pref_summary_log(pairs_path, &pairs.summary);
+        }
     }
     /* --samples-out appears whole or not at all: a run that fails or is killed midway leaves
      * the previous file in place (under MPI rank 0 writes) */
@@ -279,6 +283,10 @@ int cmd_eval(int argc, char **argv) {
             cJSON_AddStringToObject(cfg, "pairs", pairs_path);
             cJSON_AddNumberToObject(cfg, "beta", beta);
             cJSON_AddStringToObject(cfg, "divergence", cal_div_spec);
+            /* the counts of the log line (pairs kept, skipped per reason), as dpo's data_summary.json */
+            char *summary = fdpo_pref_summary_json(&pairs.summary);
+            cJSON_AddItemToObject(cfg, "pairs_data", cJSON_Parse(summary));
+            free(summary);
         }
         cJSON *arr = cJSON_AddArrayToObject(root, "policies");
         if (fdpo_dist_is_root()) print_table(cols, policies, n_pol);
