@@ -254,14 +254,30 @@ static int all_equal(const double *x, size_t n) {
     return 1;
 }
 
+/* A cmd: reward may be any finite double, and squares of deviations overflow above ~1e154
+ * (the sums themselves near DBL_MAX) and underflow below ~1e-154: a std of 1e300 rewards was
+ * inf, a correlation finite/inf = 0. Values whose largest magnitude lies outside
+ * [2^-200, 2^200] are scaled by 2^-e to a largest magnitude in [0.5, 1), which is exact, and
+ * the results scaled back; inside that range e is 0 and nothing changes. NaN and inf are left
+ * as they are (e 0), so they still make the result NaN. */
+static int scale_exponent(const double *x, size_t n) {
+    double largest = 0;
+    for (size_t i = 0; i < n; i++) if (fabs(x[i]) > largest) largest = fabs(x[i]);
+    if (!isfinite(largest) || largest == 0 || (largest >= 0x1p-200 && largest <= 0x1p200)) return 0;
+    int e;
+    frexp(largest, &e);
+    return e;
+}
+
 double fdpo_pearson(const double *x, const double *y, size_t n) {
     if (n < 2 || all_equal(x, n) || all_equal(y, n)) return NAN;
+    const int ex = scale_exponent(x, n), ey = scale_exponent(y, n);   /* r does not depend on scale */
     double mx = 0, my = 0;
-    for (size_t i = 0; i < n; i++) { mx += x[i]; my += y[i]; }
+    for (size_t i = 0; i < n; i++) { mx += ldexp(x[i], -ex); my += ldexp(y[i], -ey); }
     mx /= (double)n; my /= (double)n;
     double sxy = 0, sxx = 0, syy = 0;
     for (size_t i = 0; i < n; i++) {
-        double dx = x[i] - mx, dy = y[i] - my;
+        double dx = ldexp(x[i], -ex) - mx, dy = ldexp(y[i], -ey) - my;
         sxy += dx * dy; sxx += dx * dx; syy += dy * dy;
     }
     if (sxx <= 0 || syy <= 0) return NAN;
@@ -271,14 +287,16 @@ double fdpo_pearson(const double *x, const double *y, size_t n) {
 fdpo_stats fdpo_stats_of(const double *x, size_t n) {
     fdpo_stats s = {NAN, NAN, NAN, n};
     if (n == 0) return s;
+    const int e = scale_exponent(x, n);   /* the sums below are of x * 2^-e */
     double m = 0;
-    for (size_t i = 0; i < n; i++) m += x[i];
+    for (size_t i = 0; i < n; i++) m += ldexp(x[i], -e);
     m /= (double)n;
-    s.mean = m;
+    s.mean = ldexp(m, e);
     if (n < 2) return s;
     double v = 0;
-    for (size_t i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
-    s.std = sqrt(v / (double)(n - 1));
-    s.se = s.std / sqrt((double)n);
+    for (size_t i = 0; i < n; i++) v += (ldexp(x[i], -e) - m) * (ldexp(x[i], -e) - m);
+    const double std_scaled = sqrt(v / (double)(n - 1));
+    s.std = ldexp(std_scaled, e);
+    s.se = ldexp(std_scaled / sqrt((double)n), e);   /* finite even where std is past DBL_MAX */
     return s;
 }

@@ -740,6 +740,62 @@ def test_eval_end_to_end(byte_models, tmp_path):
     assert longer == 1 / 4 and res["policies"][0]["pref_chosen_longer"] == pytest.approx(longer)
 
 
+# rewards by completion length, scaled: squares overflow (1e300), underflow (1e-300), the sum
+# itself overflows (near DBL_MAX), and signs alternate around DBL_MAX (std past DBL_MAX, se not)
+EXTREME_REWARDS = {
+    "1e300": "[(len(c) + 1) * 1e300 for c in comps]",
+    "1e-300": "[(len(c) + 1) * 1e-300 for c in comps]",
+    "1e200-signed": "[(len(c) + 1) * (1e200 if i % 2 else -1e200) for i, c in enumerate(comps)]",
+    "near-max": "[1.7e308 * ((len(c) + 1) / max(len(d) + 1 for d in comps)) for c in comps]",
+    "max-alternating": "[1.7976931348623157e308 * (1 if i % 2 else -1) for i, c in enumerate(comps)]",
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREME_REWARDS))
+def test_eval_statistics_of_extreme_finite_rewards(byte_models, tmp_path, case):
+    """a cmd: reward may be any finite double: the sums of squares overflowed (1e300 rewards:
+    reward_std and reward_se null, reward_words_corr 0 where it is 0.32), underflowed (1e-300:
+    std 0) and the sum itself overflowed (near DBL_MAX: reward_mean null). Each against mpmath
+    from --samples-out; null only where the exact value is past DBL_MAX."""
+    import mpmath
+    mpmath.mp.dps = 50
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\nabc\n")
+    rw = tmp_path / "rw.py"
+    rw.write_text("import sys, json\ncomps = [json.loads(l)['completion'] for l in sys.stdin]\n"
+                  f"for v in {EXTREME_REWARDS[case]}:\n    print(repr(v))\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 4,
+            "--max-new-tokens", 12, "--seed", 3, "--threads", 1, "--reward", f"cmd:{sys.executable} {rw}",
+            "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    col = json.loads(out.read_text())["policies"][0]
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    x = [mpmath.mpf(s["reward"]) for s in ss]
+    n = len(x)
+    assert len(set(x)) > 1 and len({s["n_words"] for s in ss}) > 1 and len({s["n_tokens"] for s in ss}) > 1
+
+    def finite_or_none(v):
+        return float(v) if abs(v) <= mpmath.mpf(sys.float_info.max) else None
+
+    def check(key, want):
+        if want is None:
+            assert col[key] is None, (key, col[key])
+        else:
+            assert col[key] == pytest.approx(want, rel=1e-13, abs=0), (key, col[key], want)
+
+    mean = sum(x) / n
+    sxx = sum((a - mean) ** 2 for a in x)
+    check("reward_mean", finite_or_none(mean))
+    check("reward_std", finite_or_none(mpmath.sqrt(sxx / (n - 1))))
+    check("reward_se", finite_or_none(mpmath.sqrt(sxx / (n - 1) / n)))
+    for key, field in [("reward_words_corr", "n_words"), ("reward_length_corr", "n_tokens")]:
+        y = [mpmath.mpf(s[field]) for s in ss]
+        my = sum(y) / n
+        corr = sum((a - mean) * (b - my) for a, b in zip(x, y)) / mpmath.sqrt(sxx * sum((b - my) ** 2 for b in y))
+        assert col[key] == pytest.approx(float(corr), rel=1e-12, abs=1e-15), (key, col[key], corr)
+
+
 def s_score(name, l):
     """s(l) of DESIGN.md §2 (f'(e^l) without additive constants), written with numpy."""
     if name == "rkl":
