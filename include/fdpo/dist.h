@@ -28,6 +28,10 @@ static inline int fdpo_dist_is_root(void) { return fdpo_dist_rank() == 0; }
 #define FDPO_DIST_BUCKET ((size_t)4 << 20)
 int fdpo_dist_sum_f32(float *buf, size_t n);
 int fdpo_dist_sum_f64(double *buf, size_t n);
+/* rows is an n x width array of which each rank filled its fdpo_dist_shard(n) block of rows;
+ * afterwards every rank holds every row, bit for bit as the rank that filled it computed it
+ * (-0 included): the same numbers as one process. No-op for one process. */
+int fdpo_dist_join_shards_f64(double *rows, size_t n, size_t width);
 /* Broadcast n bytes from root to every rank. */
 int fdpo_dist_bcast(void *buf, size_t n, int root);
 /* Every rank passes the hash of what must agree (config, data, flags); if any differs the

@@ -123,6 +123,17 @@ int fdpo_dist_sum_f64(double *buf, size_t n) {
     return 0;
 }
 
+int fdpo_dist_join_shards_f64(double *rows, size_t n, size_t width) {
+    if (g_size < 2) return 0;
+    /* -0.0, not 0: (-0.0) + (+0.0) is +0.0, so a row of -0 (a reward program's -0.0) summed
+     * with another rank's +0 came out +0; -0.0 is the additive identity of every double */
+    size_t begin, end;
+    fdpo_dist_shard(n, &begin, &end);
+    for (size_t i = 0; i < n * width; i++)
+        if (i < begin * width || i >= end * width) rows[i] = -0.0;
+    return fdpo_dist_sum_f64(rows, n * width);
+}
+
 int fdpo_dist_bcast(void *buf, size_t n, int root) {
 #ifdef FDPO_HAVE_MPI
     if (g_size > 1) {

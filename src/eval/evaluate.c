@@ -84,7 +84,7 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
     size_t longer = 0, b, e;
     int rc = 0;
     fdpo_seq_score sw = {0}, sl = {0};
-    fdpo_dist_shard(n, &b, &e);   /* under MPI: this rank's pairs, summed below */
+    fdpo_dist_shard(n, &b, &e);   /* under MPI: this rank's pairs, joined below */
     for (size_t i = b; i < e && rc == 0; i++) {
         const fdpo_pref_pair *q = &pairs->pairs[i];
         rc = fdpo_score_sequence(pd, rd, q->prompt, q->n_prompt, q->chosen, q->n_chosen, NULL, 0, &sw);
@@ -97,8 +97,8 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
     }
     if (fdpo_dist_size() > 1) {
         rc = fdpo_dist_all_ok(rc);
-        if (rc == 0) rc = fdpo_dist_sum_f64(p, n);
-        if (rc == 0) rc = fdpo_dist_sum_f64(zs, n);
+        if (rc == 0) rc = fdpo_dist_join_shards_f64(p, n, 1);
+        if (rc == 0) rc = fdpo_dist_join_shards_f64(zs, n, 1);
     }
     for (size_t i = 0; rc == 0 && i < n; i++) {
         margin += zs[i];
@@ -256,7 +256,7 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
     double *fd_seq = fdpo_calloc(N * (nd ? nd : 1), sizeof(double)), *fd_tok = fdpo_calloc(N * (nd ? nd : 1), sizeof(double));
     double ent_sum = 0, *ent = fdpo_calloc(N, sizeof(double)), *npos = fdpo_calloc(N, sizeof(double));
     size_t ent_n = 0, n_eot = 0, b, e;
-    fdpo_dist_shard(N, &b, &e);   /* this rank scores samples [b, e); the rest stay 0 until summed */
+    fdpo_dist_shard(N, &b, &e);   /* this rank scores samples [b, e); the ranks' blocks are joined below */
     char **texts = fdpo_calloc(N, sizeof(char *)), **ptexts = fdpo_calloc(N, sizeof(char *));
     size_t *ntok_sz = fdpo_calloc(N, sizeof(size_t));
     fdpo_words *words = fdpo_calloc(N, sizeof(fdpo_words));
@@ -289,12 +289,12 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
         rc = fdpo_error_context("--safety %s", fdpo_reward_spec(c->safety));
     if (fdpo_dist_size() > 1) {
         /* every rank learns whether any failed (and its message), then the blocks are
-         * summed: x + 0 is exact, so every value is the single process's */
+         * joined: every value is the single process's, bit for bit (-0 included) */
         rc = fdpo_dist_all_ok(rc);
         double *cols[] = {logp, lref, kl_seq, kl_tok, ent, npos, reward, safety};
-        for (size_t k = 0; rc == 0 && k < sizeof cols / sizeof cols[0]; k++) rc = fdpo_dist_sum_f64(cols[k], N);
-        if (rc == 0 && nd) rc = fdpo_dist_sum_f64(fd_seq, N * nd);
-        if (rc == 0 && nd) rc = fdpo_dist_sum_f64(fd_tok, N * nd);
+        for (size_t k = 0; rc == 0 && k < sizeof cols / sizeof cols[0]; k++) rc = fdpo_dist_join_shards_f64(cols[k], N, 1);
+        if (rc == 0 && nd) rc = fdpo_dist_join_shards_f64(fd_seq, N, nd);
+        if (rc == 0 && nd) rc = fdpo_dist_join_shards_f64(fd_tok, N, nd);
     }
     for (size_t i = 0; i < N; i++) { ent_sum += ent[i]; ent_n += (size_t)npos[i]; }
     double *known = fdpo_calloc(N, sizeof(double));

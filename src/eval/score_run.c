@@ -159,8 +159,8 @@ int fdpo_score_run(const fdpo_score_opts *o) {
         h = fdpo_hash64(h, &precision, sizeof precision);
         rc = fdpo_dist_check_agree("the --data lines, --model, --ref, --reward or --precision", h);
     }
-    /* under MPI each rank scores (and rewards) its block of lines, the blocks are summed
-     * (x + 0 is exact: the same numbers as one process) and rank 0 writes */
+    /* under MPI each rank scores (and rewards) its block of lines, the blocks are joined
+     * (fdpo_dist_join_shards_f64: the same numbers as one process, bit for bit) and rank 0 writes */
     enum { S_LOGP, S_ENTROPY, S_LOGP_REF, S_KL_TOK, S_N };
     double *sc = rc ? NULL : fdpo_calloc(n ? n * S_N : 1, sizeof *sc);
     size_t mine_begin = 0, mine_end = n;
@@ -182,8 +182,8 @@ int fdpo_score_run(const fdpo_score_opts *o) {
     }
     if (fdpo_dist_size() > 1 && sc) {   /* every rank reaches this, failed or not */
         rc = fdpo_dist_all_ok(rc);
-        if (!rc) rc = fdpo_dist_sum_f64(sc, n * S_N);
-        if (!rc && rw) rc = fdpo_dist_sum_f64(rw, n);
+        if (!rc) rc = fdpo_dist_join_shards_f64(sc, n, S_N);
+        if (!rc && rw) rc = fdpo_dist_join_shards_f64(rw, n, 1);
     }
     fdpo_atomic_file af = {0};
     FILE *f = fdpo_dist_is_root() ? o->stream : NULL;

@@ -8,6 +8,7 @@ commands (generate, eval, online, rl) split their prompts over the ranks: their 
 rewards and reports are identical whatever the number of ranks, and a rank whose reward
 program fails ends every rank with its message; rm and kto train data-parallel like dpo."""
 import json
+import math
 import os
 import re
 import shutil
@@ -675,7 +676,7 @@ def test_generate_throughput_line_counts_every_ranks_steps_and_tokens(work, tmp_
 
 def test_eval_report_and_samples_are_identical_on_two_ranks(work, tmp_path):
     """eval splits generation by prompt and the scoring of samples and --pairs by block; the
-    blocks are summed (x + 0 is exact), so the report and the samples file are the same bytes."""
+    blocks are joined bit for bit, so the report and the samples file are the same bytes."""
     args = ["eval", "--model", work / "pol2", "--ref", work / "pol", "--data", work / "prompts.txt", *SAMPLE,
             "--reward", "length", "--divergences", "rkl,js", "--pairs", work / "pairs.jsonl"]
     fdpo(*args, "--out", tmp_path / "e1.json", "--samples-out", tmp_path / "s1.jsonl")
@@ -685,6 +686,38 @@ def test_eval_report_and_samples_are_identical_on_two_ranks(work, tmp_path):
     assert e1 == e2
     pol = e1["policies"][0]
     assert pol["n_samples"] == 21 and pol["pref_n"] == 96 and pol["kl_seq_mean"] != 0
+
+
+# -0.0 for a completion with an even number of letters (Python prints it "-0.0", as -cost
+# with cost 0), minus that number for the rest: of the text only, as a rank sees only its block
+NEGATIVE_ZERO = """import json, sys
+for line in sys.stdin.buffer:
+    n = sum(ch.isascii() and ch.isalpha() for ch in json.loads(line.decode("utf-8", "replace"))["completion"])
+    print(-0.0 if n % 2 == 0 else -float(n))
+"""
+
+
+def test_a_negative_zero_reward_is_kept_on_two_ranks(work, tmp_path):
+    """each rank filled its block and left the others +0.0 before the blocks were summed, and
+    (-0.0) + (+0.0) is +0.0: a reward program's -0.0 was written 0 under mpirun, -0 by one
+    process (eval --samples-out and score), other bytes for other rank counts. Python's json
+    reads the one-process file's -0 back as -0.0, as printed (parse_int=float: an int has no -0)."""
+    (tmp_path / "negzero.py").write_text(NEGATIVE_ZERO)
+    reward = ["--reward", f"cmd:/usr/bin/python3 {tmp_path / 'negzero.py'}"]
+    args = ["eval", "--model", work / "pol2", "--ref", work / "pol", "--data", work / "prompts.txt", *SAMPLE, *reward,
+            "--divergences", "rkl"]
+    fdpo(*args, "--samples-out", tmp_path / "s1.jsonl")
+    rewards = [json.loads(line, parse_int=float)["reward"] for line in open(tmp_path / "s1.jsonl")]
+    assert len(rewards) == 21 and all(math.copysign(1, r) == -1 for r in rewards), rewards
+    assert 0 < rewards.count(0) < 21, rewards
+    mpi(2, *args, "--samples-out", tmp_path / "s2.jsonl")
+    assert (tmp_path / "s2.jsonl").read_bytes() == (tmp_path / "s1.jsonl").read_bytes()
+    score = ["score", "--model", work / "pol2", "--data", tmp_path / "s1.jsonl", *reward, "--threads", 1]
+    fdpo(*score, "--out", tmp_path / "c1.jsonl")
+    scored = [json.loads(line, parse_int=float)["reward"] for line in open(tmp_path / "c1.jsonl")]
+    assert [(r, math.copysign(1, r)) for r in scored] == [(r, math.copysign(1, r)) for r in rewards]
+    mpi(2, *score, "--out", tmp_path / "c2.jsonl")
+    assert (tmp_path / "c2.jsonl").read_bytes() == (tmp_path / "c1.jsonl").read_bytes()
 
 
 def letters_reward(work):

@@ -181,7 +181,7 @@ def test_online_rounds_resume_from_two_ranks_with_one(work, tmp_path):
 # ---- score and pairs: the same bytes whatever the number of ranks ----
 
 def test_score_and_pairs_are_identical_on_one_two_and_three_ranks(work, tmp_path):
-    """score splits its lines over the ranks and sums the blocks (x + 0 is exact); rank 0
+    """score splits its lines over the ranks and joins the blocks bit for bit; rank 0
     writes, so stdout is not duplicated either. pairs is computed whole on every rank and
     written by rank 0."""
     fdpo("generate", "--model", work / "pol", "--data", work / "prompts.txt", "--n", 3, "--max-new-tokens", 10,
