@@ -257,8 +257,9 @@ static int all_equal(const double *x, size_t n) {
 /* A cmd: reward may be any finite double, and squares of deviations overflow above ~1e154
  * (the sums themselves near DBL_MAX) and underflow below ~1e-154: a std of 1e300 rewards was
  * inf, a correlation finite/inf = 0. Values whose largest magnitude lies outside
- * [2^-200, 2^200] are scaled by 2^-e to a largest magnitude in [0.5, 1), which is exact, and
- * the results scaled back; inside that range e is 0 and nothing changes. NaN and inf are left
+ * [2^-200, 2^200] are scaled by 2^-e to a largest magnitude in [0.5, 1), and the results
+ * scaled back: exact, but for values below 2^-1021 of the largest (they become subnormal),
+ * which are below its rounding anyway; inside that range e is 0 and nothing changes. NaN and inf are left
  * as they are (e 0), so they still make the result NaN. */
 static int scale_exponent(const double *x, size_t n) {
     double largest = 0;
