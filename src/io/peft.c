@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/tokenizer.h"
@@ -298,7 +299,7 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (!cJSON_IsString(x) || !*x->valuestring || strchr(x->valuestring, ',')) {
                 fdpo_error("%s: target_modules must hold module names", path); goto done;
             }
-            if (!strcmp(x->valuestring, FDPO_LORA_ALL_LINEAR)) {   /* PEFT expands the string only: a name in a list */
+            if (!strcasecmp(x->valuestring, FDPO_LORA_ALL_LINEAR)) {   /* PEFT expands the string only: a name in a list */
                 fdpo_error("%s: target_modules [\"" FDPO_LORA_ALL_LINEAR "\"] names no module (PEFT's shorthand for every "
                            "linear layer is the string \"" FDPO_LORA_ALL_LINEAR "\", not a list entry)", path);
                 goto done;
@@ -315,7 +316,7 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             if (*targets) strcat(targets, ",");
             strcat(targets, x->valuestring);
         }
-    } else if (cJSON_IsString(tm) && !strcmp(tm->valuestring, FDPO_LORA_ALL_LINEAR)) {
+    } else if (cJSON_IsString(tm) && !strcasecmp(tm->valuestring, FDPO_LORA_ALL_LINEAR)) {   /* PEFT compares .lower() */
         targets = fdpo_strdup(FDPO_LORA_ALL_LINEAR);   /* the targets matcher's, as --lora-targets all-linear */
     } else if (cJSON_IsString(tm)) {   /* PEFT: re.fullmatch over every module's full name */
         fdpo_error("%s: target_modules \"%.64s\" is a regular expression (PEFT matches a string against full module "

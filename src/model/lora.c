@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "fdpo/lora.h"
 #include "model/llama_internal.h"
 
@@ -63,7 +64,7 @@ static const char *all_linear_targets(const fdpo_gpt2 *m) {
  * the value itself */
 static const char *targets_list(const char *targets, const fdpo_gpt2 *m) {
     if (!targets) return default_targets(m);
-    return !strcmp(targets, FDPO_LORA_ALL_LINEAR) ? all_linear_targets(m) : targets;
+    return !strcasecmp(targets, FDPO_LORA_ALL_LINEAR) ? all_linear_targets(m) : targets;   /* PEFT lowercases it */
 }
 
 /* Which sites the comma list selects (mask by site); errors name the list as `name`
@@ -83,7 +84,7 @@ static int parse_targets(const char *targets, const fdpo_gpt2 *m, int *selected,
         int hit = 0;
         for (int s = first; s < end; s++)
             if (target_matches(p, len, module_path[s])) { selected[s] = 1; hit = 1; }
-        if (!hit && len == strlen(FDPO_LORA_ALL_LINEAR) && !strncmp(p, FDPO_LORA_ALL_LINEAR, len))
+        if (!hit && len == strlen(FDPO_LORA_ALL_LINEAR) && !strncasecmp(p, FDPO_LORA_ALL_LINEAR, len))
             return fdpo_error("%s: '%s': '" FDPO_LORA_ALL_LINEAR "' (PEFT's every linear layer but the output head) is a "
                               "value of its own, not an entry of a list of module names", name, targets);
         if (!hit) {

@@ -486,6 +486,10 @@ def test_lora_targets_all_linear_is_peft_all_linear(tmp_path, family):
     assert sorted(json.load(open(tmp_path / "all" / "adapter_config.json"))["target_modules"]) == sorted(names)
     for f in ("adapter_model.safetensors", "adapter_config.json", "training_state.safetensors"):
         assert (tmp_path / "listed" / f).read_bytes() == (tmp_path / "all" / f).read_bytes(), f
+    # PEFT compares target_modules.lower() with "all-linear": any case is the shorthand
+    train_adapter(tmp_path, base, tmp_path / "upper", "--lora-r", 2, "--lora-targets", "ALL-Linear", steps=2)
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "listed" / f).read_bytes() == (tmp_path / "upper" / f).read_bytes(), f
     r = fdpo("sft", "--model", base, "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "bad", "--lora-r", 2,
              "--lora-targets", f"{names[0]},all-linear", check=False)
     assert r.returncode == 1 and f"--lora-targets: '{names[0]},all-linear': 'all-linear' (PEFT's every linear layer " \
@@ -870,6 +874,8 @@ def test_peft_target_modules_forms_and_defaults(tmp_path):
     listed = write_peft(tmp_path / "listed", 2, modules, dims, 3, 6, 0.0, short)
     every = write_peft(tmp_path / "every", 2, modules, dims, 3, 6, 0.0, "all-linear")
     assert np.array_equal(logits(every), logits(listed))
+    upper = write_peft(tmp_path / "upper", 2, modules, dims, 3, 6, 0.0, "ALL-LINEAR")   # PEFT compares .lower()
+    assert np.array_equal(logits(upper), logits(listed))
     eight = write_peft(tmp_path / "eight", 2, modules, dims, 3, 8, 0.0, short)
     no_alpha = write_peft(tmp_path / "no_alpha", 2, modules, dims, 3, 8, 0.0, short)
     cfg = json.loads((no_alpha / "adapter_config.json").read_text())
