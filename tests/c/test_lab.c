@@ -339,6 +339,8 @@ START_TEST(coverage_opts_and_comparisons) {
     ck_assert_int_eq(fdpo_lab_coverage_opts_check(&o), 0);
     o.mixture = 1.5;
     ck_error_names(fdpo_lab_coverage_opts_check(&o), "--mixture: must be in [0, 1] (got 1.5)");
+    o.mixture = nextafter(1, 2);   /* as it reads back (%g printed "got 1") */
+    ck_error_names(fdpo_lab_coverage_opts_check(&o), "--mixture: must be in [0, 1] (got 1.0000000000000002)");
     o.mixture = 0.5;
     o.ridge = 0;
     ck_error_names(fdpo_lab_coverage_opts_check(&o), "--ridge");

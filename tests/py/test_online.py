@@ -826,6 +826,8 @@ def test_a_prompt_too_long_for_the_model_fails_the_run_at_its_start(setup, tmp_p
     (["--seed", -1], "--seed: -1 must be >= 0"),
     (["--warmup-steps", -4], "--warmup-steps: -4 must be >= 0"),
     (["--min-lr-ratio", 5], "--min-lr-ratio: 5 is not in [0, 1]"),
+    # as it reads back (Python's repr): %g printed "1 is not in [0, 1]"
+    (["--min-lr-ratio", "1.0000001"], "--min-lr-ratio: %r is not in [0, 1]" % 1.0000001),
     # rl's and online's schedule is constant: the floor of cosine/linear was accepted without effect
     (["--min-lr-ratio", 0.5, "--schedule", "constant"],
      "--min-lr-ratio: has no effect with --schedule constant (give --schedule cosine or linear)"),
