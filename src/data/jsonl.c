@@ -225,7 +225,7 @@ cJSON *fdpo_json_parse_value(const char *path, size_t line_no, const char *text,
     return v ? refuse_duplicate(path, line_no, text, n, v) : NULL;
 }
 
-cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
+cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
     cJSON *obj = parse_json(path, line_no, line, n, "object");
     if (!obj) return NULL;
     if (!cJSON_IsObject(obj)) {
@@ -234,7 +234,12 @@ cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *lin
         cJSON_Delete(obj);
         return NULL;
     }
-    return refuse_duplicate(path, line_no, line, n, obj);
+    return obj;
+}
+
+cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
+    cJSON *obj = fdpo_json_parse_object_any_keys(path, line_no, line, n, expect);
+    return obj ? refuse_duplicate(path, line_no, line, n, obj) : NULL;
 }
 
 size_t fdpo_jsonl_bom(const char *text, size_t len) {

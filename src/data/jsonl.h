@@ -8,6 +8,11 @@
 /* fdpo_jsonl_parse_object (one JSONL line -> its object) is public: fdpo/core.h. */
 #include "fdpo/core.h"
 
+/* fdpo_jsonl_parse_object's checks but the key twice, which Python's json reads (the last
+ * copy counts): for a file fdpo carries without reading its values (generation_config.json),
+ * where what matters is only that Python's json, transformers' reader, accepts it. */
+cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
+
 /* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);
 

@@ -9,6 +9,7 @@
 #include "fdpo/io.h"
 #include "fdpo/lora.h"
 #include "fdpo/tokenizer.h"
+#include "data/jsonl.h"
 
 /* A required positive integer key. */
 static int config_size(const char *path, const cJSON *root, const char *key, const char *alt, size_t *out) {
@@ -483,7 +484,9 @@ static char *read_generation_config(const char *dir) {
     char *text = NULL;
     if (fdpo_file_exists(path)) {   /* as transformers, which falls back to the model config's */
         cJSON *root = NULL;
-        if (!(text = fdpo_read_file(path, &len)) || !(root = fdpo_jsonl_parse_object(path, 1, text, len, NULL))) {
+        /* carried, not read: refused only where Python's json (transformers) refuses it; a key
+         * twice it reads, the last copy counting */
+        if (!(text = fdpo_read_file(path, &len)) || !(root = fdpo_json_parse_object_any_keys(path, 1, text, len, NULL))) {
             fdpo_log(FDPO_LOG_WARN, "%s; left out of the checkpoints written from this model", fdpo_last_error());
             fdpo_clear_error();
             free(text);

@@ -376,3 +376,19 @@ def test_generation_config_that_python_json_refuses_is_left_out(tmp_path, bad):
     assert f" at column {e.value.colno}" in r.stderr and "; left out of the checkpoints written from this model" \
         in r.stderr, r.stderr
     assert (tmp_path / "g1" / "model.safetensors").exists() and not (tmp_path / "g1" / "generation_config.json").exists()
+
+
+def test_generation_config_with_a_key_twice_is_carried(tmp_path):
+    """A key twice is JSON Python's json reads (the last copy counts), so transformers loads
+    the file; fdpo carries it without reading its values. The first version of the check above
+    read it with config.json's checks and left it out of every checkpoint."""
+    from test_generate import make_model
+    make_model(tmp_path / "gm", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "q%d" % i, "completion": " answer"} for i in range(4)])
+    text = '{"eos_token_id": 1,\n "eos_token_id": 256, "do_sample": true}\n'
+    assert json.loads(text)["eos_token_id"] == 256
+    (tmp_path / "gm" / "generation_config.json").write_text(text)
+    r = fdpo("sft", "--model", tmp_path / "gm", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "g1", "--steps", 1,
+             "--batch-size", 2, "--seq-len", 32, "--eval-fraction", 0, "--threads", 1, "--quiet")
+    assert "generation_config" not in r.stderr, r.stderr
+    assert (tmp_path / "g1" / "generation_config.json").read_text() == text
