@@ -355,9 +355,11 @@ static void round_buf_free(round_buf *b) {
  * the EOT the sampler drew, if any: exactly what was sampled and scored). */
 static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, const size_t *lens,
                      const fdpo_sample *s, size_t w, size_t l) {
-    /* an empty completion (EOT at once) makes no pair, as an empty side of a preference file
-     * does not (the rounds mode has always skipped them: docs/online.md) */
-    if (s[w].n_completion == 0 || s[l].n_completion == 0) return;
+    /* an empty completion makes no pair, as an empty side of a preference file does not (the
+     * rounds mode has always skipped them: docs/online.md): EOT at once, or a text that a stop
+     * string, or a special token spelled as the stop, ended before any text (its record's
+     * "rejected": "" could not be read back) */
+    if (s[w].n_completion == 0 || s[l].n_completion == 0 || !*b->cc[w] || !*b->cc[l]) return;
     size_t q = b->n_pairs++;
     fdpo_pref_pair *x = &b->pairs[q];
     x->prompt = ids[s[w].prompt_index]; x->n_prompt = lens[s[w].prompt_index];
