@@ -356,6 +356,45 @@ def test_sigint_saves_and_resumes(tmp_path, corpus):
     assert json.loads((out / "training_state.json").read_text())["step"] == step + 2
 
 
+def test_a_signal_delivered_twice_still_saves(tmp_path, corpus):
+    """GNU timeout(1) sends its SIGTERM to fdpo and then to fdpo's process group: two SIGTERMs
+    microseconds apart. fdpo took the second as the user's "kill now" (exit 143: no checkpoint,
+    no "interrupted" line, every step lost). A repeat of the same signal within 1 s of the
+    first is now the same request (docs/training.md). Sent here by hand, to the pid and then
+    to the group 0.1 s later (the signal thread has surely taken the first by then) at the
+    start of a step that takes longer than that, so the double delivery happens every time;
+    then once through timeout itself."""
+    import time
+    rng = np.random.default_rng(1)
+    words = "the cat sat on a mat while dogs ran far away with a big red ball".split()
+    big = tmp_path / "big.txt"
+    big.write_text("\n<|endoftext|>\n".join(" ".join(rng.choice(words, 60)) for _ in range(100)) + "\n")
+    # about 50k tokens a step: some 0.4 s
+    args = ["--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--n-positions", "128", "--seq-len", "128",
+            "--batch-size", "8", "--grad-accum", "48", "--threads", "1", "--steps", "1000000", "--eval-fraction", "0",
+            str(big)]
+    for k, sig in enumerate([signal.SIGTERM, signal.SIGINT]):
+        out = tmp_path / f"o{k}"
+        p = subprocess.Popen([FDPO, "pretrain", "--out", str(out), *args], stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)   # its own process group, as under timeout
+        for line in p.stderr:
+            if line.startswith("step "):
+                break
+        os.kill(p.pid, sig)
+        time.sleep(0.1)
+        os.killpg(p.pid, sig)
+        rest = p.stderr.read()
+        assert p.wait(timeout=60) == 1, rest
+        assert "interrupted after step" in rest, rest
+        step = json.loads((out / "training_state.json").read_text())["step"]
+        assert metrics(out)[-1]["step"] == step
+    out = tmp_path / "t"
+    r = subprocess.run(["timeout", "--preserve-status", "1", FDPO, "pretrain", "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "interrupted after step" in r.stderr, r.stderr[-2000:]
+    assert (out / "model.safetensors").exists()
+
+
 def test_a_signal_after_the_last_step_leaves_the_final_checkpoint(tmp_path):
     """A SIGINT right after the last step was ignored through the whole final evaluation (no
     checkpoint until it ended: a second Ctrl-C or a scheduler's SIGKILL lost every step since
