@@ -863,6 +863,29 @@ def test_bt_scale_is_refused_without_all_bt_pairing(tmp_path, args):
     assert r.returncode == 1 and "--bt-scale" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["dpo", "--model", "M", "--data", "d.jsonl"],
+    ["rm", "--model", "M", "--data", "d.jsonl"],
+    ["kto", "--model", "M", "--data", "d.jsonl"],
+    ["sacpo", "--model", "M", "--reward-data", "r.jsonl", "--safety-data", "s.jsonl", "--lambda", "1"],
+])
+def test_max_prompt_length_is_refused_without_on_long_truncate(tmp_path, args):
+    """--max-prompt-length is where a too-long pair's prompt is cut (docs/dpo.md): with --on-long
+    skip or error the pair is skipped or refused instead, and any value was accepted and unused.
+    Refused before anything is read or OUT is made; with truncate it passes (fails later, on M)."""
+    out = tmp_path / "out"
+    base = [*args, "--out", str(out), "--max-length", "16", "--max-prompt-length", "4"]
+    for policy in ("skip", "error"):
+        r = subprocess.run([FDPO, *base, "--on-long", policy], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 1
+        assert r.stderr == f"fdpo {args[0]}: --max-prompt-length 4: only used by --on-long truncate (got --on-long {policy})\n", \
+            r.stderr
+        assert not out.exists()
+    for policy in (["--on-long", "truncate"], []):
+        r = subprocess.run([FDPO, *base, *policy], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 1 and "--max-prompt-length" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("value", ["-h", "--help", "--config"])
 def test_a_flags_value_that_reads_as_help_or_config_is_the_value(tmp_path, value):
     """the item after a flag that takes a value is that value (pass 2 took it so): pass 1 read
