@@ -561,7 +561,7 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     missing = tmp_path / "missing.jsonl"
     cfg = write(tmp_path / "c.ini", f"\ndata = {missing}\n")
     for cmd in (["dpo", "--model", str(m)], ["rm", "--model", str(m)], ["kto", "--model", str(m)], ["pretrain"],
-                ["pairs"], ["generate", "--model", str(m)]):
+                ["pairs", "--reward", f"rm:{m}"], ["generate", "--model", str(m)]):   # pairs' --threads: an rm's
         r = run(*cmd, "--threads", "1", "--out", str(tmp_path / "o"), "--config", cfg)
         assert r.returncode == 1 and r.stderr == (f"fdpo {cmd[0]}: --data: {missing}: cannot open: No such file or "
                                                   f"directory (from {cfg}:2)\n"), r.stderr
@@ -861,6 +861,25 @@ def test_bt_scale_is_refused_without_all_bt_pairing(tmp_path, args):
         assert r.returncode == 1 and r.stderr == f"fdpo {args[0]}: --bt-scale 2: only used by --pairing all-bt\n", r.stderr
     r = run(*base, "--pairing", "all-bt")
     assert r.returncode == 1 and "--bt-scale" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("reward", [[], ["--reward", "length"], ["--reward", "afinn"], ["--reward", "cmd:true"],
+                                    ["--reward", "words:W"], ["--reward", "lexicon:W"]])
+def test_pairs_threads_without_an_rm_reward_is_refused(tmp_path, reward):
+    """pairs' --threads are the threads of an rm: reward model: with another reward (or none)
+    any value was accepted and the output was byte-identical, while --lexicon and
+    --reward-timeout are refused without their reward. Refused when given (flag or config)."""
+    out = tmp_path / "out.jsonl"
+    args = ["pairs", *reward, "--data", str(tmp_path / "d.jsonl"), "--out", str(out)]
+    r = run(*args, "--threads", "7")
+    assert r.returncode == 1 and r.stderr == "fdpo pairs: --threads 7: only used by an rm:DIR reward\n", r.stderr
+    cfg = tmp_path / "c.ini"
+    cfg.write_text("threads = 0\n")
+    r = run(*args, "--config", str(cfg))
+    assert r.returncode == 1 and r.stderr.startswith("fdpo pairs: --threads 0: only used by an rm:DIR reward"), r.stderr
+    assert not out.exists()
+    r = run("pairs", "--reward", "rm:R", "--data", str(tmp_path / "d.jsonl"), "--out", str(out), "--threads", "7")
+    assert r.returncode == 1 and "--threads" not in r.stderr, r.stderr   # fails later, on the files
 
 
 @pytest.mark.parametrize("args", [
