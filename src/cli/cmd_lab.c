@@ -638,7 +638,7 @@ static int lab_check_method(int argc, char **argv) {
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
         {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N (<= n) most likely responses under pi_ref (0 = n/2)", 0},
         {"steps", FLAG_COUNT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
-        {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
+        {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size (online and rloo: with --sampled only)", 0},
         {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
         {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5); exact online/rloo halve it where it does not lower the exact loss", 0},
         {"grpo-eps", FLAG_FLOAT, &grpo_eps, "1e-4", "GRPO's std epsilon (TRL's default)", 0},
