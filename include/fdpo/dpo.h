@@ -175,9 +175,11 @@ void fdpo_pref_eval_name(char *buf, size_t n, const char *data, double eval_frac
  * rm, kto, sft and pretrain. */
 void fdpo_train_opts_held_out(fdpo_train_opts *t, char *buf, size_t n, const char *data, double eval_fraction,
                               const char *eval_file, size_t n_items, uint64_t hash, uint64_t legacy_hash);
-/* p's on_bad and on_long are among their enums' values (named by flag: --bad-pairs, --on-long);
+/* p's on_bad and on_long are among their enums' values (named by flag: --bad-pairs, --on-long),
+ * and a max_prompt_length is only given with on_long truncate, the one policy that reads it
+ * (not checked on resume: a run saved with one before that rule still resumes);
  * dpo, kto and rm's option checks call it. */
-int fdpo_pref_data_check(const fdpo_pref_options *p);
+int fdpo_pref_data_check(const fdpo_pref_options *p, int resume);
 /* The defaults every preference trainer (dpo, rm, kto) shares: a given model fine-tuned at
  * lr with linear decay, held-out checks every 50 steps on eval_fraction 0.1 of the data
  * (the train options' own split unused), long examples truncated, bad ones an error. */

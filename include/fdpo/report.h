@@ -29,7 +29,8 @@ typedef struct {
                                      reward is a proxy (e.g. rm:DIR) of the --eval files' gold reward:
                                      policies of the same name are drawn as gold and proxy reward
                                      against KL (reward over-optimisation); the file must also hold
-                                     the reference as a policy (KL 0) */
+                                     the reference as a policy (KL 0), and the report a gold
+                                     evaluation (else an error naming --proxy-eval) */
     const char *title;            /* page title; NULL: "fdpo report" */
     const char *chartjs_path;     /* Chart.js UMD bundle to inline; NULL: the copy embedded
                                      at build time (node_modules/chart.js) */

@@ -169,8 +169,10 @@ static int beyond_ram(const char *flag, long value, double bytes, const char *wh
 /* what an experiment reads of a problem beyond pi_ref and the reward: a CSV's `prompt` column
  * (several prompts; the others refuse it) and the response lengths (only bias has
  * --length-min/--length-max; the others draw the default lengths, which keeps the random stream
- * of the columns drawn after them) */
-enum { READS_PROMPTS = 1, READS_LENGTHS = 2 };
+ * of the columns drawn after them); and whether it draws from --seed after the problem is
+ * made (gap's noise, coverage's comparisons, check's --sampled runs): with --data the others
+ * draw nothing, and their --seed is refused as the generator's flags are */
+enum { READS_PROMPTS = 1, READS_LENGTHS = 2, DRAWS_AFTER_LOAD = 4 };
 static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf, fdpo_rng *rng, fdpo_lab_problem *p,
                         int reads) {
     const int prompts_ok = (reads & READS_PROMPTS) != 0;
@@ -183,6 +185,9 @@ static int load_problem(const common_opts *o, const fdpo_flag *flags, size_t nf,
         const char *given = flags_first_set(flags, nf, FLAGS_NAMES(gen_flags));
         if (given)
             return fdpo_error("--%s: not allowed with --data (it shapes a generated problem; the file sets the problem)", given);
+        if (!(reads & DRAWS_AFTER_LOAD) && flags_was_set(flags, nf, "seed"))
+            return fdpo_error("--seed: not allowed with --data (it seeds a generated problem; the file sets the problem, "
+                              "and this run draws nothing else at random)");
         double renorm;
         if (fdpo_lab_read_csv(o->input, p, &renorm)) return fdpo_error_context("--data");
         if (p->prompt_offset && !prompts_ok) {
@@ -431,11 +436,13 @@ static int lab_gap(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem *P = fdpo_calloc((size_t)prompts, sizeof *P);
     int rc = 0;
-    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], 0);
+    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], DRAWS_AFTER_LOAD);
     int from_file = o.input && P[0].reward_hat;
     if (from_file) nnoise = 1;
     if (rc == 0 && from_file && flags_was_set(flags, NFLAGS(flags), "noise"))
         rc = fdpo_error("--noise: has no effect: --data %s has a reward_hat column, which is the noisy reward", o.input);
+    if (rc == 0 && from_file && flags_was_set(flags, NFLAGS(flags), "seed"))
+        rc = fdpo_error("--seed: has no effect: --data %s has a reward_hat column, so no noise is drawn", o.input);
     static const char *cols[] = {"noise", "divergence", "beta", "reward_gap", "objective_gap", "bound", "bound_held"};
     table t;
     fdpo_atomic_file ex = {0};
@@ -537,7 +544,7 @@ static int lab_coverage(int argc, char **argv) {
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem *P = fdpo_calloc((size_t)prompts, sizeof *P);
     int rc = 0;
-    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], 0);
+    for (long x = 0; rc == 0 && x < prompts; x++) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &P[x], DRAWS_AFTER_LOAD);
     fdpo_atomic_file ec = {0}, ef = {0};
     table t;
     int opened = 0;
@@ -631,7 +638,7 @@ static int lab_check_method(int argc, char **argv) {
         {"sampled", FLAG_BOOL, &sampled, "0", "sample pairs/groups (fdpo_rng) instead of exact expectations", 0},
         {"pair-top", FLAG_COUNT, &pair_top, "0", "dpo: offline pairs among the N (<= n) most likely responses under pi_ref (0 = n/2)", 0},
         {"steps", FLAG_COUNT, &steps, "0", "online/rloo/grpo/kto iterations (0 = 100000 sampled, 200000 exact, 20000 exact grpo and kto)", 0},
-        {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size", 0},
+        {"group-size", FLAG_INT, &k, "4", "samples per step: online pairs, rloo/grpo group size (online and rloo: with --sampled only)", 0},
         {"k", FLAG_INT, &k_removed, NULL, "removed: --group-size (here --k was the group size; elsewhere the old --n)", 0},
         {"lr", FLAG_FLOAT, &lr, "0", "step size (0 = the method's default: online 5 exact / 1 sampled, rloo 1, grpo 0.05, kto 5); exact online/rloo halve it where it does not lower the exact loss", 0},
         {"grpo-eps", FLAG_FLOAT, &grpo_eps, "1e-4", "GRPO's std epsilon (TRL's default)", 0},
@@ -691,10 +698,16 @@ static int lab_check_method(int argc, char **argv) {
         rc = fdpo_error("--%s: only --method %s use%s it (--method %s)", method_flags[f].flag, readers,
                         n_readers > 1 ? "" : "s", methodspec);
     }
+    /* exact online and exact rloo take their expectations per response (algo_uses_groups in
+     * src/lab/algos.c): only their sampled runs, and grpo (its exact average is over all n^k
+     * groups), read the group size */
+    if (rc == 0 && !sampled && !(listed & (1u << FDPO_LAB_GRPO)) && flags_was_set(flags, NFLAGS(flags), "group-size"))
+        rc = fdpo_error("--group-size: only the sampled online/rloo runs and grpo use it (give --sampled; --method %s)",
+                        methodspec);
     fdpo_rng rng;
     fdpo_rng_seed(&rng, (uint64_t)o.seed);
     fdpo_lab_problem p = {0};
-    if (rc == 0) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, 0);
+    if (rc == 0) rc = load_problem(&o, flags, NFLAGS(flags), &rng, &p, sampled ? DRAWS_AFTER_LOAD : 0);
     if (rc == 0) rc = check_needs_two(&o, &p);
     if (rc) { free(divs); fdpo_lab_problem_free(&p); return -1; }
     fdpo_lab_prepared pp;

@@ -37,6 +37,9 @@ int cmd_pairs(int argc, char **argv) {
     if (!out) return fdpo_error("--out: required");
     if (fdpo_reward_lexicon_check(lexicon, &reward_spec, 1)) return -1;
     if (flags_was_set(flags, NFLAGS(flags), "reward-timeout") && fdpo_reward_timeout_check(timeout, &reward_spec, 1)) return -1;
+    /* pairing and the other rewards run on one thread: only a reward model computes in parallel */
+    if (flags_was_set(flags, NFLAGS(flags), "threads") && !(reward_spec && !strncmp(reward_spec, "rm:", 3)))
+        return fdpo_error("--threads %ld: only used by an rm:DIR reward", threads);
     const fdpo_pairs_config pc = {scale, (size_t)max_per_prompt, skip_ties, (uint64_t)seed};
     if (fdpo_pairs_config_check(&pc)) return -1;   /* before the samples are read and scored */
     fdpo_set_threads((int)threads);

@@ -77,7 +77,7 @@ int dpo_flags_finish(dpo_flags *v, fdpo_flag *flags, size_t n) {
 size_t pref_data_flags_add(fdpo_flag *f, size_t n, pref_data_flags *v, double *eval_fraction, const char **eval_file,
                            const char *what) {
     static char help[4][160];   /* the texts name what is shaped: pairs or examples */
-    snprintf(help[0], sizeof help[0], "prompt keeps its last N tokens when one of the %s is too long (0: max-length/2)", what);
+    snprintf(help[0], sizeof help[0], "prompt keeps its last N tokens when one of the %s is too long (0: max-length/2; --on-long truncate only)", what);
     snprintf(help[1], sizeof help[1], "%s longer than --max-length: truncate, skip (counted) or error", what);
     snprintf(help[2], sizeof help[2], "fraction of %s held out for eval (seeded by --seed)", what);
     snprintf(help[3], sizeof help[3], "held-out JSONL of %s (instead of the --eval-fraction split: not with it)", what);

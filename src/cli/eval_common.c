@@ -32,7 +32,8 @@ int eval_chat_template_used(const fdpo_flag *flags, size_t n_flags, char *const 
 
 int eval_parse_divergences(const char *flag, const char *list, fdpo_divergence **divs, size_t *n) {
     *divs = NULL; *n = 0;
-    if (!list || !*list) return 0;
+    /* an empty list is refused by the parser, as every list flag: taken as "none" it dropped
+     * every fdiv_* metric without a word (a config template's `divergences =` left empty) */
     if (fdpo_divergence_parse_list(list, divs, n)) return fdpo_error_context("%s", flag);
     return 0;
 }

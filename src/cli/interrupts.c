@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fdpo/eval.h"
@@ -40,11 +41,32 @@ static void end_by(int sig) {
     _exit(128 + sig); /* not reached */
 }
 
+/* A repeat of the signal last acted on that comes within this many seconds of it is the same
+ * request delivered twice, not a second one: GNU timeout(1) sends its SIGTERM to fdpo and then
+ * to fdpo's process group, and a scheduler or wrapper that signals both the process and its
+ * group does the same, microseconds apart. Taken as a second request it killed the run before
+ * its checkpoint (exit 143, every step since the last save lost). One second is far above the
+ * gap of such a double delivery even on a loaded machine, and short enough that a deliberate
+ * second Ctrl-C (given when the run has not stopped yet) still ends fdpo. */
+#define DUPLICATE_SIGNAL_WINDOW_S 1.0
+
+static double monotonic_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static void *wait_for_signals(void *unused) {
     (void)unused;
+    int last_sig = 0;
+    double last_at = 0;
     for (;;) {
         int sig = 0;
         if (sigwait(&g_stop_signals, &sig)) continue;
+        const double now = monotonic_seconds();
+        if (sig == last_sig && now - last_at < DUPLICATE_SIGNAL_WINDOW_S) continue;
+        last_sig = sig;
+        last_at = now;
         switch (atomic_load(&g_action)) {
         case INTERRUPT_STOP_TRAINER:
             fdpo_trainer_request_stop();

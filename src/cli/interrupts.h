@@ -13,7 +13,9 @@
 typedef enum {
     INTERRUPT_END,            /* end fdpo as the signal's default action would (the start) */
     INTERRUPT_STOP_TRAINER,   /* fdpo_trainer_request_stop(): the run saves after the current
-                                 step and ends "interrupted ..."; a second signal ends fdpo */
+                                 step and ends "interrupted ..."; a second signal ends fdpo
+                                 (a repeat of the same one within 1 s is the same
+                                 request delivered twice: ignored, interrupts.c) */
     INTERRUPT_KILL_REWARD,    /* while a reward program runs, kill its process group
                                  (fdpo_reward_kill_all): the command ends "interrupted";
                                  at any other time, end fdpo */

@@ -277,9 +277,11 @@ static double score_capped(const fdpo_divergence *d, double l, double cap) {
     case FDPO_DIV_ALPHA: {
         /* (1 - e^(-A l))/A = -expm1(-A l)/A: the table's -e^(-A l)/A plus the constant 1/A.
          * In this form s(l) -> l as A -> 0 without cancellation (at A = 1e-6, l = 1e-3 the
-         * naive -e^(-Al)/A + 1/A keeps about 7 of 16 digits); the cap makes s >= (1 - e^cap)/A. */
+         * naive -e^(-Al)/A + 1/A keeps about 7 of 16 digits); the cap makes s >= (1 - e^cap)/A.
+         * Below the cap it is -expm1_over(A, -l): for a subnormal A the product A l keeps a few
+         * bits or none (alpha:4.9e-324 gave s = 0 for |l| < 1, not l), the series does not. */
         const double A = d->alpha, x = -A * l;
-        return -expm1(x < cap ? x : cap) / A;
+        return x < cap ? -expm1_over(A, -l) : -expm1(cap) / A;
     }
     default: return NAN; /* tv, chi2: no f-DPO score */
     }

@@ -121,6 +121,13 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
     if (!rc && n_runs + c.n_pols + c.n_labs == 0)
         rc = fdpo_error("nothing could be read from the inputs (%zu warning%s above)",
                         c.n_warnings, c.n_warnings == 1 ? "" : "s");
+    /* the panel sets the proxy against the gold evaluation of the same policies: with none (a
+     * run or a lab table the only other input) the file was read and then left out of the page
+     * without a word */
+    if (!rc && o->n_proxy_eval_files && !c.n_pols)
+        rc = fdpo_error("--proxy-eval %s: no gold evaluation to set it against: the over-optimisation panel draws the "
+                        "proxy reward next to the gold reward of the same policies (give their --eval files, or a "
+                        "RUN_DIR with eval/ files)", o->proxy_eval_files[0]);
     if (!rc) {
         rp_buf page = {0};
         size_t n_charts = fdpo_rp_render(&c, cj, cj_len, &page);

@@ -170,7 +170,7 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     if (fdpo_train_opts_check(&o->train)) return -1;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
     if ((unsigned)o->dpo.layout > FDPO_LAYOUT_PLAIN) return fdpo_error("--layout: unknown layout %d", (int)o->dpo.layout);
-    if (fdpo_pref_data_check(&o->pref)) return -1;
+    if (fdpo_pref_data_check(&o->pref, o->train.resume)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     if (o->dpo.loss.kind == FDPO_LOSS_SIMPO) {
         /* reference-free: a reference flag would be saved and shown as the run's while unused.
@@ -193,15 +193,21 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     return 0;
 }
 
-int fdpo_pref_data_check(const fdpo_pref_options *p) {
+static const char *on_long_name(fdpo_pref_on_long v) {
+    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
+}
+
+int fdpo_pref_data_check(const fdpo_pref_options *p, int resume) {
     /* a value past the enum was read as the default (error / truncate) and saved as it */
     if ((unsigned)p->on_bad > FDPO_PREF_SKIP) return fdpo_error("--bad-pairs: unknown policy %d", (int)p->on_bad);
     if ((unsigned)p->on_long > FDPO_PREF_LONG_ERROR) return fdpo_error("--on-long: unknown policy %d", (int)p->on_long);
+    /* only a truncated pair's prompt is cut to it: with skip or error the value changed nothing
+     * (the pair was skipped or refused instead) and was accepted without a word. A fixed
+     * setting: a run saved with one before this rule still resumes. */
+    if (p->max_prompt_length && p->on_long != FDPO_PREF_LONG_TRUNCATE && !resume)
+        return fdpo_error("--max-prompt-length %zu: only used by --on-long truncate (got --on-long %s)",
+                          p->max_prompt_length, on_long_name(p->on_long));
     return 0;
-}
-
-static const char *on_long_name(fdpo_pref_on_long v) {
-    return v == FDPO_PREF_LONG_SKIP ? "skip" : v == FDPO_PREF_LONG_ERROR ? "error" : "truncate";
 }
 
 void fdpo_pref_data_settings(const fdpo_pref_options *p, double eval_fraction, const char *eval_file, fdpo_settings *s) {

@@ -197,7 +197,7 @@ int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
         return fdpo_error("--batch-size: KTO needs at least 2 examples per micro-batch (got %ld): its KL estimate pairs "
                           "each completion with another example's prompt, and in a micro-batch of 1 that is its own",
                           o->train.batch_size);
-    if (fdpo_kto_loss_check(&o->loss) || fdpo_pref_data_check(&o->pref)) return -1;
+    if (fdpo_kto_loss_check(&o->loss) || fdpo_pref_data_check(&o->pref, o->train.resume)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     return fdpo_train_out_ref_check(o->train.out, o->ref, o->train.init);
 }

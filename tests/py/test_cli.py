@@ -561,7 +561,7 @@ def test_a_missing_file_a_config_named_is_said_with_its_flag_and_line(tmp_path):
     missing = tmp_path / "missing.jsonl"
     cfg = write(tmp_path / "c.ini", f"\ndata = {missing}\n")
     for cmd in (["dpo", "--model", str(m)], ["rm", "--model", str(m)], ["kto", "--model", str(m)], ["pretrain"],
-                ["pairs"], ["generate", "--model", str(m)]):
+                ["pairs", "--reward", f"rm:{m}"], ["generate", "--model", str(m)]):   # pairs' --threads: an rm's
         r = run(*cmd, "--threads", "1", "--out", str(tmp_path / "o"), "--config", cfg)
         assert r.returncode == 1 and r.stderr == (f"fdpo {cmd[0]}: --data: {missing}: cannot open: No such file or "
                                                   f"directory (from {cfg}:2)\n"), r.stderr
@@ -861,6 +861,48 @@ def test_bt_scale_is_refused_without_all_bt_pairing(tmp_path, args):
         assert r.returncode == 1 and r.stderr == f"fdpo {args[0]}: --bt-scale 2: only used by --pairing all-bt\n", r.stderr
     r = run(*base, "--pairing", "all-bt")
     assert r.returncode == 1 and "--bt-scale" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("reward", [[], ["--reward", "length"], ["--reward", "afinn"], ["--reward", "cmd:true"],
+                                    ["--reward", "words:W"], ["--reward", "lexicon:W"]])
+def test_pairs_threads_without_an_rm_reward_is_refused(tmp_path, reward):
+    """pairs' --threads are the threads of an rm: reward model: with another reward (or none)
+    any value was accepted and the output was byte-identical, while --lexicon and
+    --reward-timeout are refused without their reward. Refused when given (flag or config)."""
+    out = tmp_path / "out.jsonl"
+    args = ["pairs", *reward, "--data", str(tmp_path / "d.jsonl"), "--out", str(out)]
+    r = run(*args, "--threads", "7")
+    assert r.returncode == 1 and r.stderr == "fdpo pairs: --threads 7: only used by an rm:DIR reward\n", r.stderr
+    cfg = tmp_path / "c.ini"
+    cfg.write_text("threads = 0\n")
+    r = run(*args, "--config", str(cfg))
+    assert r.returncode == 1 and r.stderr.startswith("fdpo pairs: --threads 0: only used by an rm:DIR reward"), r.stderr
+    assert not out.exists()
+    r = run("pairs", "--reward", "rm:R", "--data", str(tmp_path / "d.jsonl"), "--out", str(out), "--threads", "7")
+    assert r.returncode == 1 and "--threads" not in r.stderr, r.stderr   # fails later, on the files
+
+
+@pytest.mark.parametrize("args", [
+    ["dpo", "--model", "M", "--data", "d.jsonl"],
+    ["rm", "--model", "M", "--data", "d.jsonl"],
+    ["kto", "--model", "M", "--data", "d.jsonl"],
+    ["sacpo", "--model", "M", "--reward-data", "r.jsonl", "--safety-data", "s.jsonl", "--lambda", "1"],
+])
+def test_max_prompt_length_is_refused_without_on_long_truncate(tmp_path, args):
+    """--max-prompt-length is where a too-long pair's prompt is cut (docs/dpo.md): with --on-long
+    skip or error the pair is skipped or refused instead, and any value was accepted and unused.
+    Refused before anything is read or OUT is made; with truncate it passes (fails later, on M)."""
+    out = tmp_path / "out"
+    base = [*args, "--out", str(out), "--max-length", "16", "--max-prompt-length", "4"]
+    for policy in ("skip", "error"):
+        r = subprocess.run([FDPO, *base, "--on-long", policy], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 1
+        assert r.stderr == f"fdpo {args[0]}: --max-prompt-length 4: only used by --on-long truncate (got --on-long {policy})\n", \
+            r.stderr
+        assert not out.exists()
+    for policy in (["--on-long", "truncate"], []):
+        r = subprocess.run([FDPO, *base, *policy], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 1 and "--max-prompt-length" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("value", ["-h", "--help", "--config"])

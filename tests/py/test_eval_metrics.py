@@ -1112,6 +1112,8 @@ def test_score_end_to_end(byte_models, tmp_path):
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.01"], "--top-p"),
     (["--divergences", "rkl,kl"], "unknown divergence 'kl'"),
+    # an empty list, as every list flag: it was taken as none and dropped every fdiv_* metric
+    (["--divergences", ""], "--divergences: divergence list: empty"),
     (["--reward", "afinn", "--lexicon", "/nonexistent/afinn.json"], "--lexicon /nonexistent/afinn.json"),
     (["--pairs", "/nonexistent/pairs.jsonl"], "--pairs"),
     (["--ead-vocab", "-1"], "--ead-vocab: must be 0 (the policy's vocabulary size) or >= 1 (got -1)"),
@@ -1139,6 +1141,20 @@ def test_eval_bad_flags(byte_models, tmp_path, extra, msg):
     r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", *extra)
     assert r.returncode == 1
     assert msg in r.stderr, r.stderr
+
+
+def test_eval_refuses_an_empty_divergences_line_of_a_config(byte_models, tmp_path):
+    """a config template's `divergences =` left empty gave an eval without any f-divergence"""
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\n")
+    cfg = tmp_path / "ev.ini"
+    cfg.write_text("divergences =\n")
+    out = tmp_path / "e.json"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--config", cfg,
+            "--out", out)
+    assert r.returncode == 1 and f"--divergences: divergence list: empty (expected e.g. rkl,js,alpha:0.5) (from {cfg}:1)" \
+        in r.stderr, r.stderr
+    assert not out.exists()
 
 
 def test_score_names_a_failing_reward_by_its_flag(byte_models, tmp_path):

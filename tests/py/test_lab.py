@@ -961,7 +961,7 @@ def test_renormalises_with_a_warning(tmp_path):
     # the library's refusals that came after the table's header (it reached stdout, then exit 1)
     (["check", "--label-noise", "0.5"], "--label-noise: must be in [0, 0.5) (got 0.5)"),
     (["check", "--n", "1"], "--n: the check needs at least 2 responses (got 1)"),
-    (["check", "--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2 samples (got 1)"),
+    (["check", "--method", "rloo", "--sampled", "--group-size", "1"], "--group-size: rloo needs groups of at least 2 samples (got 1)"),
     (["check", "--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k = 6^9 groups"),
     (["check", "--method", "dpo", "--pair-top", "1"], "--pair-top: offline pairs need at least 2 responses (got 1)"),
     (["check", "--method", "kto", "--desirable-weight", "0"], "--desirable-weight: must be > 0 (got 0)"),
@@ -980,6 +980,12 @@ def test_renormalises_with_a_warning(tmp_path):
     (["check", "--method", "rloo", "--pair-top", "2"], "--pair-top: only --method dpo uses it (--method rloo)"),
     (["check", "--method", "dpo", "--steps", "10"], "--steps: only --method online,rloo,grpo,kto use it (--method dpo)"),
     (["check", "--method", "kto", "--group-size", "3"], "--group-size: only --method online,rloo,grpo use it (--method kto)"),
+    # exact online and exact rloo take their expectations per response: the group size was
+    # accepted and changed nothing (exact grpo averages over all n^k groups: it reads it)
+    (["check", "--method", "online", "--group-size", "2"],
+     "--group-size: only the sampled online/rloo runs and grpo use it (give --sampled; --method online)"),
+    (["check", "--method", "dpo,rloo", "--group-size", "4"],
+     "--group-size: only the sampled online/rloo runs and grpo use it (give --sampled; --method dpo,rloo)"),
     # lengths shape only bias's problem: the others do not have the flags (their --help listed
     # them with defaults, then refused them as having no effect)
     *[([exp, "--length-min", "50"], "unknown flag --length-min")
@@ -1523,6 +1529,49 @@ def test_generator_flags_are_refused_with_data(tmp_path, exp, flag, value):
     want = ("--n: not allowed with --data (the file sets the responses)" if name == "n" else
             f"--{name}: not allowed with --data (it shapes a generated problem; the file sets the problem)")
     assert r.stderr == f"fdpo lab: {want}\n" and r.stdout == ""
+
+
+SEED_WITH_DATA = "--seed: not allowed with --data (it seeds a generated problem; the file sets the problem, and this " \
+                 "run draws nothing else at random)"
+
+
+@pytest.mark.parametrize("exp", ["solve", "frontier --betas 0.5,1", "bias", "check", "check --method dpo",
+                                 "check --method online,rloo,kto --steps 5", "constrained --min-safety 0.3",
+                                 "constrained --min-safety 0.3 --stepwise", "gap (reward_hat)"])
+@pytest.mark.parametrize("given", ["flag", "config"])
+def test_seed_is_refused_with_data_where_nothing_is_drawn(tmp_path, exp, given):
+    """docs/lab.md: a flag the rest of the command line leaves without effect is refused. --seed
+    seeds the generated problem; with --data these runs draw nothing else (gap with a reward_hat
+    column draws no noise, check's --method runs are exact without --sampled): --seed 1 and
+    --seed 2 gave byte-identical tables, accepted without a word, while --n and the generator's
+    flags were refused"""
+    p = tmp_path / "p.csv"
+    write_problem(p, [0.3, 0.2, 0.2, 0.1, 0.1, 0.1], [1.0, 0.0, 0.5, 0.7, 0.2, 0.9],
+                  {"length": [10, 20, 30, 40, 50, 60], "safety": [0.0, 1.0, 0.5, 0.2, 0.9, 0.4],
+                   **({"reward_hat": [0.9, 0.1, 0.4, 0.8, 0.1, 1.0]} if exp.startswith("gap") else {})})
+    args = [*exp.replace(" (reward_hat)", "").split(), "--data", p, "--threads", "1"]
+    if given == "flag":
+        r = lab(*args, "--seed", "2", check=False)
+    else:
+        cfg = tmp_path / "c.ini"
+        cfg.write_text("seed = 2\n")
+        r = lab(*args, "--config", cfg, check=False)
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    want = (f"--seed: has no effect: --data {p} has a reward_hat column, so no noise is drawn" if exp.startswith("gap")
+            else SEED_WITH_DATA)
+    assert r.stderr.startswith(f"fdpo lab: {want}"), r.stderr
+    assert lab(*args).returncode == 0   # without it the run goes on
+
+
+@pytest.mark.parametrize("exp", ["gap --betas 1 --noise 0.5", "coverage --comparisons 20 --divergence rkl",
+                                 "check --method online --sampled --steps 20 --divergence rkl"])
+def test_seed_is_used_with_data_where_the_run_draws(tmp_path, exp):
+    """gap's noise, coverage's comparisons and check's --sampled runs draw from --seed after
+    the file is read: there it is accepted, and another seed gives other numbers"""
+    p = tmp_path / "p.csv"
+    write_problem(p, [0.3, 0.2, 0.2, 0.1, 0.1, 0.1], [1.0, 0.0, 0.5, 0.7, 0.2, 0.9])
+    a, b = (lab(*exp.split(), "--data", p, "--threads", "1", "--seed", s).stdout for s in ("1", "2"))
+    assert a != b
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -304,7 +304,7 @@ def test_kto_bad_flags_are_named(args, needle):
 @pytest.mark.parametrize("args,needle", [
     (["--method", "ppo"], "--method: unknown method 'ppo'"),
     (["--method", "rloo", "--divergence", "chi2"], "--divergence: chi2 is not usable"),
-    (["--method", "rloo", "--group-size", "1"], "--group-size: rloo needs groups of at least 2"),
+    (["--method", "rloo", "--sampled", "--group-size", "1"], "--group-size: rloo needs groups of at least 2"),
     (["--method", "rloo", "--k", "8"], "--k: renamed --group-size"),   # else the alias of --n: another problem
     (["--method", "online", "--lr", "-1"], "--lr: must be > 0"),
     (["--method", "online", "--steps", "-3"], "--steps: must not be negative (got -3)"),
@@ -394,11 +394,11 @@ def test_method_from_a_config_file_runs_the_algorithm_checks(tmp_path):
     holding the algorithm checks' own keys (group-size) failed as "unknown key" (a hunt's find):
     the file's method selects the algorithm checks as --method does."""
     cfg = tmp_path / "m.ini"
-    cfg.write_text("method = online\ngroup-size = 3\nsteps = 50\ndivergence = rkl\nn = 4\nthreads = 1\n")
+    cfg.write_text("method = online\nsampled = 1\ngroup-size = 3\nsteps = 50\ndivergence = rkl\nn = 4\nthreads = 1\n")
     r = lab("--config", cfg, check=False)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == lab("--method", "online", "--group-size", 3, "--steps", 50, "--divergence", "rkl", "--n", 4,
-                           "--threads", 1).stdout
+    assert r.stdout == lab("--method", "online", "--sampled", "--group-size", 3, "--steps", 50, "--divergence", "rkl",
+                           "--n", 4, "--threads", 1).stdout
     got = rows(r.stdout)
     assert [(row["method"], row["divergence"], row["iterations"]) for row in got] == [("online", "rkl", "50")]
 
@@ -456,11 +456,14 @@ def test_a_run_beyond_the_machines_memory_is_refused_naming_the_flag(tmp_path, a
 def test_a_group_size_a_method_does_not_draw_allocates_nothing(tmp_path):
     """exact online takes its expectation over all pairs and exact rloo per response: neither
     reads --group-size's samples, which were allocated all the same (out of memory at 1e11);
-    exact rloo allocated online's n x n pair weights (80 GB at n = 1e5)"""
+    a given --group-size is now refused there (it changed nothing), and the default one
+    allocates nothing either; exact rloo allocated online's n x n pair weights (80 GB at n = 1e5)"""
     p = tmp_path / "p4.csv"
     p.write_text(P4)
-    t = rows(lab("--method", "online", "--data", p, "--steps", "10", "--group-size", "10000000000000",
-                 "--divergence", "rkl", "--threads", "1").stdout)
+    r = lab("--method", "online", "--data", p, "--steps", "10", "--group-size", "10000000000000",
+            "--divergence", "rkl", "--threads", "1", check=False)
+    assert r.returncode == 1 and "--group-size: only the sampled online/rloo runs and grpo use it" in r.stderr, r.stderr
+    t = rows(lab("--method", "online", "--data", p, "--steps", "10", "--divergence", "rkl", "--threads", "1").stdout)
     assert [x["method"] for x in t] == ["online"]
     t = rows(lab("--method", "rloo", "--n", "100000", "--steps", "1", "--divergence", "rkl", "--threads", "1").stdout)
     assert [x["method"] for x in t] == ["rloo"] and int(t[0]["iterations"]) == 1

@@ -320,6 +320,23 @@ def test_alpha_score_small_alpha_keeps_full_precision():
             assert abs(naive - want) > 1e3 * abs(out["score"][0] - want) or naive == want
 
 
+def test_alpha_score_subnormal_alpha_is_the_rkl_limit():
+    """s(l) = -expm1(-A l)/A = l - A l^2/2 + ... for a subnormal A (the parser takes alpha:4.9e-324):
+    A l computed in double kept a few bits or none, so s(l) was 0 for every |l| < 1 at
+    4.9e-324 (a DPO run's loss stuck at ln 2) and 1.2 % off at 1e-318. Against mpmath at 400
+    digits, with A the double the name parses to."""
+    import mpmath
+    mpmath.mp.dps = 400
+    alphas = [4.9e-324, 1e-320, 1e-318, 1e-315, 2.2250738585072014e-308, 1e-300]
+    ls = [1e-4, -0.5, 2.0, -700.0, 1e300, -1e300, 0.0]
+    out = run_ok({"divergences": [f"alpha:{A!r}" for A in alphas], "l": ls})["divergences"]
+    for A, d in zip(alphas, out):
+        for l, got in zip(ls, d["score"]):
+            a, x = mpmath.mpf(A), mpmath.mpf(l)
+            want = -mpmath.expm1(-a * x) / a
+            assert abs(mpmath.mpf(got) - want) <= 4e-16 * abs(want), (A, l, got, float(want))
+
+
 def test_alpha_fprime_keeps_full_precision_for_every_alpha():
     """alpha's f'(u) = (1 - u^-A)/A against mpmath at 400 digits. Evaluated as written it
     subtracts two numbers near 1: 4 % off at A = 1e-15, exactly 0 at u = 1.000001 for A =

@@ -889,6 +889,40 @@ def test_proxy_eval_without_a_reference_warns_and_draws_nothing(tmp_path):
     assert r.returncode != 0 and "missing.json" in r.stderr and "--proxy-eval" in r.stderr
 
 
+def test_proxy_eval_without_a_gold_evaluation_is_refused(tmp_path):
+    """--proxy-eval with a run directory or a lab table as the only other input: the file was
+    read, then left out of the page (no panel, no warning, exit 0). It is refused naming the
+    flag, and nothing is written; a run directory whose eval/ files hold the gold evaluation
+    is one (the panel is drawn from it)."""
+    p = tmp_path / "proxy.json"
+    p.write_text(json.dumps({"policies": [{"name": "ref", "kl_seq_mean": 0.0, "reward_mean": 1.0, "reward_std": 0.5},
+                                          {"name": "a", "kl_seq_mean": 2.0, "reward_mean": 3.0, "reward_std": 0.5}]}))
+    lab = tmp_path / "lab.csv"
+    lab.write_text("divergence,beta,support\nrkl,0.1,4\nrkl,1,4\n")
+    d = tmp_path / "run"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", metrics_rows(0, 2))
+    out = tmp_path / "r.html"
+    for inputs in (["--lab", str(lab)], [str(d)], [str(d), "--lab", str(lab)]):
+        r = run(*inputs, "--proxy-eval", str(p), "--out", str(out))
+        assert r.returncode == 1, r.stderr
+        assert r.stderr == (f"fdpo report: --proxy-eval {p}: no gold evaluation to set it against: the over-optimisation "
+                            "panel draws the proxy reward next to the gold reward of the same policies (give their "
+                            "--eval files, or a RUN_DIR with eval/ files)\n"), r.stderr
+        assert not out.exists()
+    (d / "eval").mkdir()
+    (d / "eval" / "gold.json").write_text(json.dumps({"policies": [
+        {"name": "ref", "kl_seq_mean": 0.0, "reward_mean": 0.25, "reward_std": 0.25},
+        {"name": "a", "kl_seq_mean": 1.5, "reward_mean": 0.75, "reward_std": 0.25}]}))
+    r = run(str(d), "--proxy-eval", str(p), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(str(out))
+    s = {x["label"]: x for x in chart(charts, "Reward over-optimisation: gold vs proxy reward")["series"]}
+    # gains over the reference in its s.d.: gold (0.75 - 0.25) / 0.25, proxy (3 - 1) / 0.5, at the gold KL
+    assert flat(s["gold reward"]["points"]) == [0.0, 0.0, 1.5, 2.0]
+    assert flat(s["proxy reward"]["points"]) == [0.0, 0.0, 1.5, 4.0]
+
+
 def test_a_run_resumed_across_the_eval_loss_rename_keeps_one_held_out_curve(tmp_path):
     """pretrain/sft wrote val_loss before wave 28 and eval_loss since: a run resumed across
     the change has both in one metrics.jsonl; the report reads val_loss as eval_loss, so the
