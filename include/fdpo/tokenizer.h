@@ -22,6 +22,10 @@ fdpo_tokenizer *fdpo_tokenizer_byte(void);
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir);
 /* 1 if DIR holds any file fdpo_tokenizer_load_dir reads a tokenizer from. */
 int fdpo_tokenizer_dir_has_files(const char *dir);
+/* 1 if fdpo_tokenizer_load_dir(DIR) reads DIR's special_tokens_map.json: there is one beside
+ * BPE files and tokenizer_config.json, if any, has no added_tokens_decoder (transformers'
+ * legacy loading); otherwise the file changes nothing fdpo reads. */
+int fdpo_tokenizer_dir_reads_special_tokens_map(const char *dir);
 /* GPT-2 BPE from file contents in memory (the names are used in messages): vocab.json +
  * merges.txt (or encoder.json + vocab.bpe), or tokenizer.json. */
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vocab_name, const char *vocab_json, size_t vocab_len,
@@ -38,15 +42,16 @@ void fdpo_tokenizer_free(fdpo_tokenizer *t);
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t);
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t);
 /* 1 if a and b turn every text into the same ids and back: same kind and vocabulary (every
- * token's bytes), same special tokens and eos/bos/pad, and for BPE the same merges in the same
+ * token's bytes), same special tokens and eos/bos (not pad), and for BPE the same merges in the same
  * order, pre-tokenisation pattern, digit splitting and normalisation. Two models scored or
  * compared token by token (score/eval's --ref) need this; the vocabulary's size alone let a
  * byte-level model be scored against a 257-token BPE one. The chat template is not compared. */
 int fdpo_tokenizer_same(const fdpo_tokenizer *a, const fdpo_tokenizer *b);
 /* Why fdpo_tokenizer_same(a, b) is 0: the first difference, in the style of
  * fdpo_gpt2_config_diff ("A vs B"), written into buf (NULL: not written) and 1; 0 when they
- * are the same. Checked in this order: the kind, vocab_size, the eos/bos/pad ids ("eos id 100
- * vs 299"), each token's bytes or special flag ("token 200 'ab' vs 'ba'"), the merges by rank
+ * are the same. Checked in this order: the kind, vocab_size, the eos/bos ids ("eos id 100
+ * vs 299"; not pad's, which changes no ids: fdpo never pads with it, and a reward model pools
+ * at config.json's pad_token_id), each token's bytes or special flag ("token 200 'ab' vs 'ba'"), the merges by rank
  * from 0 ("merges[4] 'h e' vs 'e r'") and their number, the added tokens, the pre-tokenizer
  * pattern, the Digits pre-tokenizer, NFC normalisation and ignore_merges. */
 int fdpo_tokenizer_diff(const fdpo_tokenizer *a, const fdpo_tokenizer *b, char *buf, size_t size);

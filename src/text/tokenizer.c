@@ -32,6 +32,13 @@ int fdpo_tokenizer_dir_has_files(const char *dir) {
     return has;
 }
 
+int fdpo_tokenizer_dir_reads_special_tokens_map(const char *dir) {
+    char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
+    int byte = fdpo_file_exists(p);   /* loaded first, and alone */
+    free(p);
+    return !byte && fdpo_bpe_dir_reads_special_tokens_map(dir);
+}
+
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -105,7 +112,7 @@ void fdpo_tokenizer_free(fdpo_tokenizer *t) {
 
 fdpo_tokenizer_kind fdpo_tokenizer_kind_of(const fdpo_tokenizer *t) { return t->kind; }
 size_t fdpo_tokenizer_vocab_size(const fdpo_tokenizer *t) { return t->vocab_size; }
-/* eos/bos/pad id as a message shows it ("none" for -1) */
+/* eos/bos id as a message shows it ("none" for -1) */
 static const char *special_id(int32_t id, char buf[16]) {
     if (id < 0) return "none";
     snprintf(buf, 16, "%d", (int)id);
@@ -120,7 +127,12 @@ int fdpo_tokenizer_diff(const fdpo_tokenizer *a, const fdpo_tokenizer *b, char *
         if (buf) snprintf(buf, size, "vocab_size %zu vs %zu", a->vocab_size, b->vocab_size);
         return 1;
     }
-    const struct { const char *name; int32_t a, b; } ids[] = {{"eos", a->eot, b->eot}, {"bos", a->bos, b->bos}, {"pad", a->pad, b->pad}};
+    /* eos ends every completion and document, bos is written by templates; pad is not compared:
+     * no text encodes otherwise for it (fdpo pads with no token id, and a reward model pools at
+     * config.json's pad_token_id), and a checkpoint of a legacy directory saved before
+     * special_tokens_map.json was read has no pad where its base now has the map's. A pad named
+     * as another token still differs where it counts, in that token's special flag. */
+    const struct { const char *name; int32_t a, b; } ids[] = {{"eos", a->eot, b->eot}, {"bos", a->bos, b->bos}};
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
         if (ids[i].a != ids[i].b) {
             char va[16], vb[16];

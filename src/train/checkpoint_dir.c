@@ -46,7 +46,9 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
          * carries none of these (carry_over), so a fresh run deleted it. Checked after the
          * checkpoint's files, which a checkpoint's tokenizer sits beside. The names are
          * fdpo_checkpoint_file_kind's FDPO_CKPT_FILE_TOKENIZER: chat_template.jinja too, a
-         * template a user put in OUT alone, which the save dropped as well (exit 0). */
+         * template a user put in OUT alone, which the save dropped as well (exit 0), and
+         * special_tokens_map.json likewise (a stale one beside a legacy tokenizer_config.json
+         * would change the eos/pad a later load reads: dropped only under --overwrite). */
         {FDPO_RUN_TOKENIZER, "vocab.json", "a tokenizer (vocab.json)"},
         {FDPO_RUN_TOKENIZER, "merges.txt", "a tokenizer (merges.txt)"},
         {FDPO_RUN_TOKENIZER, "tokenizer.json", "a tokenizer (tokenizer.json)"},
@@ -55,6 +57,7 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
         {FDPO_RUN_TOKENIZER, "encoder.json", "a tokenizer (encoder.json)"},
         {FDPO_RUN_TOKENIZER, "vocab.bpe", "a tokenizer (vocab.bpe)"},
         {FDPO_RUN_TOKENIZER, "chat_template.jinja", "a tokenizer (chat_template.jinja)"},
+        {FDPO_RUN_TOKENIZER, "special_tokens_map.json", "a tokenizer (special_tokens_map.json)"},
     };
     if (!(ignore & FDPO_RUN_CHECKPOINT) && fdpo_lora_dir_has_adapter(out)) return "a checkpoint (adapter_config.json)";
     for (size_t i = 0; i < sizeof MARKS / sizeof MARKS[0]; i++) {

@@ -1108,6 +1108,23 @@ def test_rounds_resume_refuses_a_reward_changed_in_place(setup, tmp_path, kind):
     assert (b / "round-1").is_dir()
 
 
+def test_rounds_resume_of_an_rm_reward_given_a_special_tokens_map_it_does_not_read(setup, tmp_path):
+    """special_tokens_map.json (every Hugging Face model directory holds one) counts in the
+    reward's content hash only where its tokenizer reads it (BPE files, no added_tokens_decoder;
+    docs/tokenizer.md): when fdpo began reading it, it counted everywhere, so rounds recorded by
+    the fdpo before, over the same files, were refused on --resume as "the content of RM
+    differs" (a review's find). The reward model here has fdpo's byte tokenizer, which never
+    reads the map: the hash recorded without it stays the same."""
+    from dpo_common import reward_with_files
+    reward, spec, _ = reward_with_files(tmp_path, "rm", setup / "model")
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--n", 2, "--max-new-tokens", 8, "--threads", 1, "--quiet"]
+    online(setup, a, "--rounds", 1, *small, reward=spec)
+    (reward / "special_tokens_map.json").write_text('{"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}')
+    online(setup, a, "--rounds", 2, "--resume", *small, reward=spec)
+    assert (a / "round-1").is_dir()
+
+
 def test_rounds_resume_takes_the_reward_file_spelt_another_way(setup, tmp_path):
     """online.json held --reward as typed, compared byte for byte: the same word list spelt
     lexicon:./w.txt, or lexicon:/abs/w.txt from another directory (a sacpo rerun continuing an

@@ -482,15 +482,22 @@ def test_a_run_refuses_an_out_that_holds_a_tokenizer(d, tmp_path, cmd):
         assert (tok / "notes.md").read_text() == "my tokenizer\n"
 
 
+TOKENIZER_FILES_ALONE = {"chat_template.jinja": "{% for m in messages %}{{ m.content }}{% endfor %}",
+                         "special_tokens_map.json": '{"eos_token": "<|endoftext|>"}\n'}
+
+
 @pytest.mark.parametrize("cmd", CHECKPOINT_CMDS)
-def test_a_run_refuses_an_out_that_holds_a_chat_template_alone(d, tmp_path, cmd):
+@pytest.mark.parametrize("name", list(TOKENIZER_FILES_ALONE))
+def test_a_run_refuses_an_out_that_holds_a_chat_template_or_special_tokens_map_alone(d, tmp_path, cmd, name):
     """a chat_template.jinja (a tokenizer file, docs/tokenizer.md; tokenizer train refuses it)
     that a user put in OUT alone was deleted by the save, exit 0, while a note beside it was
     kept: the save drops OUT's tokenizer files, and this one was not among those that refuse.
-    online rounds and sacpo stages save in subdirectories and keep it."""
+    special_tokens_map.json too, since fdpo reads it (a tokenizer file; the fdpo before that
+    kept it, the one that first read it deleted it). online rounds and sacpo stages save in
+    subdirectories and keep it."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    (out / name).write_text(TOKENIZER_FILES_ALONE[name])
     (out / "notes.md").write_text("mine\n")
     before = snapshot(out)
     args = [*checkpoint_cmd(d, cmd), "--out", out, *([] if cmd == "merge" else FAST)]
@@ -498,12 +505,12 @@ def test_a_run_refuses_an_out_that_holds_a_chat_template_alone(d, tmp_path, cmd)
         fdpo(*args)
         assert all(snapshot(out)[k] == v for k, v in before.items())
         return
-    refused(fdpo(*args, check=False), f"--out: {out} already holds a tokenizer (chat_template.jinja)", "--overwrite")
+    refused(fdpo(*args, check=False), f"--out: {out} already holds a tokenizer ({name})", "--overwrite")
     assert snapshot(out) == before
-    if cmd in ("sft", "merge"):   # --overwrite replaces it (it would override the saved tokenizer's template)
+    if cmd in ("sft", "merge"):   # --overwrite replaces it (it would override the saved tokenizer's template/eos)
         fdpo(*args, "--overwrite")
         names = {p.name for p in out.iterdir()}
-        assert {"model.safetensors", "notes.md"} <= names and "chat_template.jinja" not in names, names
+        assert {"model.safetensors", "notes.md"} <= names and name not in names, names
 
 
 @pytest.mark.parametrize("cmd", ["pretrain", "sft", "dpo", "merge"])

@@ -478,6 +478,40 @@ def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     assert not (s / "lambda-2").exists()
 
 
+def test_rerun_hashes_special_tokens_map_only_where_it_is_read(data, tmp_path):
+    """special_tokens_map.json counted in --model's content hash everywhere once fdpo read it,
+    so a plan recorded by the fdpo before, over a Hugging Face directory (tokenizer_config.json
+    with added_tokens_decoder and the special_tokens_map.json transformers writes beside it),
+    was refused on a rerun as "the content it reads differs" (a review's find). It counts only
+    where the tokenizer reads it (no added_tokens_decoder, transformers' legacy loading;
+    docs/tokenizer.md): the plan recorded before the map was there (what the fdpo before
+    hashed) reruns; in a legacy directory, where it sets eos/pad, it is still part of the hash."""
+    from tok_ref import bytes_to_unicode
+    b2u = bytes_to_unicode()
+    eot = {"content": "<|endoftext|>", "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+           "single_word": False}
+    sp_map = json.dumps({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    for name, config in (("hf", {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>",
+                                 "added_tokens_decoder": {"256": eot}}),
+                         ("legacy", {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"})):
+        m = tmp_path / name   # a 257-token GPT-2 BPE without merges: the bytes and <|endoftext|>
+        shutil.copytree(data / "base", m)
+        (m / "fdpo_tokenizer.json").unlink()
+        (m / "vocab.json").write_text(json.dumps({**{b2u[b]: b for b in range(256)}, "<|endoftext|>": 256}))
+        (m / "merges.txt").write_text("#version: 0.2\n")
+        (m / "tokenizer_config.json").write_text(json.dumps(config))
+        s = tmp_path / f"s_{name}"
+        args = ["sacpo", "--model", m, "--reward-data", data / "reward.jsonl", "--safety-data", data / "safety.jsonl",
+                "--lambda", 1, "--out", s, "--threads", 1, "--batch-size", 8, "--steps", 1, "--eval-fraction", 0, "--quiet"]
+        fdpo(*args)
+        (m / "special_tokens_map.json").write_text(sp_map)
+        r = fdpo(*args, check=False)
+        if name == "hf":   # not read: the same content
+            assert r.returncode == 0, r.stderr
+        else:              # read (its pad_token is new): another tokenizer than the stages trained with
+            assert r.returncode == 1 and "--model: the content it reads differs" in r.stderr, r.stderr
+
+
 def test_rerun_refuses_the_base_of_a_lora_reward_model_retrained_in_place(data, tmp_path):
     """An rm:DIR that is a LoRA adapter is scored on its base (base_model_name_or_path): a base
     retrained in place made it another reward model, yet the plan hashed the adapter's files

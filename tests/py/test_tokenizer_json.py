@@ -945,3 +945,47 @@ def test_a_negated_class_escape_inside_a_class_is_refused(neg, tmp_path):
     write_tokenizer(str(d), "split", rf"[\{neg}x]+", vocab, merges, GPT2_ADDED, None, None)
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     assert r.returncode == 1 and f"\\{neg} inside a character class is not supported" in r.stderr.decode(), r.stderr
+
+
+# transformers < 4.34's save of GPT-2 with a pad set (tokenizer.pad_token = tokenizer.eos_token):
+# the pad only in special_tokens_map.json
+LEGACY_PAD_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                     "unk_token": "<|endoftext|>", "model_max_length": 1024, "add_prefix_space": False}
+LEGACY_PAD_MAP = {k: "<|endoftext|>" for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+
+
+def test_a_checkpoint_saved_before_the_map_was_read_pairs_with_its_base(tmp_path):
+    """An fdpo that did not read special_tokens_map.json saved a checkpoint of such a base with
+    its tokenizer_config.json and no map, so the base now has the map's pad and the checkpoint
+    none. fdpo_tokenizer_diff compared pad ids, and dpo --ref BASE, dpo --resume, merge with the
+    base and merge --lora AD --model BASE were refused as "the same text would be other ids"
+    (a review's find): a pad changes no text's ids (fdpo pads with no token; a reward model
+    pools at config.json's pad_token_id), so pad is not compared."""
+    from dpo_common import write_jsonl
+    from fdpo_ref.gpt2 import GPT2
+    base = tmp_path / "base"
+    _, vocab = legacy_dir(base, "gpt2", LEGACY_PAD_CONFIG, LEGACY_PAD_MAP, True)
+    GPT2(max(vocab.values()) + 1, 48, 16, 1, 2, seed=5).save_hf(str(base))
+    assert harness_json("tok-info", str(base))["pad"] == vocab["<|endoftext|>"]
+    old = tmp_path / "old"   # the checkpoint as that fdpo saved it: the config verbatim, no map
+    shutil.copytree(base, old)
+    (old / "special_tokens_map.json").unlink()
+    assert harness_json("tok-info", str(old))["pad"] == -1
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a:", "chosen": " good", "rejected": " bad"},
+                                           {"prompt": "b:", "chosen": " nice", "rejected": " awful"}])
+
+    def run(*args):
+        r = subprocess.run([FDPO, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    dpo = ["dpo", "--data", tmp_path / "pairs.jsonl", "--eval-fraction", 0, "--threads", 1, "--quiet"]
+    run(*dpo, "--model", old, "--ref", base, "--out", tmp_path / "d", "--steps", 1)
+    run("merge", "--model", old, "--model", base, "--out", tmp_path / "m", "--threads", 1)
+    ad = tmp_path / "ad"   # a LoRA OUT whose tokenizer files are the old checkpoint's
+    run(*dpo, "--model", base, "--lora-r", 2, "--out", ad, "--steps", 1)
+    (ad / "special_tokens_map.json").unlink()
+    run("merge", "--lora", ad, "--model", base, "--out", tmp_path / "lm", "--threads", 1)
+    # a run that fdpo began over the base without its map resumes with it there
+    run(*dpo, "--model", old, "--ref", old, "--out", tmp_path / "r", "--steps", 2, "--stop-at", 1)
+    (old / "special_tokens_map.json").write_text(json.dumps(LEGACY_PAD_MAP))
+    run(*dpo, "--model", old, "--ref", old, "--out", tmp_path / "r", "--steps", 2, "--resume")
