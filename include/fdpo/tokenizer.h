@@ -22,10 +22,6 @@ fdpo_tokenizer *fdpo_tokenizer_byte(void);
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir);
 /* 1 if DIR holds any file fdpo_tokenizer_load_dir reads a tokenizer from. */
 int fdpo_tokenizer_dir_has_files(const char *dir);
-/* 1 if fdpo_tokenizer_load_dir(DIR) reads DIR's special_tokens_map.json: there is one beside
- * BPE files and tokenizer_config.json, if any, has no added_tokens_decoder (transformers'
- * legacy loading); otherwise the file changes nothing fdpo reads. */
-int fdpo_tokenizer_dir_reads_special_tokens_map(const char *dir);
 /* GPT-2 BPE from file contents in memory (the names are used in messages): vocab.json +
  * merges.txt (or encoder.json + vocab.bpe), or tokenizer.json. */
 fdpo_tokenizer *fdpo_tokenizer_bpe_parse(const char *vocab_name, const char *vocab_json, size_t vocab_len,

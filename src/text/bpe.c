@@ -1205,20 +1205,6 @@ int fdpo_bpe_dir_has_files(const char *dir) {
            has(dir, "vocab.bpe") || has(dir, "tokenizer.json");
 }
 
-int fdpo_bpe_dir_reads_special_tokens_map(const char *dir) {
-    if (!fdpo_bpe_dir_has_files(dir) || !has(dir, "special_tokens_map.json")) return 0;
-    beside c;
-    int reads = 1;   /* no config, or one that cannot be read or parsed (the load refuses it anyway) */
-    if (read_config(dir, &c) == 0 && c.ctext) {
-        cJSON *cfg = cJSON_ParseWithLength(c.ctext, c.clen);
-        if (cJSON_IsObject(cfg) && cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder")) reads = 0;
-        cJSON_Delete(cfg);
-    }
-    beside_free(&c);
-    fdpo_clear_error();
-    return reads;
-}
-
 /* tokenizer.json first, as Hugging Face's fast tokenizers: it alone carries the regex and
  * the added tokens (Qwen2 directories hold vocab.json + merges.txt as well). */
 fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir) {

@@ -32,13 +32,6 @@ int fdpo_tokenizer_dir_has_files(const char *dir) {
     return has;
 }
 
-int fdpo_tokenizer_dir_reads_special_tokens_map(const char *dir) {
-    char *p = fdpo_path_join(dir, "fdpo_tokenizer.json");
-    int byte = fdpo_file_exists(p);   /* loaded first, and alone */
-    free(p);
-    return !byte && fdpo_bpe_dir_reads_special_tokens_map(dir);
-}
-
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {

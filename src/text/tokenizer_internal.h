@@ -20,8 +20,6 @@ struct fdpo_tokenizer {
 /* Implemented in bpe.c (GPT-2 BPE). */
 fdpo_tokenizer *fdpo_bpe_load_dir(const char *dir); /* NULL + error if no BPE files / bad files */
 int fdpo_bpe_dir_has_files(const char *dir);
-/* whether loading dir's BPE tokenizer reads its special_tokens_map.json (read_special_tokens_map) */
-int fdpo_bpe_dir_reads_special_tokens_map(const char *dir);
 int fdpo_bpe_save_dir(const fdpo_tokenizer *t, const char *dir);
 void fdpo_bpe_free(struct fdpo_bpe *b);
 /* fdpo_tokenizer_diff's BPE part: the first difference written into buf (may be NULL), 1; 0 for none */

@@ -58,13 +58,13 @@ static int by_name(const void *a, const void *b) { return strcmp(*(char *const *
 /* The files of a checkpoint directory that make the model a stage starts from: those a
  * checkpoint is made of (fdpo_checkpoint_file_kind: weights, shards, model and tokenizer
  * files), not its training state (the optimizer's), nor metrics or an eval.json written
- * beside them later. special_tokens_map.json only where the tokenizer reads it (no
- * added_tokens_decoder): elsewhere it changes nothing, and every Hugging Face directory holds
- * one, whose hash (sacpo.json, online.json, a training state) an fdpo that never read the
- * map recorded without it, and that must stay the same. */
-static int model_file(const char *dir, const char *name) {
-    if (!strcmp(name, "special_tokens_map.json")) return fdpo_tokenizer_dir_reads_special_tokens_map(dir);
-    return fdpo_checkpoint_file_kind(name) != 0 && strcmp(name, "training_state.json") &&
+ * beside them later; nor special_tokens_map.json: every Hugging Face directory holds one,
+ * which the fdpo before read nowhere and hashed nowhere (sacpo.json, online.json, a training
+ * state), and which mostly repeats tokenizer_config.json or adds a pad, which changes no text's
+ * ids. Where it is read (legacy layouts) and changes eos or bos, the tokenizer comparison of
+ * the model and its reference refuses naming them (fdpo_tokenizer_diff). */
+static int model_file(const char *name) {
+    return strcmp(name, "special_tokens_map.json") && fdpo_checkpoint_file_kind(name) != 0 && strcmp(name, "training_state.json") &&
            strcmp(name, "training_state.safetensors");
 }
 
@@ -100,7 +100,7 @@ int fdpo_hash_path(uint64_t *h, const char *path) {
         for (size_t i = 0; i < n; i++) {
             char *p = fdpo_path_join(path, names[i]);
             struct stat e;
-            if (!stat(p, &e) && S_ISREG(e.st_mode) && model_file(path, names[i])) {
+            if (!stat(p, &e) && S_ISREG(e.st_mode) && model_file(names[i])) {
                 *h = fdpo_hash64(*h, names[i], strlen(names[i]) + 1);
                 rc |= fdpo_hash_path(h, p);
             }

@@ -1109,12 +1109,10 @@ def test_rounds_resume_refuses_a_reward_changed_in_place(setup, tmp_path, kind):
 
 
 def test_rounds_resume_of_an_rm_reward_given_a_special_tokens_map_it_does_not_read(setup, tmp_path):
-    """special_tokens_map.json (every Hugging Face model directory holds one) counts in the
-    reward's content hash only where its tokenizer reads it (BPE files, no added_tokens_decoder;
-    docs/tokenizer.md): when fdpo began reading it, it counted everywhere, so rounds recorded by
-    the fdpo before, over the same files, were refused on --resume as "the content of RM
-    differs" (a review's find). The reward model here has fdpo's byte tokenizer, which never
-    reads the map: the hash recorded without it stays the same."""
+    """special_tokens_map.json (every Hugging Face model directory holds one) is in no content
+    hash (docs/tokenizer.md): when fdpo began reading it, it counted, so rounds recorded by the
+    fdpo before, over the same files, were refused on --resume as "the content of RM differs"
+    (a review's find). The hash recorded without it stays the same."""
     from dpo_common import reward_with_files
     reward, spec, _ = reward_with_files(tmp_path, "rm", setup / "model")
     a = tmp_path / "a"
