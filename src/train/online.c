@@ -306,6 +306,7 @@ static int round_writer_start(round_writer *w, long k, const char *partial, cons
 /* Per-round statistics of the sampled completions (TRL OnlineDPO / RLOO names). */
 typedef struct {
     double scores, kl, entropy, eos, length, pairs, reward_gap;
+    size_t pairs_empty;                         /* pairs skipped for an empty side (not a metric: the warning's) */
     /* seconds: generation; reward + log-probs; f-DPO; waiting for the previous round's
      * checkpoint writer (the part of the save the round does not hide) */
     double t_sampling, t_scoring, t_training, t_checkpoint;
@@ -359,7 +360,7 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
      * rounds mode has always skipped them: docs/online.md): EOT at once, or a text that a stop
      * string, or a special token spelled as the stop, ended before any text (its record's
      * "rejected": "" could not be read back) */
-    if (s[w].n_completion == 0 || s[l].n_completion == 0 || !*b->cc[w] || !*b->cc[l]) return;
+    if (s[w].n_completion == 0 || s[l].n_completion == 0 || !*b->cc[w] || !*b->cc[l]) { st->pairs_empty++; return; }
     size_t q = b->n_pairs++;
     fdpo_pref_pair *x = &b->pairs[q];
     x->prompt = ids[s[w].prompt_index]; x->n_prompt = lens[s[w].prompt_index];
@@ -798,7 +799,11 @@ static int online_run(const fdpo_online_opts *o) {
         double t_wait = fdpo_now();
         if (rc == 0) rc = round_writer_join(&writer);
         st.t_checkpoint = fdpo_now() - t_wait;
-        if (rc == 0 && st.pairs == 0) {
+        if (rc == 0 && st.pairs == 0 && st.pairs_empty) {
+            fdpo_log(FDPO_LOG_WARN, "round %ld: no pairs: %zu had an empty completion (EOT drawn first, or --stop before "
+                     "any text), skipped; the other prompts' completions got the same reward. The policy carries over "
+                     "unchanged", k, st.pairs_empty);
+        } else if (rc == 0 && st.pairs == 0) {
             /* nothing to learn from: the policy carries over unchanged */
             fdpo_log(FDPO_LOG_WARN, "round %ld: every prompt's %ld completions got the same reward: no pairs, the policy "
                      "carries over unchanged (raise --n or the sampling temperature)", k, o->n);

@@ -62,8 +62,12 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     for (size_t i = 0; i < o->n_lambdas; i++) {
         if (!(o->lambdas[i] > 0) || !isfinite(o->lambdas[i]))
             return fdpo_error("--lambda: %g must be a positive number (lambda = 0 is the reward stage alone: OUT/reward)", o->lambdas[i]);
-        if (i > 0 && !(o->lambdas[i] > o->lambdas[i - 1]))
-            return fdpo_error("--lambda: the list must be strictly increasing (%g after %g)", o->lambdas[i], o->lambdas[i - 1]);
+        if (i > 0 && !(o->lambdas[i] > o->lambdas[i - 1])) {
+            char a[32], b[32];   /* as they read back: %g printed 1.0000001 after 1 as "1 after 1" */
+            fdpo_fmt_double(a, sizeof a, o->lambdas[i]);
+            fdpo_fmt_double(b, sizeof b, o->lambdas[i - 1]);
+            return fdpo_error("--lambda: the list must be strictly increasing (%s after %s)", a, b);
+        }
         const double b = o->dpo.dpo.loss.beta / o->lambdas[i];   /* the safety stage's beta, checked before any stage */
         if (!(b > 0) || !isfinite(b))
             return fdpo_error("--lambda: %g makes the safety stage's beta %g / %g = %g, not a finite number > 0",

@@ -1336,6 +1336,9 @@ def test_constrained_generated_safety_needs_a_correlation_in_range():
     """the library's fdpo_lab_generate_safety refuses |c| > 1 (sqrt(1 - c^2) made every score NaN)"""
     r = lab("constrained", "--min-safety", "0.5", "--safety-correlation", "1.5", check=False)
     assert r.returncode != 0 and "--safety-correlation: must be in [-1, 1] (got 1.5)" in r.stderr, r.stderr
+    # as it reads back (Python's repr): %g printed "(got 1)"
+    r = lab("constrained", "--min-safety", "0.5", "--safety-correlation", "1.0000001", check=False)
+    assert r.returncode != 0 and "--safety-correlation: must be in [-1, 1] (got %r)" % 1.0000001 in r.stderr, r.stderr
 
 
 def test_constrained_needs_a_safety_column(tmp_path):

@@ -295,6 +295,7 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
 @pytest.mark.parametrize("extra,msg", [
     (["--lambda", "0"], "--lambda: 0 must be a positive number"),
     (["--lambda", "2,1"], "--lambda: the list must be strictly increasing"),
+    (["--lambda", "1.0000001,1"], "--lambda: the list must be strictly increasing (1 after %r)" % 1.0000001),
     (["--lambda", "1,x"], "--lambda: 'x' is not a finite number"),
     (["--lambda", "1", "--merge", "0.5"], "--merge: needs two or more --lambda"),
     (["--lambda", "1,2", "--merge", "1.5"], "--merge: weight 1.5 must be in (0, 1)"),
