@@ -796,20 +796,19 @@ def test_a_stop_string_ending_inside_a_multi_byte_token_stops_there(tmp_path):
     assert rows2[0]["n_tokens"] == k + 1
 
 
-def test_a_stop_string_is_matched_in_the_text_without_special_tokens(tmp_path):
-    """The completion's text leaves special tokens out (skip_special_tokens=True), so the stop
-    string is matched in that text: a sample stops exactly when its written text first holds the
-    stop. The search ran over bytes that kept a special's text while the cut ran over the text
-    without it: --stop xy emptied the text of a sample that ran on to EOT, and --stop
-    'x<|sep|>y' stopped the sample but left "xy" in the text."""
+def last_token_llama(d, next_tokens):
+    """A Llama in d that reads only its last token, with a byte-level BPE without merges: ids
+    0..255 the bytes, 256 <|endoftext|> and 257 <|sep|> (both special; V = 258 keeps the width,
+    one head of V, even). One-hot embeddings, the attention and MLP outputs zero, so the LM head
+    sees the last token alone: after token a it gives logit 3·sqrt(V) (RMSNorm of a one-hot) to
+    each token of next_tokens.get(a, [EOT]) and 0 to every other, ~48 nats down (equal logits
+    for several: a fair draw). Returns (EOT, SEP)."""
     from fdpo_ref.llama import Llama
     from tok_ref import bytes_to_unicode
-    # a byte-level BPE with no merges: ids 0..255 the bytes, 256 <|endoftext|>, 257 <|sep|> (special)
     b2u = bytes_to_unicode()
     vocab = {b2u[b]: b for b in range(256)}
     EOT, SEP, V = 256, 257, 258
     vocab["<|endoftext|>"], vocab["<|sep|>"] = EOT, SEP
-    d = tmp_path / "m"
     d.mkdir()
     (d / "vocab.json").write_text(json.dumps(vocab))
     (d / "merges.txt").write_text("#version: 0.2\n")
@@ -818,10 +817,6 @@ def test_a_stop_string_is_matched_in_the_text_without_special_tokens(tmp_path):
     (d / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
         "add_prefix_space": False, "added_tokens_decoder": added}))
-    # a Llama whose greedy path after "q" is x <|sep|> y <|endoftext|>: one-hot embeddings, the
-    # attention and MLP outputs zero, so the LM head reads the last token alone
-    x, y = ord("x"), ord("y")
-    succ = {ord("q"): x, x: SEP, SEP: y, y: EOT}
     m = Llama(V, V, 8, 1, 1, 1, max_position_embeddings=64, seed=1, dtype=torch.float32)
     with torch.no_grad():
         m.p["model.embed_tokens.weight"].copy_(torch.eye(V))
@@ -830,9 +825,24 @@ def test_a_stop_string_is_matched_in_the_text_without_special_tokens(tmp_path):
         m.p["model.norm.weight"].fill_(1.0)
         H = torch.zeros(V, V)
         for a in range(V):
-            H[succ.get(a, EOT), a] = 3.0
+            for t in next_tokens.get(a, [EOT]):
+                H[t, a] = 3.0
         m.p["lm_head.weight"].copy_(H)
     m.save_hf(str(d))
+    return m, EOT, SEP
+
+
+def test_a_stop_string_is_matched_in_the_text_without_special_tokens(tmp_path):
+    """The completion's text leaves special tokens out (skip_special_tokens=True), so the stop
+    string is matched in that text: a sample stops exactly when its written text first holds the
+    stop. The search ran over bytes that kept a special's text while the cut ran over the text
+    without it: --stop xy emptied the text of a sample that ran on to EOT, and --stop
+    'x<|sep|>y' stopped the sample but left "xy" in the text."""
+    # a model whose greedy path after "q" is x <|sep|> y <|endoftext|>
+    x, y, EOT, SEP = ord("x"), ord("y"), 256, 257
+    d = tmp_path / "m"
+    m, eot, sep = last_token_llama(d, {ord("q"): [x], x: [SEP], SEP: [y], y: [EOT]})
+    assert (eot, sep) == (EOT, SEP)
     path = [ord("q")]   # PyTorch's greedy path
     while path[-1] != EOT:
         with torch.no_grad():

@@ -1163,38 +1163,10 @@ def test_a_completion_a_stop_ended_before_any_text_makes_no_pair(tmp_path):
     skipped). A Llama that reads only its last token: after "q" it draws x or y (equal logits,
     every other token ~48 nats down), then x -> EOT, y -> z -> EOT; --stop x ends the x path
     with the empty text, and the length reward (tokens: 1 against 2) ranks the two apart."""
-    import torch
-    from fdpo_ref.llama import Llama
-    from tok_ref import bytes_to_unicode
-    b2u = bytes_to_unicode()
-    vocab = {b2u[b]: b for b in range(256)}
-    EOT, SEP, V = 256, 257, 258   # <|sep|>: an even width (the model's width is V, one head)
-    vocab["<|endoftext|>"], vocab["<|sep|>"] = EOT, SEP
+    from test_generate import last_token_llama
     d = tmp_path / "m"
-    d.mkdir()
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    added = {str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                      "special": True} for c, i in (("<|endoftext|>", EOT), ("<|sep|>", SEP))}
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
-        "add_prefix_space": False, "added_tokens_decoder": added}))
     x, y, z, q = ord("x"), ord("y"), ord("z"), ord("q")
-    m = Llama(V, V, 8, 1, 1, 1, max_position_embeddings=64, seed=1, dtype=torch.float32)
-    with torch.no_grad():
-        m.p["model.embed_tokens.weight"].copy_(torch.eye(V))
-        m.p["model.layers.0.self_attn.o_proj.weight"].zero_()
-        m.p["model.layers.0.mlp.down_proj.weight"].zero_()
-        m.p["model.norm.weight"].fill_(1.0)
-        H = torch.zeros(V, V)
-        for a in range(V):
-            H[EOT, a] = 3.0
-        H[EOT, q] = 0.0
-        H[x, q] = H[y, q] = 3.0
-        H[EOT, y] = 0.0
-        H[z, y] = 3.0
-        m.p["lm_head.weight"].copy_(H)
-    m.save_hf(str(d))
+    last_token_llama(d, {q: [x, y], y: [z]})
     (tmp_path / "p.txt").write_text("q\n" * 8)
     out = tmp_path / "o"
     r = fdpo("online", "--model", d, "--data", tmp_path / "p.txt", "--reward", "length", "--stop", "x", "--out", out,
