@@ -284,6 +284,7 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         cJSON_AddStringToObject(on, "pairs", o->online.pairs_bt ? "all-bt" : "best-worst");
         cJSON_AddStringToObject(on, "ref_update", o->online.ref_update_round ? "round" : "never");
         if (o->online.pairs_bt) cJSON_AddNumberToObject(on, "bt_scale", o->online.bt_scale);
+        cJSON_AddStringToObject(on, "ref_logps", o->online.ref_logps_pairs ? "pairs" : "all");
         cJSON_AddNumberToObject(on, "temperature", o->online.sample.temperature);
         cJSON_AddNumberToObject(on, "top_k", (double)o->online.sample.top_k);
         cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
@@ -536,6 +537,12 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         const cJSON *stop = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
         if (cJSON_IsString(stop) && !*stop->valuestring)
             cJSON_DeleteItemFromObject(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
+        /* --ref-logps, absent from the plans of earlier fdpo (which did not compare it): such a plan
+         * takes the given one, as before (either value may have trained its stages) */
+        cJSON *online_was = cJSON_GetObjectItemCaseSensitive(a, "online");
+        const cJSON *ref_logps = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "online"), "ref_logps");
+        if (cJSON_IsObject(online_was) && ref_logps && !cJSON_HasObjectItem(online_was, "ref_logps"))
+            cJSON_AddItemToObject(online_was, "ref_logps", cJSON_Duplicate(ref_logps, 1));
         plan_same_paths(a, b);
         /* the files' contents after the plan (a different path is named as such first); a plan
          * of an earlier fdpo records none */

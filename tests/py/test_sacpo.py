@@ -872,6 +872,27 @@ def test_online_only_flags_of_sacpo(data, tmp_path):
     assert r.returncode == 1 and '--pairing: "all-bt" differs from "best-worst"' in r.stderr, r.stderr
 
 
+def test_rerun_refuses_another_ref_logps(data, tmp_path):
+    """an online stage added on a rerun with another --ref-logps trained with it without a word
+    (fdpo online --resume refuses the change): the plan records it and names the flag; a plan
+    of an earlier fdpo, without it, reruns as before"""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--lambda", 1,
+            "--data", tmp_path / "p.txt", *TINY_ONLINE[:-1], "--out", tmp_path / "s"]
+    fdpo(*args, "--ref-logps", "pairs")
+    assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["plan"]["online"]["ref_logps"] == "pairs"
+    r = fdpo(*args, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and ('--ref-logps: "all" differs from "pairs" in '
+                                  f'{tmp_path / "s" / "sacpo.json"}, which its stages trained with') in r.stderr, r.stderr
+    assert not (tmp_path / "s" / "lambda-2").exists()
+    r = fdpo(*args, "--ref-logps", "pairs")
+    assert "safety stage (lambda 1): done before" in r.stderr, r.stderr
+    state = json.loads((tmp_path / "s" / "sacpo.json").read_text())
+    del state["plan"]["online"]["ref_logps"]   # the plan of an earlier fdpo
+    (tmp_path / "s" / "sacpo.json").write_text(json.dumps(state))
+    fdpo(*args, "--ref-logps", "pairs")
+
+
 ONLINE_TINY = ["--rounds", 1, "--prompts-per-round", 4, "--n", 4, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1,
                "--quiet"]
 
