@@ -147,6 +147,8 @@ typedef struct {
     double eval_fraction;
     fdpo_pref_options pref;
     fdpo_dpo_config dpo;        /* micro_batch is taken from train.batch_size */
+    int plan_saved;             /* 1: pref is a saved plan's (a stage of a sacpo rerun, which has no
+                                 * --resume): fdpo_pref_data_check as on resume */
 } fdpo_dpo_run_opts;
 /* --simpo-gamma's default: another value with a loss other than simpo is refused. */
 #define FDPO_SIMPO_GAMMA_DEFAULT 0.5

@@ -170,7 +170,7 @@ int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     if (fdpo_train_opts_check(&o->train)) return -1;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;
     if ((unsigned)o->dpo.layout > FDPO_LAYOUT_PLAIN) return fdpo_error("--layout: unknown layout %d", (int)o->dpo.layout);
-    if (fdpo_pref_data_check(&o->pref, o->train.resume)) return -1;
+    if (fdpo_pref_data_check(&o->pref, o->train.resume || o->plan_saved)) return -1;
     if (!(o->eval_fraction >= 0 && o->eval_fraction < 1)) return fdpo_error("--eval-fraction: %g is not in [0, 1)", o->eval_fraction);
     if (o->dpo.loss.kind == FDPO_LOSS_SIMPO) {
         /* reference-free: a reference flag would be saved and shown as the run's while unused.

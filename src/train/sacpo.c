@@ -29,6 +29,7 @@ void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o) {
 }
 
 static int online_stages_check(const fdpo_sacpo_opts *o);
+static int plan_saved_pairs_settings(const fdpo_sacpo_opts *o);
 
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (!o->dpo.train.init) return fdpo_error("--model: required (the checkpoint to align)");
@@ -91,8 +92,11 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
      * template's dpo.train.out is not used; left NULL it failed "--out: required") */
     fdpo_train_opts t = o->dpo.train;
     t.out = o->out;
+    /* a rerun (sacpo's resume) of a plan that records the pairs settings given: --max-prompt-length
+     * with --on-long skip|error, refused for a new plan, is one an earlier fdpo saved that must
+     * still run (and add stages) */
     if (fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
-            .train = t, .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
+            .train = t, .plan_saved = plan_saved_pairs_settings(o), .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
             .pref = o->dpo.pref, .dpo = o->dpo.dpo,
             .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir}))
         return -1;
@@ -284,6 +288,7 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
         cJSON_AddStringToObject(on, "pairs", o->online.pairs_bt ? "all-bt" : "best-worst");
         cJSON_AddStringToObject(on, "ref_update", o->online.ref_update_round ? "round" : "never");
         if (o->online.pairs_bt) cJSON_AddNumberToObject(on, "bt_scale", o->online.bt_scale);
+        cJSON_AddStringToObject(on, "ref_logps", o->online.ref_logps_pairs ? "pairs" : "all");
         cJSON_AddNumberToObject(on, "temperature", o->online.sample.temperature);
         cJSON_AddNumberToObject(on, "top_k", (double)o->online.sample.top_k);
         cJSON_AddNumberToObject(on, "top_p", o->online.sample.top_p);
@@ -536,6 +541,12 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         const cJSON *stop = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
         if (cJSON_IsString(stop) && !*stop->valuestring)
             cJSON_DeleteItemFromObject(cJSON_GetObjectItemCaseSensitive(a, "online"), "stop");
+        /* --ref-logps, absent from the plans of earlier fdpo (which did not compare it): such a plan
+         * takes the given one, as before (either value may have trained its stages) */
+        cJSON *online_was = cJSON_GetObjectItemCaseSensitive(a, "online");
+        const cJSON *ref_logps = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "online"), "ref_logps");
+        if (cJSON_IsObject(online_was) && ref_logps && !cJSON_HasObjectItem(online_was, "ref_logps"))
+            cJSON_AddItemToObject(online_was, "ref_logps", cJSON_Duplicate(ref_logps, 1));
         plan_same_paths(a, b);
         /* the files' contents after the plan (a different path is named as such first); a plan
          * of an earlier fdpo records none */
@@ -714,6 +725,7 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     char *state = fdpo_path_join(dir, "training_state.json");
     d.train.resume = fdpo_file_exists(state);
     d.train.continue_how = SACPO_CONTINUE;
+    d.plan_saved = 1;   /* a new plan's pairs settings passed fdpo_sacpo_opts_check; a saved one's are kept */
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");
     if (fdpo_dpo_train(&d)) return fdpo_error_context("sacpo %s", what);
@@ -759,6 +771,30 @@ static int sacpo_resuming(const fdpo_sacpo_opts *o) {
     int saved = fdpo_file_exists(path);
     free(path);
     return saved;
+}
+
+/* 1 when OUT/sacpo.json's plan records the pairs settings given (--max-prompt-length and
+ * --on-long, as the stages' training settings); 0 without a plan (an unreadable one: state_open
+ * names it) */
+static int plan_saved_pairs_settings(const fdpo_sacpo_opts *o) {
+    char *path = fdpo_path_join(o->out, "sacpo.json");
+    size_t len = 0;
+    char *text = fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
+    cJSON *state = text ? cJSON_ParseWithLength(text, len) : NULL;
+    const cJSON *then = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "plan"), "training");
+    cJSON *now = training_json(o, &o->dpo.train);
+    static const char *const keys[] = {"max-prompt-length", "on-long"};
+    int same = cJSON_IsObject(then);
+    for (size_t i = 0; same && i < sizeof keys / sizeof keys[0]; i++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(then, keys[i]), *y = cJSON_GetObjectItemCaseSensitive(now, keys[i]);
+        same = x && y && (cJSON_Compare(x, y, 1) || same_number(x, y));
+    }
+    cJSON_Delete(now);
+    cJSON_Delete(state);
+    free(text);
+    free(path);
+    fdpo_clear_error();
+    return same;
 }
 
 /* A rerun of a bf16 run keeps the route its stages ran on (fdpo_train_pin_bf16_route): a stage

@@ -97,6 +97,31 @@ def test_rerun_skips_done_stages_and_adds_lambdas(data, tmp_path):
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
 
 
+def test_rerun_of_a_plan_with_max_prompt_length_unused_by_on_long(data, tmp_path):
+    """--max-prompt-length with --on-long skip|error (it cuts only truncated pairs) is refused for a
+    new plan, but a plan of an earlier fdpo that recorded it must still rerun and add stages: sacpo
+    has no --resume, a rerun of the same command is its resume (it was refused either way, with the
+    flag or without: "0 differs from 12")"""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "1", "--on-long", "truncate", "--max-prompt-length", 12)
+    state = json.loads((s / "sacpo.json").read_text())
+    assert state["plan"]["training"]["on-long"] == "truncate"
+    state["plan"]["training"]["on-long"] = "skip"   # the plan an earlier fdpo wrote for --on-long skip
+    (s / "sacpo.json").write_text(json.dumps(state))
+    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
+             data / "safety.jsonl", "--beta", "0.2", "--out", s, "--lambda", "1,2", "--on-long", "skip",
+             "--max-prompt-length", 12, *COMMON[:-1])
+    assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr, r.stderr
+    assert (s / "lambda-2" / "model.safetensors").exists()
+    r = sacpo(data, s, "--lambda", "1,2", "--on-long", "error", "--max-prompt-length", 12, check=False)   # not the plan's
+    assert r.returncode == 1 and r.stderr == ("fdpo sacpo: --max-prompt-length 12: only used by --on-long truncate "
+                                              "(got --on-long error)\n"), r.stderr
+    r = sacpo(data, tmp_path / "new", "--lambda", "1", "--on-long", "skip", "--max-prompt-length", 12, check=False)
+    assert r.returncode == 1 and r.stderr == ("fdpo sacpo: --max-prompt-length 12: only used by --on-long truncate "
+                                              "(got --on-long skip)\n"), r.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
     """A rerun (sacpo's resume) compared --lora-targets as typed against sacpo.json: PEFT's GPT-2
     default (c_attn) named explicitly, or the same modules as attn.c_attn (PEFT's '.'-suffix
@@ -846,6 +871,27 @@ def test_online_only_flags_of_sacpo(data, tmp_path):
     fdpo(*args, "--out", tmp_path / "s")
     r = fdpo(*args, "--out", tmp_path / "s", "--pairing", "all-bt", check=False)
     assert r.returncode == 1 and '--pairing: "all-bt" differs from "best-worst"' in r.stderr, r.stderr
+
+
+def test_rerun_refuses_another_ref_logps(data, tmp_path):
+    """an online stage added on a rerun with another --ref-logps trained with it without a word
+    (fdpo online --resume refuses the change): the plan records it and names the flag; a plan
+    of an earlier fdpo, without it, reruns as before"""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length", "--lambda", 1,
+            "--data", tmp_path / "p.txt", *TINY_ONLINE[:-1], "--out", tmp_path / "s"]
+    fdpo(*args, "--ref-logps", "pairs")
+    assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["plan"]["online"]["ref_logps"] == "pairs"
+    r = fdpo(*args, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and ('--ref-logps: "all" differs from "pairs" in '
+                                  f'{tmp_path / "s" / "sacpo.json"}, which its stages trained with') in r.stderr, r.stderr
+    assert not (tmp_path / "s" / "lambda-2").exists()
+    r = fdpo(*args, "--ref-logps", "pairs")
+    assert "safety stage (lambda 1): done before" in r.stderr, r.stderr
+    state = json.loads((tmp_path / "s" / "sacpo.json").read_text())
+    del state["plan"]["online"]["ref_logps"]   # the plan of an earlier fdpo
+    (tmp_path / "s" / "sacpo.json").write_text(json.dumps(state))
+    fdpo(*args, "--ref-logps", "pairs")
 
 
 ONLINE_TINY = ["--rounds", 1, "--prompts-per-round", 4, "--n", 4, "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1,
