@@ -116,15 +116,18 @@ int fdpo_report_write(const fdpo_report_opts *o, const char *out_path, fdpo_repo
         else if (memchr(c.notes, 0, len)) rc = fdpo_error("--notes %s: contains a NUL byte (expected a text file)", o->notes_path);
     }
     fdpo_rp_link_policies(&c);
+    /* every policy so far came from an eval file (--eval, a RUN_DIR's eval*.json or eval/); the
+     * samples attached next add metric-less ones for the policies no eval file holds */
+    size_t n_evaluated = c.n_pols;
     fdpo_rp_attach_samples(&c);
     size_t n_runs = fdpo_rp_runs_with_rows(&c);
     if (!rc && n_runs + c.n_pols + c.n_labs == 0)
         rc = fdpo_error("nothing could be read from the inputs (%zu warning%s above)",
                         c.n_warnings, c.n_warnings == 1 ? "" : "s");
     /* the panel sets the proxy against the gold evaluation of the same policies: with none (a
-     * run or a lab table the only other input) the file was read and then left out of the page
-     * without a word */
-    if (!rc && o->n_proxy_eval_files && !c.n_pols)
+     * run, a lab table or samples the only other input) the file was read and then left out of
+     * the page, without a word or with a warning about gold eval files there were none of */
+    if (!rc && o->n_proxy_eval_files && !n_evaluated)
         rc = fdpo_error("--proxy-eval %s: no gold evaluation to set it against: the over-optimisation panel draws the "
                         "proxy reward next to the gold reward of the same policies (give their --eval files, or a "
                         "RUN_DIR with eval/ files)", o->proxy_eval_files[0]);

@@ -15,6 +15,7 @@
 #include "fdpo/lora.h"
 #include "fdpo/online.h"
 #include "fdpo/sacpo.h"
+#include "fdpo/tokenizer.h"
 #include "fdpo/trainer.h"
 
 /* How a later run tells the leftovers of fdpo's own swap from a user's OUT.tmp or OUT.old (a
@@ -48,7 +49,9 @@ const char *fdpo_out_holds_run(const char *out, unsigned ignore) {
          * fdpo_checkpoint_file_kind's FDPO_CKPT_FILE_TOKENIZER: chat_template.jinja too, a
          * template a user put in OUT alone, which the save dropped as well (exit 0), and
          * special_tokens_map.json likewise (a stale one beside a legacy tokenizer_config.json
-         * would change the eos/pad a later load reads: dropped only under --overwrite). */
+         * would change the eos/pad a later load reads: dropped only under --overwrite). A
+         * byte-level run's save would keep these two (replaced_by_tokenizer), but the run's
+         * tokenizer is not known here: refused alike. */
         {FDPO_RUN_TOKENIZER, "vocab.json", "a tokenizer (vocab.json)"},
         {FDPO_RUN_TOKENIZER, "merges.txt", "a tokenizer (merges.txt)"},
         {FDPO_RUN_TOKENIZER, "tokenizer.json", "a tokenizer (tokenizer.json)"},
@@ -203,7 +206,17 @@ static int rewritten_by_save(const char *name) {
      * model's save writes or removes it (fdpo_checkpoint_save_model) */
     return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_MODEL && strcmp(name, "generation_config.json");
 }
-static int tokenizer_file(const char *name) { return fdpo_checkpoint_file_kind(name) == FDPO_CKPT_FILE_TOKENIZER; }
+/* A save that writes tok replaces OUT's tokenizer files, but for two: special_tokens_map.json
+ * and chat_template.jinja go with a BPE tokenizer's files (read, and written back, with them);
+ * the byte-level tokenizer neither reads nor writes them, so beside its fdpo_tokenizer.json in
+ * the run's own OUT they are a user's files, kept (pretrain's or sft's --tokenizer DIR as --out
+ * DIR deleted DIR's map, exit 0). A save that replaces OUT's run (new_run: --overwrite, merge)
+ * replaces its tokenizer whole, as it always did. */
+static int replaced_by_tokenizer(const char *name, const fdpo_tokenizer *tok, int new_run) {
+    if (!tok || fdpo_checkpoint_file_kind(name) != FDPO_CKPT_FILE_TOKENIZER) return 0;
+    return new_run || fdpo_tokenizer_kind_of(tok) == FDPO_TOK_BPE ||
+           (strcmp(name, "special_tokens_map.json") && strcmp(name, "chat_template.jinja"));
+}
 
 /* What a replacing save (--overwrite) leaves behind besides the run files, where OUT held an
  * online rounds run or a sacpo run: that run's own entries (its plan, round-K and their pairs,
@@ -236,9 +249,10 @@ char *fdpo_out_replacing_drops(const char *out, const char *path) {
 
 /* Hard-link (or copy) every other file of src into dst, recursively: what a user or the run
  * keeps in OUT besides the checkpoint (metrics.jsonl, notes) survives the directory swap.
- * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: so are its
- * tokenizer files; new_run: a run replaces OUT's (its run files, rounds and stages are left behind). */
-static int carry_over(const char *src, const char *dst, int top, int new_tokenizer, int new_run) {
+ * top: src is OUT itself (its checkpoint files are written afresh); new_tokenizer: the tokenizer
+ * the save writes (NULL: none), whose files replace OUT's (replaced_by_tokenizer); new_run: a run
+ * replaces OUT's (its run files, rounds and stages are left behind). */
+static int carry_over(const char *src, const char *dst, int top, const fdpo_tokenizer *new_tokenizer, int new_run) {
     struct stat src_st;
     if (lstat(src, &src_st) != 0) return fdpo_error("%s: %s", src, strerror(errno));
     const dev_t dev = src_st.st_dev;
@@ -250,14 +264,14 @@ static int carry_over(const char *src, const char *dst, int top, int new_tokeniz
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         if (fdpo_tmp_name_pid(e->d_name)) continue; /* a writer's half-written NAME.tmp.PID */
         if (top && (!strcmp(e->d_name, SAVE_MARK) || !strcmp(e->d_name, SWAP_MARK))) continue;   /* the save's own */
-        if (top && (rewritten_by_save(e->d_name) || (new_tokenizer && tokenizer_file(e->d_name)) ||
+        if (top && (rewritten_by_save(e->d_name) || replaced_by_tokenizer(e->d_name, new_tokenizer, new_run) ||
                     (new_run && (is_run_file(e->d_name) || replaced_run_entry(src, e->d_name)))))
             continue;
         char *a = fdpo_path_join(src, e->d_name), *b = fdpo_path_join(dst, e->d_name);
         struct stat st;
         if (lstat(a, &st) == 0) {
             if (!S_ISLNK(st.st_mode) && mount_root(a, &st, dev)) rc = mount_error(a);
-            else if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, 0, 0);
+            else if (S_ISDIR(st.st_mode)) rc = fdpo_mkdir_p(b) || carry_over(a, b, 0, NULL, 0);
             else if (S_ISLNK(st.st_mode)) rc = copy_symlink(a, b);   /* the link, never what it names */
             else if (link(a, b) != 0) {   /* a file, FIFO or socket: the same inode */
                 if (S_ISREG(st.st_mode)) rc = copy_file(a, b);
@@ -526,7 +540,7 @@ int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     /* OUT.tmp made here, not taken over (one made since the check is another's), and marked ours */
     if (mkdir(tmp, 0777) != 0) { fdpo_error("%s: cannot make the save's directory: %s", tmp, strerror(errno)); goto done; }
     if (make_save_mark(tmp)) goto done;
-    if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok != NULL, files != NULL)) goto done;
+    if (fdpo_file_exists(out) && carry_over(out, tmp, 1, tok, files != NULL)) goto done;
     for (size_t i = 0; i < n_files; i++) {
         char *p = fdpo_path_join(tmp, files[i].name);
         int wrc = fdpo_write_file_atomic(p, files[i].data, files[i].len);

@@ -547,6 +547,28 @@ def test_a_run_whose_tokenizer_is_its_out_keeps_that_tokenizer(d, tmp_path):
     assert json.loads((tok / "config.json").read_text())["vocab_size"] == len(vocab)
 
 
+@pytest.mark.parametrize("cmd", ["pretrain", "sft"])
+def test_a_byte_tokenizer_given_as_out_keeps_the_map_and_template_beside_it(d, tmp_path, cmd):
+    """`--tokenizer tok --out tok` where tok holds fdpo's byte-level tokenizer and a
+    special_tokens_map.json (or chat_template.jinja): the out guard lets the run's own tokenizer
+    through since the save writes it back, but the byte-level tokenizer neither reads nor writes
+    those two, and the save dropped them as tokenizer files (the map deleted, exit 0; the fdpo
+    before kept it). They are kept through every save, byte for byte."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    save_byte_tokenizer(str(tok))
+    kept = {**TOKENIZER_FILES_ALONE, "notes.md": "mine\n"}
+    for name, text in kept.items():
+        (tok / name).write_text(text)
+    args = [*checkpoint_cmd(d, cmd), "--tokenizer", tok, "--out", tok, *FAST]
+    args[args.index("--steps") + 1] = 2
+    fdpo(*args, "--save-every", 1)   # two saves: the second carries what the first kept
+    assert {n: (tok / n).read_text() for n in kept} == kept
+    assert (tok / "model.safetensors").exists()
+    assert json.loads((tok / "fdpo_tokenizer.json").read_text())["type"] == "byte"
+    assert json.loads((tok / "training_state.json").read_text())["step"] == 2
+
+
 # ---- --out that the run reads again: its reward model ----
 
 def reward_args(d, cmd, spec):

@@ -923,6 +923,43 @@ def test_proxy_eval_without_a_gold_evaluation_is_refused(tmp_path):
     assert flat(s["proxy reward"]["points"]) == [0.0, 0.0, 1.5, 4.0]
 
 
+def test_proxy_eval_with_samples_but_no_gold_evaluation_is_refused(tmp_path):
+    """A samples file (--samples, or a RUN_DIR's *samples*.jsonl) adds policies without metrics:
+    the refusal keyed on the policy count let `--samples S --proxy-eval P` through (exit 0, no
+    panel, a warning about gold eval files there were none of). Only an eval file is a gold
+    evaluation; with one beside the samples the panel is drawn as before (the demo's form)."""
+    p = tmp_path / "proxy.json"
+    p.write_text(json.dumps({"policies": [{"name": "ref", "kl_seq_mean": 0.0, "reward_mean": 1.0, "reward_std": 0.5},
+                                          {"name": "a", "kl_seq_mean": 2.0, "reward_mean": 3.0, "reward_std": 0.5}]}))
+    samples = tmp_path / "samples.jsonl"
+    write_jsonl(samples, [{"policy": n, "prompt": "q", "completion": "x", "reward": 0.5} for n in ("ref", "a")])
+    d = tmp_path / "run"
+    d.mkdir()
+    write_jsonl(d / "metrics.jsonl", metrics_rows(0, 2))
+    shutil.copy(samples, d / "samples.jsonl")
+    out = tmp_path / "r.html"
+    for inputs in (["--samples", str(samples)], [str(tmp_path / "run"), "--samples", str(samples)], [str(d)]):
+        r = run(*inputs, "--proxy-eval", str(p), "--out", str(out))
+        assert r.returncode == 1, (inputs, r.stderr)
+        assert r.stderr.startswith(f"fdpo report: --proxy-eval {p}: no gold evaluation to set it against"), r.stderr
+        assert not out.exists()
+    g = tmp_path / "gold.json"
+    g.write_text(json.dumps({"policies": [
+        {"name": "ref", "kl_seq_mean": 0.0, "reward_mean": 0.25, "reward_std": 0.25},
+        {"name": "a", "kl_seq_mean": 1.5, "reward_mean": 0.75, "reward_std": 0.25}]}))
+    (d / "eval").mkdir()
+    shutil.copy(g, d / "eval" / "gold.json")
+    for inputs in (["--eval", str(g), "--samples", str(samples)], [str(d)]):
+        r = run(*inputs, "--proxy-eval", str(p), "--out", str(out))
+        assert r.returncode == 0, (inputs, r.stderr)
+        _, _, charts = parse(str(out))
+        s = {x["label"]: x for x in chart(charts, "Reward over-optimisation: gold vs proxy reward")["series"]}
+        # gains over the reference in its s.d.: gold (0.75 - 0.25) / 0.25, proxy (3 - 1) / 0.5, at the gold KL
+        assert flat(s["gold reward"]["points"]) == [0.0, 0.0, 1.5, 2.0]
+        assert flat(s["proxy reward"]["points"]) == [0.0, 0.0, 1.5, 4.0]
+        out.unlink()
+
+
 def test_a_run_resumed_across_the_eval_loss_rename_keeps_one_held_out_curve(tmp_path):
     """pretrain/sft wrote val_loss before wave 28 and eval_loss since: a run resumed across
     the change has both in one metrics.jsonl; the report reads val_loss as eval_loss, so the
