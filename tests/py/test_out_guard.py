@@ -389,7 +389,8 @@ def test_an_output_may_not_replace_a_file_the_reward_reads(d, tmp_path, cmd, giv
             "score": ["score", "--model", d / "base", "--data", samples],
             "eval": ["eval", "--model", d / "base", "--ref", d / "base", "--data", d / "prompts.txt", "--n", 2,
                      "--max-new-tokens", 2]}[cmd]
-    r = fdpo(*args, *reward, "--out", f, *FAST[:2], check=False)
+    threads = FAST[:2] if cmd != "pairs" else []   # pairs refuses --threads without an rm: reward
+    r = fdpo(*args, *reward, "--out", f, *threads, check=False)
     refused(r, f"--out {f}: is the input {flag} {f}, which the output would replace; give another file")
     assert f.read_bytes() == before
 
