@@ -43,7 +43,7 @@ def commands(d, out):
 
 CMDS = ["generate", "score", "eval", "eval-samples", "pairs", "lab", "lab-export", "report"]
 FLAG = {"eval-samples": "--samples-out", "lab-export": "--export-problem"}
-FAST = {"report": []}  # report computes nothing: no --threads
+FAST = {"report": [], "pairs": []}  # report computes nothing, pairs without an rm: reward neither: no --threads
 
 
 def fast(cmd):
@@ -146,7 +146,7 @@ def test_an_input_is_never_the_output(d, tmp_path, case):
                                  "--pairs", samples, "--n", 2, "--max-new-tokens", 2], "--pairs"),
     }[case]
     before = {p.name: p.read_bytes() for p in [samples, *m.iterdir()]}
-    r = fdpo(*args, "--out", out, "--threads", 1, check=False)
+    r = fdpo(*args, "--out", out, *fast(args[0]), check=False)
     assert r.returncode == 1
     assert f"--out {out}: is" in r.stderr and f"the input {flag} " in r.stderr, r.stderr
     assert {p.name: p.read_bytes() for p in [samples, *m.iterdir()]} == before
