@@ -446,7 +446,9 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
         fdpo_pairs_config pc = {o->bt_scale, 0, 1, fdpo_round_seed(sample->seed, k)};
         fdpo_pair *bp = NULL;
         size_t nbp = 0;
-        rc = fdpo_make_pairs(b->recs, N, &pc, &bp, &nbp, NULL);
+        fdpo_pairs_skipped skipped = {0};
+        rc = fdpo_make_pairs(b->recs, N, &pc, &bp, &nbp, &skipped);
+        st->pairs_empty += skipped.empty;   /* dropped there, as add_pair drops them: the warning's count */
         for (size_t q = 0; rc == 0 && q < nbp; q++) add_pair(b, st, f, *ids, *lens, x, bp[q].chosen, bp[q].rejected);
         free(bp);
     }

@@ -855,9 +855,10 @@ static sacpo_stage *plan_stages(const fdpo_sacpo_opts *o, size_t *n_out) {
     }
     for (size_t i = 0; i < o->n_lambdas; i++) {
         const double lam = o->lambdas[i];
-        char *final = fdpo_sacpo_lambda_dir(o->out, lam);
+        char *final = fdpo_sacpo_lambda_dir(o->out, lam), lam_text[32];
+        fdpo_fmt_double(lam_text, sizeof lam_text, lam);   /* as the stage's directory spells it: %g made two lambdas one */
         s[n] = safety;
-        snprintf(s[n].what, sizeof s[n].what, "safety stage (lambda %g)", lam);
+        snprintf(s[n].what, sizeof s[n].what, "safety stage (lambda %s)", lam_text);
         s[n].beta = beta / lam;
         if (!o->safety_first) {
             s[n].init = fdpo_strdup(reward_dir);
@@ -868,7 +869,7 @@ static sacpo_stage *plan_stages(const fdpo_sacpo_opts *o, size_t *n_out) {
         s[n].dir = fmt_dir(o->out, "safety-lambda", lam, 0, 0);
         n++;
         s[n] = reward;
-        snprintf(s[n].what, sizeof s[n].what, "reward stage (lambda %g)", lam);
+        snprintf(s[n].what, sizeof s[n].what, "reward stage (lambda %s)", lam_text);
         s[n].init = fdpo_strdup(s[n - 1].dir);
         s[n++].dir = final;
     }

@@ -802,7 +802,7 @@ def last_token_llama(d, next_tokens):
     one head of V, even). One-hot embeddings, the attention and MLP outputs zero, so the LM head
     sees the last token alone: after token a it gives logit 3·sqrt(V) (RMSNorm of a one-hot) to
     each token of next_tokens.get(a, [EOT]) and 0 to every other, ~48 nats down (equal logits
-    for several: a fair draw). Returns (EOT, SEP)."""
+    for several: a fair draw). Returns (the PyTorch model, EOT, SEP)."""
     from fdpo_ref.llama import Llama
     from tok_ref import bytes_to_unicode
     b2u = bytes_to_unicode()

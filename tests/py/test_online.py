@@ -1156,7 +1156,8 @@ def test_rounds_resume_takes_the_reward_file_spelt_another_way(setup, tmp_path):
     assert r.returncode == 0 and (tmp_path / "a" / "round-3").is_dir(), r.stderr
 
 
-def test_a_completion_a_stop_ended_before_any_text_makes_no_pair(tmp_path):
+@pytest.mark.parametrize("pairing", ["best-worst", "all-bt"])
+def test_a_completion_a_stop_ended_before_any_text_makes_no_pair(tmp_path, pairing):
     """A sample that --stop ends at its first token has no text (the stop is cut off), as one
     that draws EOT first: its pair was kept, and round-K.pairs.jsonl held "rejected": "", a
     line a preference file may not have (docs/online.md: a pair with an empty side is
@@ -1168,10 +1169,10 @@ def test_a_completion_a_stop_ended_before_any_text_makes_no_pair(tmp_path):
     x, y, z, q = ord("x"), ord("y"), ord("z"), ord("q")
     last_token_llama(d, {q: [x, y], y: [z]})
     (tmp_path / "p.txt").write_text("q\n" * 8)
-    out = tmp_path / "o"
+    out = tmp_path / f"o{pairing}"
     r = fdpo("online", "--model", d, "--data", tmp_path / "p.txt", "--reward", "length", "--stop", "x", "--out", out,
              "--rounds", 1, "--prompts-per-round", 8, "--n", 4, "--max-new-tokens", 4, "--batch-size", 4,
-             "--threads", 1, "--seed", 5)
+             "--threads", 1, "--seed", 5, "--pairing", pairing)
     samples = [json.loads(l) for l in open(out / "round-0.samples.jsonl")] \
         if (out / "round-0.samples.jsonl").exists() else None
     if samples is not None:   # both paths drawn: the empty text and "yz"

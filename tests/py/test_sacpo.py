@@ -351,6 +351,17 @@ def test_help_does_not_offer_the_loss_it_refuses():
     assert "sigmoid, robust, hinge, ipo" in loss and "not simpo" in loss and "simpo (no reference)" not in loss, loss
 
 
+def test_stages_name_their_lambda_as_their_directory_does(data, tmp_path):
+    """lambdas 1 and 1.0000000000000002 (Python's repr: the shortest text that reads back) train
+    into lambda-1 and lambda-1.0000000000000002, but %g logged both stages as "lambda 1"."""
+    lams = "1,%r" % (1 + 2 ** -52)
+    sacpo(data, tmp_path / "s", "--lambda", lams)
+    assert (tmp_path / "s" / "lambda-1").is_dir() and (tmp_path / "s" / ("lambda-%r" % (1 + 2 ** -52))).is_dir()
+    r = sacpo(data, tmp_path / "s", "--lambda", lams)
+    assert "safety stage (lambda 1): done before" in r.stderr and \
+        "safety stage (lambda %r): done before" % (1 + 2 ** -52) in r.stderr, r.stderr
+
+
 def test_a_bad_beta_is_named_as_beta(data, tmp_path):
     """--beta 0 was blamed on --lambda once the safety stages' beta / lambda was checked first"""
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
