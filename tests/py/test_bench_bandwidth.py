@@ -743,6 +743,8 @@ def test_bench_sample_refuses_a_run_whose_rows_stopped_early(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI is not installed (scripts/deps.sh installs it)")
+@pytest.mark.skipif(os.environ.get("FDPO_SANITIZED") == "1",   # as test_mpi.py's
+                    reason="Open MPI's own allocations are reported by LeakSanitizer; the MPI path runs in the plain build")
 def test_bench_mpi_dpo_counts_a_steps_tokens_from_the_pairs(tmp_path):
     """bench_mpi.py --dpo divides a step's tokens by each side's tokens_per_sec. It took the
     count from a 2-rank row, where fdpo counted the tokens once per rank (twice the step's),
