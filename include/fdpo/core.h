@@ -350,6 +350,13 @@ void fdpo_progress_end(fdpo_progress *p);
 void fdpo_fmt_double(char *buf, size_t n, double v);
 void fdpo_fmt_float(char *buf, size_t n, float v);
 
+/* A double as fdpo_fmt_double's text, held by value for one expression, for messages:
+ * fdpo_error("--x: %s is not in [0, 1]", fdpo_shortest(x).s). %g prints values one ulp apart
+ * alike (1.0000000000000002 as 1), which makes "1 is not in [0, 1]"; non-finite values print
+ * as inf / nan here, not JSON's null. */
+typedef struct { char s[32]; } fdpo_number_text;
+fdpo_number_text fdpo_shortest(double v);
+
 #ifdef __cplusplus
 }
 #endif

@@ -207,6 +207,13 @@ void fdpo_fmt_double(char *buf, size_t n, double v) {
     }
 }
 
+fdpo_number_text fdpo_shortest(double v) {
+    fdpo_number_text t;
+    if (isfinite(v)) fdpo_fmt_double(t.s, sizeof t.s, v);
+    else snprintf(t.s, sizeof t.s, "%g", v);
+    return t;
+}
+
 void fdpo_fmt_float(char *buf, size_t n, float v) {
     if (!isfinite(v)) { snprintf(buf, n, "null"); return; }
     for (int prec = 1; prec <= 9; prec++) {

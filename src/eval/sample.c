@@ -13,11 +13,8 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     if (!(c->temperature >= 0)) return fdpo_error("--temperature: %g must be >= 0 (0 = greedy)", c->temperature);
     if (c->temperature > 0 && !(1.0 / c->temperature <= FLT_MAX))   /* the logits' scale 1/T: inf drew token 0 */
         return fdpo_error("--temperature: %g is too small (1/T overflows a float); use 0 for greedy", c->temperature);
-    if (!(c->top_p > 0 && c->top_p <= 1)) {   /* shortest text that reads back: %g printed 1.0000001 as 1 */
-        char v[32];
-        fdpo_fmt_double(v, sizeof v, c->top_p);
-        return fdpo_error("--top-p: %s is outside (0, 1]", v);
-    }
+    if (!(c->top_p > 0 && c->top_p <= 1))   /* shortest text that reads back: %g printed 1.0000001 as 1 */
+        return fdpo_error("--top-p: %s is outside (0, 1]", fdpo_shortest(c->top_p).s);
     if (c->temperature == 0 && (c->top_k || c->top_p < 1))   /* greedy takes the top token whatever they keep */
         return fdpo_error("--%s: has no effect with --temperature 0 (greedy decoding)", c->top_k ? "top-k" : "top-p");
     if (c->max_new_tokens == 0) return fdpo_error("--max-new-tokens: must be > 0");

@@ -118,16 +118,12 @@ int fdpo_lab_beta_grid(const fdpo_lab_beta_grid_opts *o, double **betas, size_t 
     for (long i = 1; i < nb; i++)
         if (!((*betas)[i] > (*betas)[i - 1])) {
             /* each number as the shortest text that reads back (%g printed ends 1 ulp apart as equal) */
-            char bmin[32], bmax[32], b[32], prev[32];
-            fdpo_fmt_double(bmin, sizeof bmin, o->beta_min);
-            fdpo_fmt_double(bmax, sizeof bmax, o->beta_max);
-            fdpo_fmt_double(b, sizeof b, (*betas)[i]);
-            fdpo_fmt_double(prev, sizeof prev, (*betas)[i - 1]);
+            const fdpo_number_text b = fdpo_shortest((*betas)[i]), prev = fdpo_shortest((*betas)[i - 1]);
             free(*betas);
             *betas = NULL;
             return fdpo_error("--beta-min %s --beta-max %s --n-betas %ld: the grid's betas must increase, but %s follows "
                               "%s (ends this close give a beta twice): fewer --n-betas, or ends further apart",
-                              bmin, bmax, nb, b, prev);
+                              fdpo_shortest(o->beta_min).s, fdpo_shortest(o->beta_max).s, nb, b.s, prev.s);
         }
     *n = (size_t)nb;
     return 0;

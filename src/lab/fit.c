@@ -291,12 +291,9 @@ void fdpo_lab_coverage_opts_default(fdpo_lab_coverage_opts *o) {
 int fdpo_lab_coverage_opts_check(const fdpo_lab_coverage_opts *o) {
     if ((unsigned)o->policy > FDPO_LAB_DATA_MIXTURE) return fdpo_error("--data-policy: unknown policy %d", (int)o->policy);
     if (fdpo_beta_check(o->beta)) return -1;
-    if (!(o->mixture >= 0 && o->mixture <= 1)) {   /* as it reads back: %g printed 1.0000001 as 1 */
-        char v[32];
-        fdpo_fmt_double(v, sizeof v, o->mixture);
-        return fdpo_error("--mixture: must be in [0, 1] (got %s)", v);
-    }
-    if (!(o->ridge > 0) || !isfinite(o->ridge)) return fdpo_error("--ridge: must be > 0 (got %g)", o->ridge);
+    if (!(o->mixture >= 0 && o->mixture <= 1))
+        return fdpo_error("--mixture: must be in [0, 1] (got %s)", fdpo_shortest(o->mixture).s);
+    if (!(o->ridge > 0) || !isfinite(o->ridge)) return fdpo_error("--ridge: must be > 0 (got %s)", fdpo_shortest(o->ridge).s);
     return 0;
 }
 

@@ -308,11 +308,8 @@ done:
 }
 
 int fdpo_lab_generate_safety(fdpo_lab_problem *p, double correlation, fdpo_rng *rng) {
-    if (!(correlation >= -1 && correlation <= 1)) {   /* sqrt(1 - c^2) would be NaN in every score */
-        char v[32];   /* as it reads back: %g printed 1.0000001 as 1 */
-        fdpo_fmt_double(v, sizeof v, correlation);
-        return fdpo_error("--safety-correlation: must be in [-1, 1] (got %s)", v);
-    }
+    if (!(correlation >= -1 && correlation <= 1))   /* sqrt(1 - c^2) would be NaN in every score */
+        return fdpo_error("--safety-correlation: must be in [-1, 1] (got %s)", fdpo_shortest(correlation).s);
     free(p->safety);
     p->safety = fdpo_malloc(p->n * sizeof(double));
     double sd = 0;

@@ -61,29 +61,23 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (o->n_lambdas == 0) return fdpo_error("--lambda: at least one multiplier is required");
     if (fdpo_beta_check(o->dpo.dpo.loss.beta)) return -1;   /* before beta / lambda, which names --lambda */
     for (size_t i = 0; i < o->n_lambdas; i++) {
+        const fdpo_number_text lambda = fdpo_shortest(o->lambdas[i]);
         if (!(o->lambdas[i] > 0) || !isfinite(o->lambdas[i]))
-            return fdpo_error("--lambda: %g must be a positive number (lambda = 0 is the reward stage alone: OUT/reward)", o->lambdas[i]);
-        if (i > 0 && !(o->lambdas[i] > o->lambdas[i - 1])) {
-            char a[32], b[32];   /* as they read back: %g printed 1.0000001 after 1 as "1 after 1" */
-            fdpo_fmt_double(a, sizeof a, o->lambdas[i]);
-            fdpo_fmt_double(b, sizeof b, o->lambdas[i - 1]);
-            return fdpo_error("--lambda: the list must be strictly increasing (%s after %s)", a, b);
-        }
+            return fdpo_error("--lambda: %s must be a positive number (lambda = 0 is the reward stage alone: OUT/reward)", lambda.s);
+        if (i > 0 && !(o->lambdas[i] > o->lambdas[i - 1]))   /* %g printed 1.0000001 after 1 as "1 after 1" */
+            return fdpo_error("--lambda: the list must be strictly increasing (%s after %s)", lambda.s, fdpo_shortest(o->lambdas[i - 1]).s);
         const double b = o->dpo.dpo.loss.beta / o->lambdas[i];   /* the safety stage's beta, checked before any stage */
         if (!(b > 0) || !isfinite(b))
-            return fdpo_error("--lambda: %g makes the safety stage's beta %g / %g = %g, not a finite number > 0",
-                              o->lambdas[i], o->dpo.dpo.loss.beta, o->lambdas[i], b);
+            return fdpo_error("--lambda: %s makes the safety stage's beta %s / %s = %s, not a finite number > 0",
+                              lambda.s, fdpo_shortest(o->dpo.dpo.loss.beta).s, lambda.s, fdpo_shortest(b).s);
     }
     for (size_t i = 0; i < o->n_merge_weights; i++)
         if (!(o->merge_weights[i] > 0 && o->merge_weights[i] < 1))
-            return fdpo_error("--merge: weight %g must be in (0, 1)", o->merge_weights[i]);
+            return fdpo_error("--merge: weight %s must be in (0, 1)", fdpo_shortest(o->merge_weights[i]).s);
     for (size_t i = 0; i < o->n_merge_weights; i++)   /* one merge directory per weight: a repeat wrote one twice */
         for (size_t j = 0; j < i; j++)
-            if (o->merge_weights[j] == o->merge_weights[i]) {
-                char w[32];
-                fdpo_fmt_double(w, sizeof w, o->merge_weights[i]);
-                return fdpo_error("--merge: weight %s given twice", w);
-            }
+            if (o->merge_weights[j] == o->merge_weights[i])
+                return fdpo_error("--merge: weight %s given twice", fdpo_shortest(o->merge_weights[i]).s);
     if (o->n_merge_weights && o->n_lambdas < 2) return fdpo_error("--merge: needs two or more --lambda values to interpolate between");
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");

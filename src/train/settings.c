@@ -396,11 +396,8 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     fdpo_sched_kind k;
     if (fdpo_schedule_parse(o->schedule, &k)) return -1;
     if (o->warmup_steps < 0) return fdpo_error("--warmup-steps: %ld must be >= 0", o->warmup_steps);
-    if (!(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1)) {   /* as it reads back: %g printed 1.0000001 as 1 */
-        char v[32];
-        fdpo_fmt_double(v, sizeof v, o->min_lr_ratio);
-        return fdpo_error("--min-lr-ratio: %s is not in [0, 1]", v);
-    }
+    if (!(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1))
+        return fdpo_error("--min-lr-ratio: %s is not in [0, 1]", fdpo_shortest(o->min_lr_ratio).s);
     if (o->min_lr_ratio != 0 && o->schedule && !strcmp(o->schedule, "constant"))   /* the floor of cosine and linear */
         return fdpo_error("--min-lr-ratio: has no effect with --schedule constant (give --schedule cosine or linear)");
     if (!(o->weight_decay >= 0)) return fdpo_error("--weight-decay: %g must be >= 0", o->weight_decay);

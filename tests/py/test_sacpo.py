@@ -324,6 +324,9 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     (["--lambda", "1,x"], "--lambda: 'x' is not a finite number"),
     (["--lambda", "1", "--merge", "0.5"], "--merge: needs two or more --lambda"),
     (["--lambda", "1,2", "--merge", "1.5"], "--merge: weight 1.5 must be in (0, 1)"),
+    # each value as Python's repr reads it back: %g printed "weight 1 must be in (0, 1)"
+    (["--lambda", "-1.0000001"], "--lambda: %r must be a positive number" % -1.0000001),
+    (["--lambda", "1,2", "--merge", "1.0000001"], "--merge: weight %r must be in (0, 1)" % 1.0000001),
     # each weight names one merge directory (merge-1-2-w0.5): a repeat merged into it twice
     (["--lambda", "1,2", "--merge", "0.5,0.50"], "--merge: weight 0.5 given twice"),
     (["--lambda", "1", "--loss", "simpo"], "--loss simpo"),
