@@ -29,7 +29,7 @@ void fdpo_sacpo_opts_default(fdpo_sacpo_opts *o) {
 }
 
 static int online_stages_check(const fdpo_sacpo_opts *o);
-static int plan_saved_pairs_settings(const fdpo_sacpo_opts *o);
+static int sacpo_resuming(const fdpo_sacpo_opts *o);
 
 int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     if (!o->dpo.train.init) return fdpo_error("--model: required (the checkpoint to align)");
@@ -86,11 +86,11 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
      * template's dpo.train.out is not used; left NULL it failed "--out: required") */
     fdpo_train_opts t = o->dpo.train;
     t.out = o->out;
-    /* a rerun (sacpo's resume) of a plan that records the pairs settings given: --max-prompt-length
-     * with --on-long skip|error, refused for a new plan, is one an earlier fdpo saved that must
-     * still run (and add stages) */
+    /* a rerun (sacpo's resume): --max-prompt-length with --on-long skip|error, refused for a new
+     * plan, may be what an earlier fdpo saved, which must still run (and add stages); state_open
+     * refuses it unless the saved plan records it */
     if (fdpo_dpo_run_opts_check(&(fdpo_dpo_run_opts){
-            .train = t, .plan_saved = plan_saved_pairs_settings(o), .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
+            .train = t, .plan_saved = sacpo_resuming(o), .data = o->reward_data ? o->reward_data : o->safety_data ? o->safety_data : o->online.prompts,
             .pref = o->dpo.pref, .dpo = o->dpo.dpo,
             .eval_fraction = o->dpo.eval_fraction, .ref_live = o->dpo.ref_live, .ref_cache_dir = o->dpo.ref_cache_dir}))
         return -1;
@@ -493,6 +493,18 @@ static void stages_done_kinds(const sacpo_state *st, const char *out, int *onlin
     }
 }
 
+/* 1 when the saved plan's training settings (then) record now's pairs settings, --max-prompt-length
+ * and --on-long */
+static int same_pairs_settings(const cJSON *then, const cJSON *now) {
+    static const char *const keys[] = {"max-prompt-length", "on-long"};
+    int same = cJSON_IsObject(then);
+    for (size_t i = 0; same && i < sizeof keys / sizeof keys[0]; i++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(then, keys[i]), *y = cJSON_GetObjectItemCaseSensitive(now, keys[i]);
+        same = x && y && (cJSON_Compare(x, y, 1) || same_number(x, y));
+    }
+    return same;
+}
+
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
 #define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
 
@@ -508,6 +520,14 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         cJSON *saved = cJSON_GetObjectItemCaseSensitive(st->root, "plan");
         st->done = cJSON_GetObjectItemCaseSensitive(st->root, "stages_done");
         if (!saved || !cJSON_IsArray(st->done)) { cJSON_Delete(plan); return fdpo_error("%s: not a sacpo state file", st->path); }
+        /* fdpo_sacpo_opts_check let a rerun's pairs settings pass as a saved plan's: a
+         * combination a new plan is refused (--max-prompt-length with --on-long skip|error) runs
+         * only where this plan records it */
+        if (!same_pairs_settings(cJSON_GetObjectItemCaseSensitive(saved, "training"), cJSON_GetObjectItemCaseSensitive(plan, "training")) &&
+            fdpo_pref_data_check(&o->dpo.pref, 0)) {
+            cJSON_Delete(plan);
+            return -1;
+        }
         if (plan_same_lora_targets(plan, saved, o->dpo.train.init)) { cJSON_Delete(plan); return -1; }
         /* the lambda list may grow (more models from the same stages); everything else must
          * match: the plan first (model, data, divergence, beta, order, LoRA), then the training
@@ -765,30 +785,6 @@ static int sacpo_resuming(const fdpo_sacpo_opts *o) {
     int saved = fdpo_file_exists(path);
     free(path);
     return saved;
-}
-
-/* 1 when OUT/sacpo.json's plan records the pairs settings given (--max-prompt-length and
- * --on-long, as the stages' training settings); 0 without a plan (an unreadable one: state_open
- * names it) */
-static int plan_saved_pairs_settings(const fdpo_sacpo_opts *o) {
-    char *path = fdpo_path_join(o->out, "sacpo.json");
-    size_t len = 0;
-    char *text = fdpo_file_exists(path) ? fdpo_read_file(path, &len) : NULL;
-    cJSON *state = text ? cJSON_ParseWithLength(text, len) : NULL;
-    const cJSON *then = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "plan"), "training");
-    cJSON *now = training_json(o, &o->dpo.train);
-    static const char *const keys[] = {"max-prompt-length", "on-long"};
-    int same = cJSON_IsObject(then);
-    for (size_t i = 0; same && i < sizeof keys / sizeof keys[0]; i++) {
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(then, keys[i]), *y = cJSON_GetObjectItemCaseSensitive(now, keys[i]);
-        same = x && y && (cJSON_Compare(x, y, 1) || same_number(x, y));
-    }
-    cJSON_Delete(now);
-    cJSON_Delete(state);
-    free(text);
-    free(path);
-    fdpo_clear_error();
-    return same;
 }
 
 /* A rerun of a bf16 run keeps the route its stages ran on (fdpo_train_pin_bf16_route): a stage
