@@ -34,9 +34,46 @@ static const char *dtype_name(fdpo_dtype d) {
     return "?";
 }
 
-static int cmp_begin(const void *a, const void *b) {
+/* by data_offsets, begin then end (the order the format's reader checks them in) */
+static int cmp_offsets(const void *a, const void *b) {
     const fdpo_st_tensor *x = *(const fdpo_st_tensor *const *)a, *y = *(const fdpo_st_tensor *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* The index (in the header's order, cJSON's) of the first header member whose shape or
+ * data_offsets holds a number not written as a plain integer (8.0, 8e0, -0), or -1. The
+ * format reads both as unsigned integers (the safetensors crate deserializes them as usize,
+ * which refuses 8.0); cJSON keeps only the double, so the text is looked at. The header is
+ * valid JSON here. */
+static long first_non_integer_size(const char *s, size_t n) {
+    long member = -1;
+    int depth = 0, in_sizes = 0;   /* in_sizes: inside a member's "shape" / "data_offsets" array */
+    char key[16] = "";             /* the last key read inside a member (depth 2) */
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '"') {
+            size_t start = ++i;
+            for (; i < n && s[i] != '"'; i++) if (s[i] == '\\') i++;
+            size_t j = i + 1;
+            while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n')) j++;
+            if (j < n && s[j] == ':') {
+                if (depth == 1) member++;
+                else if (depth == 2) snprintf(key, sizeof key, "%.*s", (int)(i - start < sizeof key ? i - start : 0), s + start);
+            }
+        } else if (c == '{' || c == '[') {
+            depth++;
+            if (c == '[' && depth == 3) in_sizes = !strcmp(key, "shape") || !strcmp(key, "data_offsets");
+        } else if (c == '}' || c == ']') {
+            if (depth-- == 3) in_sizes = 0;
+        } else if (in_sizes && (c == '-' || (c >= '0' && c <= '9'))) {
+            size_t len = 0;
+            size_t at = fdpo_json_next_number(s, n, i, &len);
+            for (size_t k = at; k < at + len; k++) if (s[k] < '0' || s[k] > '9') return member;
+            i = at + len - 1;
+        }
+    }
+    return -1;
 }
 
 /* Parse and validate the JSON header into st (data/data_len already set). */
@@ -58,6 +95,15 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
         return fdpo_error("%s: malformed header: text after its JSON object at byte %zu of the header", st->path, used);
     }
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); return fdpo_error("%s: header JSON is not an object", st->path); }
+    long bad_size = first_non_integer_size(json, len);
+    if (bad_size >= 0) {
+        const cJSON *e = cJSON_GetArrayItem(root, (int)bad_size);
+        int rc = fdpo_error("%s: tensor '%s': shape and data_offsets must be written as integers (a number like 8.0 "
+                            "or 8e0 is not one; the safetensors format reads them as unsigned integers)", st->path,
+                            e && e->string ? e->string : "?");
+        cJSON_Delete(root);
+        return rc;
+    }
     size_t n = 0;
     for (cJSON *e = root->child; e; e = e->next) n++;
     st->tensors = fdpo_calloc(n ? n : 1, sizeof(fdpo_st_tensor));
@@ -126,18 +172,29 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
     }
     cJSON_Delete(root);
     if (rc) return rc;
-    /* tensors must not overlap */
+    /* The format's rule: sorted by offsets, the tensors tile the data section, each beginning
+     * where the one before ended, from 0 to the end of the file: no overlap, no hole before or
+     * between them, no bytes after (the safetensors crate refuses such a file, and no
+     * polyglot file hides in the gaps). */
     fdpo_st_tensor **order = fdpo_malloc((st->n_tensors ? st->n_tensors : 1) * sizeof *order);
     for (size_t i = 0; i < st->n_tensors; i++) order[i] = &st->tensors[i];
-    qsort(order, st->n_tensors, sizeof *order, cmp_begin);
-    const fdpo_st_tensor *reach = NULL; /* the tensor ending furthest so far */
+    qsort(order, st->n_tensors, sizeof *order, cmp_offsets);
+    size_t covered = 0;   /* the data section's bytes [0, covered) belong to the tensors so far */
     for (size_t i = 0; i < st->n_tensors && !rc; i++) {
-        if (order[i]->end == order[i]->begin) continue;
-        if (reach && order[i]->begin < reach->end)
-            rc = fdpo_error("%s: tensor '%s' overlaps tensor '%s' in the data section", st->path,
-                            order[i]->name, reach->name);
-        if (!reach || order[i]->end > reach->end) reach = order[i];
+        if (order[i]->begin < covered)
+            rc = fdpo_error("%s: tensor '%s' overlaps tensor '%s' in the data section", st->path, order[i]->name,
+                            order[i - 1]->name);
+        else if (order[i]->begin > covered)
+            rc = fdpo_error("%s: tensor '%s': data_offsets [%zu, %zu] leave bytes [%zu, %zu) of the data section to no "
+                            "tensor (the format wants each tensor to begin where the one before it ends, the first at 0)",
+                            st->path, order[i]->name, order[i]->begin, order[i]->end, covered, order[i]->begin);
+        covered = order[i]->end;
     }
+    if (!rc && covered != st->data_len)
+        rc = fdpo_error("%s: %zu bytes after the last tensor%s%s%s (the data section is %zu bytes; the format wants the "
+                        "tensors to cover it to the end of the file)", st->path, st->data_len - covered,
+                        st->n_tensors ? " '" : "", st->n_tensors ? order[st->n_tensors - 1]->name : "",
+                        st->n_tensors ? "'" : "", st->data_len);
     free(order);
     return rc;
 }

@@ -235,6 +235,30 @@ BAD = {
     "offsets_outside": (lambda d: corrupt_offsets(d, QKV, [10 ** 9, 10 ** 9 + 12288]),
                         ["model.safetensors", QKV, "outside the data section"]),
     "overlap": (lambda d: corrupt_offsets(d, QKV, [0, 12288]), ["model.safetensors", "overlaps"]),
+    # the format's own rules (the safetensors crate's read_metadata / Metadata::validate, which
+    # transformers and PEFT load through): sorted by offset, the tensors tile the data section
+    # from byte 0 to the end of the file, and shape / data_offsets are unsigned integers
+    "bytes_after_last_tensor": (lambda d: (d / "model.safetensors").write_bytes(
+                                    (d / "model.safetensors").read_bytes() + b"\0" * 64),
+                                ["model.safetensors", "64 bytes after the last tensor '"]),
+    "hole_before_first_tensor": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                     {k: v if k == "__metadata__" else dict(v, data_offsets=[o + 64 for o in v["data_offsets"]])
+                                      for k, v in h.items()}, b"\xaa" * 64 + body))(*raw_header(d))),
+                                 ["model.safetensors", "data_offsets [64, ", "leave bytes [0, 64)"]),
+    "hole_between_tensors": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                 {k: v if k == "__metadata__" or v["data_offsets"][0] == 0
+                                  else dict(v, data_offsets=[o + 8 for o in v["data_offsets"]]) for k, v in h.items()},
+                                 (lambda first: body[:first] + b"\0" * 8 + body[first:])(
+                                     next(v["data_offsets"][1] for k, v in h.items()
+                                          if k != "__metadata__" and v["data_offsets"][0] == 0))))(*raw_header(d))),
+                             ["model.safetensors", "of the data section to no tensor"]),
+    "offsets_written_as_floats": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                      {k: v if k == "__metadata__" else dict(v, data_offsets=[float(o) for o in v["data_offsets"]])
+                                       for k, v in h.items()}, body))(*raw_header(d))),
+                                  ["model.safetensors", "tensor '", "must be written as integers"]),
+    "shape_written_as_float": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                   dict(h, **{QKV: dict(h[QKV], shape=[32, 96.0])}), body))(*raw_header(d))),
+                               ["model.safetensors", f"tensor '{QKV}'", "must be written as integers"]),
     "wrong_dtype": (lambda d: edit_tensors(d, lambda t: t.__setitem__(QKV, t[QKV].astype(np.int32))),
                     ["model.safetensors", QKV, "I32", "not a floating-point"]),
     "wrong_shape": (lambda d: edit_tensors(d, lambda t: t.__setitem__(QKV, t[QKV][:, :64].copy())),
