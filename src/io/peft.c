@@ -253,6 +253,15 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
             fdpo_error("%s: %s is not supported (fdpo adapts the target modules of every layer)", path, per_layer[i]); goto done;
         }
     }
+    /* PEFT's LoraModel rebuilds model.layers from the base's by this map before it matches the
+     * adapter's layer indices (replicate_layers, under `if config.layer_replication:`): the
+     * adapter belongs to another stack of layers. null and [] are no-ops. */
+    const cJSON *replication = cJSON_GetObjectItemCaseSensitive(j, "layer_replication");
+    if (replication && !cJSON_IsNull(replication) && !(cJSON_IsArray(replication) && !replication->child)) {
+        fdpo_error("%s: layer_replication is not supported (PEFT would rebuild the base's layers by it before applying "
+                   "the adapter; fdpo applies it to the base's layers as they are)", path);
+        goto done;
+    }
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};   /* per-module r / alpha */
     for (size_t i = 0; i < 2; i++) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, patterns[i]);

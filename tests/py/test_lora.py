@@ -883,6 +883,10 @@ def test_peft_target_modules_forms_and_defaults(tmp_path):
     (no_alpha / "adapter_config.json").write_text(json.dumps(cfg))
     assert np.array_equal(logits(no_alpha), logits(eight))
     assert not np.array_equal(logits(eight), logits(listed))   # alpha 8 vs 6: the default is what makes them equal
+    # PEFT replicates layers only `if config.layer_replication:`, so an empty map is no map
+    no_replication = write_peft(tmp_path / "no_replication", 2, modules, dims, 3, 6, 0.0, short,
+                                extra={"layer_replication": []})
+    assert np.array_equal(logits(no_replication), logits(listed))
     for name, targets, extra, msg in [
         ("regex", r".*\.(q_proj|v_proj)", None, 'target_modules ".*\\.(q_proj|v_proj)" is a regular expression (PEFT '
          "matches a string against full module names): not supported; give a list of module names"),
@@ -890,6 +894,11 @@ def test_peft_target_modules_forms_and_defaults(tmp_path):
          "path (a layer of its own): not supported (fdpo adapts a module, by name, in every layer)"),
         ("layers", short, {"layers_to_transform": [0]}, "layers_to_transform is not supported (fdpo adapts the target "
          "modules of every layer)"),
+        # PEFT rebuilds model.layers by the map ([layers[i] for s, e in map for i in range(s, e)], here
+        # layers 1 then 0) before the adapter's layer indices are matched: read, it was ignored
+        ("replication", short, {"layer_replication": [[1, 2], [0, 1]]}, "layer_replication is not supported (PEFT "
+         "would rebuild the base's layers by it before applying the adapter; fdpo applies it to the base's layers "
+         "as they are)"),
         ("unknown", ["c_attn"], None, "target_modules: 'c_attn' matches no linear layer of this llama model"),
         # PEFT expands the string only: a list's entries are module names, and none is called so
         ("listed-all", ["all-linear"], None, 'target_modules ["all-linear"] names no module (PEFT\'s shorthand for '
