@@ -73,7 +73,9 @@ static int config_load_llama(const char *path, const cJSON *root, const char *mo
     int attention_bias = 0, sliding = 0;
     if (!rc) rc = config_bool(path, root, "tie_word_embeddings", 0, &c->tie_word_embeddings);
     if (!rc) rc = config_bool(path, root, "attention_bias", 0, &attention_bias);
-    if (!rc) rc = config_bool(path, root, "mlp_bias", 0, &c->mlp_bias);
+    /* Qwen2Config has no mlp_bias: transformers' Qwen2MLP builds its three projections without
+     * biases whatever the key says (it is kept as a plain attribute), so it is not read */
+    if (!rc && !qwen2) rc = config_bool(path, root, "mlp_bias", 0, &c->mlp_bias);
     if (!rc) rc = config_bool(path, root, "use_sliding_window", 0, &sliding);
     if (!rc && sliding) rc = fdpo_error("%s: use_sliding_window true is not supported", path);
     /* transformers' rotary init rotates head_dim x partial_rotary_factor dimensions (at top
@@ -310,7 +312,7 @@ static cJSON *config_json_llama(const fdpo_gpt2_config *c) {
     cJSON_AddNumberToObject(root, "hidden_size", (double)c->n_embd);
     cJSON_AddNumberToObject(root, "intermediate_size", (double)c->intermediate_size);
     cJSON_AddNumberToObject(root, "max_position_embeddings", (double)c->n_positions);
-    cJSON_AddBoolToObject(root, "mlp_bias", c->mlp_bias);
+    if (!qwen2) cJSON_AddBoolToObject(root, "mlp_bias", c->mlp_bias);   /* not a Qwen2Config key */
     cJSON_AddStringToObject(root, "model_type", qwen2 ? "qwen2" : "llama");
     cJSON_AddNumberToObject(root, "num_attention_heads", (double)c->n_head);
     cJSON_AddNumberToObject(root, "num_hidden_layers", (double)c->n_layer);
@@ -609,6 +611,14 @@ static fdpo_gpt2 *load_model(const char *dir, double **exact) {
             if (!strcmp(f->name, "score.weight")) {
                 rc = fdpo_error("%s: unexpected tensor 'score.weight' (a reward-model head, but config.json's architectures "
                                 "is not a ...ForSequenceClassification)", ss.files[fi].path);
+                break;
+            }
+            /* transformers loads such a checkpoint leaving the biases unused (with a warning):
+             * refused, as a Qwen2 o_proj.bias is, rather than dropped without a word */
+            if (c.arch == FDPO_ARCH_LLAMA && !strcmp(c.model_type, "qwen2") && strstr(f->name, ".mlp.") &&
+                ends_with(f->name, ".bias")) {
+                rc = fdpo_error("%s: unexpected tensor '%s' (Qwen2's MLP has no biases, whatever config.json's mlp_bias "
+                                "says: transformers' Qwen2MLP would leave it unused)", ss.files[fi].path, f->name);
                 break;
             }
             if (!is_skipped_name(f->name)) {

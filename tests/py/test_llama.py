@@ -287,6 +287,28 @@ def test_absent_num_key_value_heads_takes_the_classs_default(tmp_path):
                                   "does not divide num_attention_heads 4") in r.stderr, r.stderr
 
 
+def test_qwen2_mlp_bias_key_is_not_read(tmp_path):
+    """Qwen2Config has no mlp_bias: transformers' Qwen2MLP builds gate/up/down without biases
+    whatever config.json says. fdpo read the key: "mlp_bias": true on a bias-free Qwen2
+    checkpoint (which transformers loads) was refused as missing mlp.gate_proj.bias, and one
+    that also held the biases ran them (transformers leaves them unused, with a warning; fdpo
+    refuses them by name, as it refuses a Qwen2 o_proj.bias). A re-save writes no mlp_bias."""
+    rng = np.random.default_rng(7)
+    model = Llama(**CONFIGS["qwen2"], seed=3)   # the float64 reference: Qwen2's MLP, no biases
+    d = tmp_path / "ck"
+    model.save_hf(str(d))
+    edit_config(str(d), mlp_bias=True)
+    assert_matches_reference(tmp_path, d, model, batch(rng, CONFIGS["qwen2"]["vocab_size"]), rng)
+    harness("model-load", "--model", d, "--save", tmp_path / "resaved")
+    assert "mlp_bias" not in json.load(open(tmp_path / "resaved" / "config.json"))
+    tensors, meta = st.load(str(d / "model.safetensors"))
+    tensors["model.layers.0.mlp.gate_proj.bias"] = np.ones(CONFIGS["qwen2"]["intermediate_size"], np.float32)
+    st.save(str(d / "model.safetensors"), tensors, meta)
+    r = subprocess.run([FDPO, "info", str(d)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "unexpected tensor 'model.layers.0.mlp.gate_proj.bias' (Qwen2's MLP has no biases" \
+        in r.stderr, r.stderr
+
+
 def copy_to_other_shard(d, name):
     idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))["weight_map"]
     src = idx[name]
