@@ -189,15 +189,19 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
     if (c->pad_token_id >= 0) cJSON_AddNumberToObject(root, "pad_token_id", (double)c->pad_token_id);
 }
 
-/* The token ids other tools read from config.json, kept as read when each is an integer or
- * a list of integers (anything else, or a set too long to keep, is left out: no reader of
- * fdpo's own needs them). A reward model's pad_token_id is the head's (config_head). */
+/* The token ids other tools read from config.json, kept as read when each is an integer, a
+ * list of integers or an explicit null (anything else, or a set too long to keep, is left
+ * out: no reader of fdpo's own needs them). A null is kept, not dropped: transformers fills
+ * an absent key with the class's default (LlamaConfig's bos 1 / eos 2, GPT2Config's 50256),
+ * so a model read with no end token would be saved as one that stops at token 2. A reward
+ * model's pad_token_id is the head's (config_head). */
 static void config_special_ids(const cJSON *root, fdpo_gpt2_config *c) {
     static const char *const keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
     cJSON *kept = cJSON_CreateObject();
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         if (c->num_labels && !strcmp(keys[k], "pad_token_id")) continue;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        if (cJSON_IsNull(v)) { cJSON_AddNullToObject(kept, keys[k]); continue; }
         int ok = cJSON_IsNumber(v) || (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0);
         for (const cJSON *e = cJSON_IsArray(v) ? v->child : v; ok && e; e = cJSON_IsArray(v) ? e->next : NULL)
             ok = cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble <= INT32_MAX && e->valuedouble == floor(e->valuedouble);

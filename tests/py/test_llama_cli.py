@@ -310,6 +310,28 @@ def test_written_checkpoints_keep_the_special_token_ids(llama, tmp_path):
         assert (got["bos_token_id"], got["eos_token_id"], "pad_token_id" in got) == (EOT, EOT, False), got
 
 
+def test_written_checkpoints_keep_explicit_null_special_token_ids(tmp_path):
+    """An explicit "bos_token_id": null / "eos_token_id": null (what save_pretrained writes for
+    LlamaConfig(bos_token_id=None, eos_token_id=None): None differs from the class defaults)
+    was dropped from the saved config.json, and transformers fills an absent key with the
+    class's default (LlamaConfig bos 1 / eos 2, GPT2Config 50256): the saved model stopped at
+    token 2 where the one read had no end token. The nulls are written back as read."""
+    from fdpo_ref.gpt2 import GPT2
+    nulls = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    for name, make in (("llama", lambda d: Llama(**CFG, seed=23).save_hf(d)),
+                       ("gpt2", lambda d: GPT2(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_hf(d))):
+        src = tmp_path / name
+        make(str(src))
+        save_byte_tokenizer(str(src))
+        c = json.load(open(src / "config.json"))
+        json.dump({**c, **nulls}, open(src / "config.json", "w"))
+        fdpo("merge", "--model", src, "--model", src, "--out", tmp_path / (name + "_avg"))
+        harness("model-load", "--model", src, "--save", tmp_path / (name + "_saved"))
+        for out in (name + "_avg", name + "_saved"):
+            got = json.load(open(tmp_path / out / "config.json"))
+            assert {k: got.get(k, "absent") for k in nulls} == nulls, (out, got)
+
+
 def test_written_checkpoints_keep_generation_config(llama, tmp_path):
     """generation_config.json (transformers' generate() defaults: an instruct model's
     end-of-turn ids among eos_token_id, its sampling settings) was left out of every
