@@ -24,6 +24,27 @@ static int config_size(const char *path, const cJSON *root, const char *key, con
     return 0;
 }
 
+/* A GPT-2 size that GPT2Config also reads under transformers' name (its attribute_map:
+ * num_attention_heads -> n_head, num_hidden_layers -> n_layer, hidden_size -> n_embd,
+ * max_position_embeddings -> n_positions). transformers sets the alias last, so it is the
+ * value; other readers take the GPT-2 key. Either alone is read; both, they must agree. */
+static int config_size_aliased(const char *path, const cJSON *root, const char *key, const char *alt, const char *alias,
+                               size_t *out) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, alias);
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!k && alt) k = cJSON_GetObjectItemCaseSensitive(root, alt);
+    if (!a) return config_size(path, root, key, alt, out);
+    if (!k) return config_size(path, root, alias, NULL, out);
+    size_t by_key = 0, by_alias = 0;
+    if (config_size(path, root, key, alt, &by_key) || config_size(path, root, alias, NULL, &by_alias)) return -1;
+    if (by_key != by_alias)
+        return fdpo_error("%s: %s %zu and %s %zu disagree (transformers' GPT2Config reads %s as %s and builds %zu; "
+                          "other readers take %s %zu): give one, or both alike", path, k->string, by_key, alias, by_alias,
+                          alias, key, by_alias, k->string, by_key);
+    *out = by_key;
+    return 0;
+}
+
 static int config_bool(const char *path, const cJSON *root, const char *key, int def, int *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!j || cJSON_IsNull(j)) { *out = def; return 0; }
@@ -267,11 +288,6 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
              (!cJSON_IsString(act) || (strcmp(act->valuestring, "gelu_new") && strcmp(act->valuestring, "gelu_pytorch_tanh"))))
         rc = fdpo_error("%s: activation_function '%.64s' is not supported (only gelu_new, or gelu_pytorch_tanh)", path,
                         cJSON_IsString(act) ? act->valuestring : "(not a string)");
-    /* an explicit n_inner of 4 * n_embd (Cerebras-GPT writes it) is the width fdpo builds */
-    else if (inner && !cJSON_IsNull(inner) &&
-             !(cJSON_IsNumber(inner) && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "n_embd")) &&
-               inner->valuedouble == 4 * cJSON_GetObjectItemCaseSensitive(root, "n_embd")->valuedouble))
-        rc = fdpo_error("%s: n_inner must be null or 4 * n_embd (the MLP width fdpo builds)", path);
     else if (tie && cJSON_IsFalse(tie))
         rc = fdpo_error("%s: tie_word_embeddings false is not supported (the LM head is wte)", path);
     else if (by_layer && cJSON_IsTrue(by_layer))
@@ -279,10 +295,14 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     else if (scale && cJSON_IsFalse(scale))
         rc = fdpo_error("%s: scale_attn_weights false is not supported", path);
     if (!rc) rc = config_size(path, root, "vocab_size", NULL, &c->vocab_size);
-    if (!rc) rc = config_size(path, root, "n_positions", "n_ctx", &c->n_positions);
-    if (!rc) rc = config_size(path, root, "n_embd", NULL, &c->n_embd);
-    if (!rc) rc = config_size(path, root, "n_layer", NULL, &c->n_layer);
-    if (!rc) rc = config_size(path, root, "n_head", NULL, &c->n_head);
+    if (!rc) rc = config_size_aliased(path, root, "n_positions", "n_ctx", "max_position_embeddings", &c->n_positions);
+    if (!rc) rc = config_size_aliased(path, root, "n_embd", NULL, "hidden_size", &c->n_embd);
+    if (!rc) rc = config_size_aliased(path, root, "n_layer", NULL, "num_hidden_layers", &c->n_layer);
+    if (!rc) rc = config_size_aliased(path, root, "n_head", NULL, "num_attention_heads", &c->n_head);
+    /* an explicit n_inner of 4 * n_embd (Cerebras-GPT writes it) is the width fdpo builds
+     * (n_embd as read above: hidden_size where that is the key given) */
+    if (!rc && inner && !cJSON_IsNull(inner) && !(cJSON_IsNumber(inner) && inner->valuedouble == 4.0 * (double)c->n_embd))
+        rc = fdpo_error("%s: n_inner must be null or 4 * n_embd (the MLP width fdpo builds)", path);
     if (!rc) rc = config_head(path, root, c);
     c->layer_norm_epsilon = 1e-5f;
     if (!rc && eps) {

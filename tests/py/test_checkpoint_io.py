@@ -169,6 +169,24 @@ def test_info_refuses_a_bad_training_state_naming_the_file(tmp_path):
     assert "training_state: yes (step 7)" in run(FDPO, "info", tmp_path / "ck").stdout
 
 
+def test_gpt2_config_under_transformers_names_matches_pytorch(tmp_path):
+    """GPT2Config's attribute_map reads num_attention_heads, num_hidden_layers, hidden_size and
+    max_position_embeddings as n_head, n_layer, n_embd and n_positions: a config.json that
+    gives only those names (or both, alike) is the same model (it was refused as missing
+    n_head, or the alias ignored)."""
+    model = GPT2(**CFG, seed=4)
+    alias = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_embd": "hidden_size",
+             "n_positions": "max_position_embeddings"}
+    for name, drop in (("only_aliases", True), ("both_alike", False)):
+        d = tmp_path / name
+        model.save_hf(str(d))
+        edit_config(d, lambda c: [c.update({a: c.pop(k) if drop else c[k]}) for k, a in alias.items()] +
+                    [c.pop("n_ctx", None) if drop else None])
+        cfg = json.loads((d / "config.json").read_text())
+        assert not drop or not set(alias) & set(cfg), cfg
+        assert rel_err(fdpo_logits(tmp_path, d), ref_logits(model)) <= 1e-5, name
+
+
 # ---- bad input: each case edits a valid checkpoint and names what the message must say ----
 
 def write_header(path, header, body=b"", hlen=None):
@@ -282,6 +300,17 @@ BAD = {
     "missing_model_type": (lambda d: edit_config(d, lambda c: c.pop("model_type")),
                            ["config.json", "'model_type'"]),
     "missing_key": (lambda d: edit_config(d, lambda c: c.pop("n_head")), ["config.json", "missing key 'n_head'"]),
+    # transformers' GPT2Config.attribute_map reads these names as n_head / n_layer / n_embd /
+    # n_positions and sets them after the GPT-2 keys: a disagreeing alias is the value there
+    # (4 heads, a layer more), while fdpo read the GPT-2 key alone; refused, both named
+    "heads_alias_disagrees": (lambda d: edit_config(d, lambda c: c.update(num_attention_heads=2)),
+                              ["config.json", "n_head 4 and num_attention_heads 2 disagree", "builds 2"]),
+    "layers_alias_disagrees": (lambda d: edit_config(d, lambda c: c.update(num_hidden_layers=3)),
+                               ["config.json", "n_layer 2 and num_hidden_layers 3 disagree"]),
+    "width_alias_disagrees": (lambda d: edit_config(d, lambda c: c.update(hidden_size=16)),
+                              ["config.json", "n_embd 32 and hidden_size 16 disagree"]),
+    "positions_alias_disagrees": (lambda d: edit_config(d, lambda c: c.update(max_position_embeddings=64)),
+                                  ["config.json", "n_positions 32 and max_position_embeddings 64 disagree"]),
     "missing_positions": (lambda d: edit_config(d, lambda c: (c.pop("n_positions"), c.pop("n_ctx"))),
                           ["config.json", "'n_positions'", "'n_ctx'"]),
     "bad_activation": (lambda d: edit_config(d, lambda c: c.update(activation_function="relu")),
