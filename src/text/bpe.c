@@ -686,9 +686,18 @@ static int chat_from_list(const cJSON *ct, const char *file, char **chat, char *
 /* White_Space written out, for \s in patterns read from files (see the header comment). */
 static const char WS_CLASS[] = WS;
 
-/* Oniguruma's \w (Unicode: Letter | Mark | Number | Connector_Punctuation) and \h (a hex
- * digit; PCRE2's \h is horizontal space), as class contents */
-static const char WORD_CLASS[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+/* Oniguruma's \w and \h (a hex digit; PCRE2's \h is horizontal space), as class contents.
+ * \w is the engine's word set, not its doc's "Letter | Mark | Number | Connector_Punctuation":
+ * Alphabetic (so the circled letters U+24B6.. are in it) | Mark | Decimal_Number |
+ * Connector_Punctuation (U+2460 and the other No numbers are not). \w \W \b \B outside a
+ * class also count Latin-1's superscripts and fractions (U+00B2 U+00B3 U+00B9 U+00BC..U+00BE)
+ * as word characters: below U+0100 the engine tests them with its ISO-8859-1 ctype table; a
+ * \w inside [...] is the Unicode word range, without them. Compared with libonig 6.9.8, the
+ * one Hugging Face tokenizers bundles, over every code point assigned in Unicode 14 (that
+ * libonig's and PCRE2 10.42's Unicode). */
+#define WORD_RANGE "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}"
+static const char WORD_CLASS[] = WORD_RANGE "\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
+static const char WORD_CLASS_IN_BRACKETS[] = WORD_RANGE;
 static const char HEX_CLASS[] = "0-9a-fA-F";
 
 /* The file's regex with the escapes whose meaning differs between Oniguruma (Hugging Face
@@ -707,7 +716,8 @@ static char *pattern_rewrite(const char *pat, const char *where) {
         char c = pat[i];
         if (c == '\\' && i + 1 < n) {
             char d = pat[++i];
-            const char *cls = d == 's' || d == 'S' ? WS_CLASS : d == 'w' || d == 'W' ? WORD_CLASS
+            const char *cls = d == 's' || d == 'S' ? WS_CLASS
+                            : d == 'w' || d == 'W' ? (in_class ? WORD_CLASS_IN_BRACKETS : WORD_CLASS)
                             : d == 'h' || d == 'H' ? HEX_CLASS : NULL;
             if (cls && in_class && (d == 'S' || d == 'W' || d == 'H')) {
                 free(out);
