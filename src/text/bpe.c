@@ -596,9 +596,11 @@ static void add_mark(struct fdpo_bpe *b, const cJSON *list, int keep_added) {
 
 /* ---- tokenizer_config.json: bos/eos/pad and the chat template ---- */
 /* A special-token value: "text", {"content": "text", ...}, null or absent (*id -1). */
-/* required: eos/bos/pad, whose ids fdpo uses, must be in the vocabulary; another named token
- * that is not (transformers would add it as a new id, past the model's embedding) is left out,
- * as before fdpo read those keys. */
+/* required: eos and bos, whose ids fdpo uses, must be in the vocabulary; another named token
+ * that is not (transformers would add it as a new id, past the model's embedding, or take its
+ * id from the legacy added_tokens.json, which fdpo does not read) is left out, as before fdpo
+ * read those keys. The pad is one of those: fdpo pads with no token, and an old GPT-2
+ * fine-tune whose special_tokens_map.json names an added "[PAD]" loads in transformers. */
 static int config_token(const cJSON *v, const char *key, const char *file, const struct fdpo_bpe *b, int required,
                         int32_t *id) {
     *id = -1;
@@ -648,7 +650,7 @@ static int config_specials(const cJSON *cfg, const char *file, const cJSON *map,
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(map, KEYS[k]);
         const char *from = v ? map_file : file;
         if (!v) v = cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]);
-        if (config_token(v, KEYS[k], from, b, k < 3, &id)) return -1;
+        if (config_token(v, KEYS[k], from, b, k < 2, &id)) return -1;   /* eos, bos */
         if (k < 3) ebp[k] = id;
         if (id >= 0) list_special(list, b->str[id]);
     }

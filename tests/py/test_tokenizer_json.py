@@ -994,3 +994,43 @@ def test_a_checkpoint_saved_before_the_map_was_read_pairs_with_its_base(tmp_path
     run(*dpo, "--model", old, "--ref", old, "--out", tmp_path / "r", "--steps", 2, "--stop-at", 1)
     (old / "special_tokens_map.json").write_text(json.dumps(LEGACY_PAD_MAP))
     run(*dpo, "--model", old, "--ref", old, "--out", tmp_path / "r", "--steps", 2, "--resume")
+
+
+# transformers < 4.34's GPT-2 fine-tune with an added pad: add_special_tokens({"pad_token": "[PAD]"}),
+# resize_token_embeddings, save_pretrained. The pad is named only in special_tokens_map.json (or
+# the config) and its id only in the legacy added_tokens.json, which fdpo does not read.
+ADDED_PAD_MAP = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                 "pad_token": "[PAD]"}
+
+
+@pytest.mark.parametrize("where", ["map", "config"])
+def test_a_pad_not_in_the_vocabulary_is_left_out_not_refused(where, tmp_path):
+    """transformers loads such a directory (its legacy loading gives [PAD] the id in
+    added_tokens.json, or the next id), and the fdpo before the map was read trained on it;
+    reading the map refused it in every command ("pad_token '[PAD]' is not in the vocabulary")
+    although fdpo never uses the pad (it pads with no token). A pad not in the vocabulary is
+    left out as unk/sep/cls/mask are: the text's ids are the reference BPE's, sft trains. A
+    map whose eos is not in the vocabulary is still refused, and sft no longer tells a
+    checkpoint with tokenizer files to pass --tokenizer DIR for one without."""
+    from dpo_common import write_jsonl
+    from fdpo_ref.gpt2 import GPT2
+    d = tmp_path / "leg"
+    cfg = dict(LEGACY_PAD_CONFIG, pad_token="[PAD]") if where == "config" else LEGACY_PAD_CONFIG
+    ref, vocab = legacy_dir(d, "gpt2", cfg, ADDED_PAD_MAP if where == "map" else None, True)
+    assert "[PAD]" not in vocab
+    pad_id = max(vocab.values()) + 1
+    (d / "added_tokens.json").write_text(json.dumps({"[PAD]": pad_id}))
+    GPT2(pad_id + 1, 48, 16, 1, 2, seed=5).save_hf(str(d))   # embeddings resized for [PAD]
+    info = harness_json("tok-info", str(d))
+    assert (info["eos"], info["bos"], info["pad"]) == (vocab["<|endoftext|>"], vocab["<|endoftext|>"], -1)
+    texts = ["hello world", "the quick brown fox [PAD] jumps"]
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode_text(t) for t in texts]
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "the quick %d" % i, "completion": " brown fox"} for i in range(4)])
+    sft = [FDPO, "sft", "--model", str(d), "--data", str(tmp_path / "sft.jsonl"), "--steps", "1", "--batch-size", "2",
+           "--seq-len", "32", "--eval-fraction", "0", "--threads", "1", "--quiet"]
+    r = subprocess.run(sft + ["--out", str(tmp_path / "s1")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (d / "special_tokens_map.json").write_text(json.dumps(dict(ADDED_PAD_MAP, eos_token="<|nope|>")))
+    r = subprocess.run(sft + ["--out", str(tmp_path / "s2")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "special_tokens_map.json: eos_token '<|nope|>' is not in the vocabulary" in r.stderr
+    assert "--tokenizer DIR" not in r.stderr, r.stderr
