@@ -237,6 +237,75 @@ cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const c
     return obj;
 }
 
+/* The value of the four hex digits at s, or -1 when they are not four hex digits. */
+static long hex4(const char *s) {
+    long v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = s[k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Python's json.loads reads more than RFC 8259: the constants NaN, Infinity and -Infinity
+ * (json.dumps writes them for a float nan or inf) and a \uD800..\uDFFF escape that is not
+ * half of a surrogate pair (a lone surrogate in the str); cJSON refuses both. t[0..n), a
+ * copy of the text, gets each spelt as JSON cJSON reads, at the same length so that the
+ * columns of any other error stay: a constant as "[]" and spaces (a value that joins no
+ * neighbour, so "1NaN" and "-NaN" stay errors, as in Python), a lone surrogate as \u003f. */
+static void python_extensions_as_json(char *t, size_t n) {
+    static const char *const CONSTANTS[] = {"NaN", "Infinity", "-Infinity"};
+    int in = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (in) {
+            if (t[i] == '"') in = 0;
+            else if (t[i] == '\\' && i + 5 < n && t[i + 1] == 'u' && hex4(t + i + 2) >= 0) {
+                long u = hex4(t + i + 2), low = i + 11 < n && t[i + 6] == '\\' && t[i + 7] == 'u' ? hex4(t + i + 8) : -1;
+                if (u >= 0xD800 && u <= 0xDBFF && low >= 0xDC00 && low <= 0xDFFF) i += 6;   /* a pair: both escapes */
+                else if (u >= 0xD800 && u <= 0xDFFF) memcpy(t + i + 2, "003f", 4);
+                i += 5;
+            } else if (t[i] == '\\') i++;   /* the escaped character (a bad \u is refused later) */
+            continue;
+        }
+        if (t[i] == '"') { in = 1; continue; }
+        for (size_t k = 0; k < sizeof CONSTANTS / sizeof *CONSTANTS; k++) {
+            size_t len = strlen(CONSTANTS[k]);
+            if (len > n - i || memcmp(t + i, CONSTANTS[k], len)) continue;
+            memcpy(t + i, "[]", 2);
+            memset(t + i + 2, ' ', len - 2);
+            i += len - 1;
+            break;
+        }
+    }
+}
+
+int fdpo_json_check_python_object(const char *path, const char *text, size_t n) {
+    size_t col, bad = fdpo_utf8_first_invalid(text, n);
+    if (fdpo_jsonl_bom(text, n))
+        return fdpo_error("%s:1: a UTF-8 byte order mark starts the file (Python's json refuses it: \"Unexpected "
+                          "UTF-8 BOM\")", path);
+    if (bad < n) {
+        size_t ln = fdpo_json_line_col(text, bad, 1, &col);
+        return fdpo_error("%s:%zu: not UTF-8 at column %zu (byte 0x%02X; transformers reads the file as UTF-8)", path, ln,
+                          col, (unsigned)(unsigned char)text[bad]);
+    }
+    const char *nul = memchr(text, 0, n);
+    if (nul) {   /* Python's json refuses it in a string and between values; cJSON's string ends there */
+        size_t ln = fdpo_json_line_col(text, (size_t)(nul - text), 1, &col);
+        return fdpo_error("%s:%zu: invalid JSON: a raw control character (U+0000) at column %zu", path, ln, col);
+    }
+    char *t = fdpo_malloc(n + 1);
+    memcpy(t, text, n);
+    t[n] = 0;
+    python_extensions_as_json(t, n);
+    cJSON *obj = fdpo_json_parse_object_any_keys(path, 1, t, n, NULL);
+    free(t);
+    cJSON_Delete(obj);
+    return obj ? 0 : -1;
+}
+
 cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
     cJSON *obj = fdpo_json_parse_object_any_keys(path, line_no, line, n, expect);
     return obj ? refuse_duplicate(path, line_no, line, n, obj) : NULL;

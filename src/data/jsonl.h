@@ -9,9 +9,15 @@
 #include "fdpo/core.h"
 
 /* fdpo_jsonl_parse_object's checks but the key twice, which Python's json reads (the last
- * copy counts): for a file fdpo carries without reading its values (generation_config.json),
- * where what matters is only that Python's json, transformers' reader, accepts it. */
+ * copy counts): fdpo_json_check_python_object's, after Python's other extensions. */
 cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
+
+/* 0 when the file text[0..n) is a JSON object as transformers reads a generation_config.json:
+ * decoded as UTF-8 (a byte that is not, a byte order mark and a raw NUL are refused), then
+ * Python's json.loads, which also takes NaN, Infinity, -Infinity and a lone surrogate escape
+ * ("\ud800") and a key twice; else -1, with fdpo_error naming PATH:LINE and the column. For a
+ * file fdpo carries without reading its values. */
+int fdpo_json_check_python_object(const char *path, const char *text, size_t n);
 
 /* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);

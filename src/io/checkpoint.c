@@ -501,24 +501,21 @@ int fdpo_checkpoint_check_tokenizer(const char *dir, const fdpo_gpt2_config *c, 
  * generate takes its defaults from it (an instruct model's end-of-turn ids among its
  * eos_token_id, its sampling settings), and a fine-tuned Llama-3-Instruct saved without it
  * generated past its end of turn. fdpo itself does not read it. NULL when absent; unreadable,
- * or not a JSON object as Python's json reads one (the checks of config.json: an invalid \u
- * escape, a raw control character, text after the object, ...; transformers could not load
- * it from the checkpoints): said with FILE:LINE and column, and not carried. */
+ * or not a JSON object as transformers reads one (fdpo_json_check_python_object: not UTF-8,
+ * an invalid \u escape, a raw control character, text after the object, ...; transformers
+ * could not load it from the checkpoints): said with FILE:LINE and column, and not carried. */
 static char *read_generation_config(const char *dir) {
     char *path = fdpo_path_join(dir, "generation_config.json");
     size_t len = 0;
     char *text = NULL;
     if (fdpo_file_exists(path)) {   /* as transformers, which falls back to the model config's */
-        cJSON *root = NULL;
-        /* carried, not read: refused only where Python's json (transformers) refuses it; a key
-         * twice it reads, the last copy counting */
-        if (!(text = fdpo_read_file(path, &len)) || !(root = fdpo_json_parse_object_any_keys(path, 1, text, len, NULL))) {
+        /* carried, not read: refused only where transformers (Python's json) refuses it */
+        if (!(text = fdpo_read_file(path, &len)) || fdpo_json_check_python_object(path, text, len)) {
             fdpo_log(FDPO_LOG_WARN, "%s; left out of the checkpoints written from this model", fdpo_last_error());
             fdpo_clear_error();
             free(text);
             text = NULL;
         }
-        cJSON_Delete(root);
     }
     free(path);
     return text;

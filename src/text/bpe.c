@@ -596,9 +596,11 @@ static void add_mark(struct fdpo_bpe *b, const cJSON *list, int keep_added) {
 
 /* ---- tokenizer_config.json: bos/eos/pad and the chat template ---- */
 /* A special-token value: "text", {"content": "text", ...}, null or absent (*id -1). */
-/* required: eos/bos/pad, whose ids fdpo uses, must be in the vocabulary; another named token
- * that is not (transformers would add it as a new id, past the model's embedding) is left out,
- * as before fdpo read those keys. */
+/* required: eos and bos, whose ids fdpo uses, must be in the vocabulary; another named token
+ * that is not (transformers would add it as a new id, past the model's embedding, or take its
+ * id from the legacy added_tokens.json, which fdpo does not read) is left out, as before fdpo
+ * read those keys. The pad is one of those: fdpo pads with no token, and an old GPT-2
+ * fine-tune whose special_tokens_map.json names an added "[PAD]" loads in transformers. */
 static int config_token(const cJSON *v, const char *key, const char *file, const struct fdpo_bpe *b, int required,
                         int32_t *id) {
     *id = -1;
@@ -648,7 +650,7 @@ static int config_specials(const cJSON *cfg, const char *file, const cJSON *map,
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(map, KEYS[k]);
         const char *from = v ? map_file : file;
         if (!v) v = cJSON_GetObjectItemCaseSensitive(cfg, KEYS[k]);
-        if (config_token(v, KEYS[k], from, b, k < 3, &id)) return -1;
+        if (config_token(v, KEYS[k], from, b, k < 2, &id)) return -1;   /* eos, bos */
         if (k < 3) ebp[k] = id;
         if (id >= 0) list_special(list, b->str[id]);
     }
@@ -686,9 +688,18 @@ static int chat_from_list(const cJSON *ct, const char *file, char **chat, char *
 /* White_Space written out, for \s in patterns read from files (see the header comment). */
 static const char WS_CLASS[] = WS;
 
-/* Oniguruma's \w (Unicode: Letter | Mark | Number | Connector_Punctuation) and \h (a hex
- * digit; PCRE2's \h is horizontal space), as class contents */
-static const char WORD_CLASS[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+/* Oniguruma's \w and \h (a hex digit; PCRE2's \h is horizontal space), as class contents.
+ * \w is the engine's word set, not its doc's "Letter | Mark | Number | Connector_Punctuation":
+ * Alphabetic (so the circled letters U+24B6.. are in it) | Mark | Decimal_Number |
+ * Connector_Punctuation (U+2460 and the other No numbers are not). \w \W \b \B outside a
+ * class also count Latin-1's superscripts and fractions (U+00B2 U+00B3 U+00B9 U+00BC..U+00BE)
+ * as word characters: below U+0100 the engine tests them with its ISO-8859-1 ctype table; a
+ * \w inside [...] is the Unicode word range, without them. Compared with libonig 6.9.8, the
+ * one Hugging Face tokenizers bundles, over every code point assigned in Unicode 14 (that
+ * libonig's and PCRE2 10.42's Unicode). */
+#define WORD_RANGE "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}"
+static const char WORD_CLASS[] = WORD_RANGE "\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
+static const char WORD_CLASS_IN_BRACKETS[] = WORD_RANGE;
 static const char HEX_CLASS[] = "0-9a-fA-F";
 
 /* The file's regex with the escapes whose meaning differs between Oniguruma (Hugging Face
@@ -707,7 +718,8 @@ static char *pattern_rewrite(const char *pat, const char *where) {
         char c = pat[i];
         if (c == '\\' && i + 1 < n) {
             char d = pat[++i];
-            const char *cls = d == 's' || d == 'S' ? WS_CLASS : d == 'w' || d == 'W' ? WORD_CLASS
+            const char *cls = d == 's' || d == 'S' ? WS_CLASS
+                            : d == 'w' || d == 'W' ? (in_class ? WORD_CLASS_IN_BRACKETS : WORD_CLASS)
                             : d == 'h' || d == 'H' ? HEX_CLASS : NULL;
             if (cls && in_class && (d == 'S' || d == 'W' || d == 'H')) {
                 free(out);

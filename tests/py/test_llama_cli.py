@@ -414,3 +414,46 @@ def test_generation_config_with_a_key_twice_is_carried(tmp_path):
              "--batch-size", 2, "--seq-len", 32, "--eval-fraction", 0, "--threads", 1, "--quiet")
     assert "generation_config" not in r.stderr, r.stderr
     assert (tmp_path / "g1" / "generation_config.json").read_text() == text
+
+
+# generation_config.json texts around Python's json's extensions to RFC 8259 (NaN, Infinity,
+# -Infinity, a lone surrogate escape) and what transformers refuses before json.loads (a file
+# that is not UTF-8; a byte order mark, which json.loads refuses)
+PY_JSON_CASES = [b'{"eos_token_id": 256, "temperature": Infinity}',
+                 b'{"eos_token_id": 256, "x": NaN,\n "y": [-Infinity, 1e400]}',
+                 b'{"eos_token_id": 256, "note": "\\ud800 \\udfff \\ud83d\\ude00 \\ud800\\ud800 \\u0000"}',
+                 b'{"eos_token_id": 256, "x": 1NaN}', b'{"eos_token_id": 256, "x": -NaN}', b'{"eos_token_id": nan}',
+                 b'{NaN: 256}', b'{"eos_token_id": 256, "x": "\\ud800\\u12"}',
+                 b'\xef\xbb\xbf{"eos_token_id": 256}', b'{"eos_token_id": 256, "x": "\xed\xa0\x80"}',
+                 b'{"eos_token_id": 256, "x": "a\x00"}']
+
+
+def test_generation_config_is_carried_exactly_where_python_json_reads_it(tmp_path):
+    """transformers reads generation_config.json as UTF-8 text with Python's json.loads, which
+    takes NaN, Infinity and -Infinity (json.dumps writes them for a float nan or inf) and lone
+    surrogate escapes: fdpo's strict reader left such a file out of every checkpoint, and
+    carried a file with a byte order mark, a raw NUL or bytes that are not UTF-8, which
+    transformers refuses. Each text here is carried byte for byte exactly where Python reads
+    it, else left out with a warning naming FILE:LINE."""
+    from test_generate import make_model
+    make_model(tmp_path / "gm", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "q%d" % i, "completion": " answer"} for i in range(4)])
+    gen = tmp_path / "gm" / "generation_config.json"
+    for k, text in enumerate(PY_JSON_CASES):
+        gen.write_bytes(text)
+        try:
+            with open(gen, encoding="utf-8") as f:   # as transformers' GenerationConfig._dict_from_json_file
+                reads = isinstance(json.loads(f.read()), dict)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            reads = False
+        out = tmp_path / f"g{k}"
+        r = fdpo("sft", "--model", tmp_path / "gm", "--data", tmp_path / "sft.jsonl", "--out", out, "--steps", 1,
+                 "--batch-size", 2, "--seq-len", 32, "--eval-fraction", 0, "--threads", 1, "--quiet")
+        assert (out / "model.safetensors").exists(), r.stderr
+        if reads:
+            assert "generation_config" not in r.stderr, (text, r.stderr)
+            assert (out / "generation_config.json").read_bytes() == text
+        else:
+            assert f"{gen}:1: " in r.stderr and "; left out of the checkpoints written from this model" in r.stderr, \
+                (text, r.stderr)
+            assert not (out / "generation_config.json").exists(), text
