@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -626,6 +625,49 @@ static int stage_done(const sacpo_state *st, const char *dir) {
     return 0;
 }
 
+/* The stages and merges sacpo.json lists done, as they are in OUT now: one not there (removed
+ * or moved away by hand) is trained again from the plan, which fixes everything it is trained
+ * from (it was reported "done before", and what read it next failed on its missing config.json,
+ * on every rerun); one there that holds no model it can read is refused, naming it. */
+static int stages_done_present(sacpo_state *st, const char *out) {
+    cJSON *e = st->done->child;
+    while (e) {
+        cJSON *next = e->next;
+        const char *name;
+        size_t n = cJSON_IsString(e) ? stage_name(e->valuestring, &name) : 0;
+        char *rec = fdpo_malloc(n + 1);
+        if (n) memcpy(rec, name, n);
+        rec[n] = 0;
+        char *dir = n ? fdpo_path_join(out, rec) : NULL;
+        struct stat sb;
+        int rc = 0;
+        if (dir && stat(dir, &sb) != 0) {
+            fdpo_log(FDPO_LOG_INFO, "%s: listed done in %s but not there (removed or moved away): training it again",
+                     dir, st->path);
+            cJSON_DetachItemViaPointer(st->done, e);
+            cJSON_Delete(e);
+        } else if (dir) {
+            static const char *const weights[] = {"model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"};
+            int has_weights = 0;
+            for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
+                char *w = fdpo_path_join(dir, weights[i]);
+                has_weights |= fdpo_file_exists(w);
+                free(w);
+            }
+            fdpo_gpt2_config c;
+            if (!has_weights) fdpo_error("no weights (model.safetensors or adapter_model.safetensors)");
+            if (!has_weights || fdpo_checkpoint_load_config(dir, &c))
+                rc = fdpo_error_context("%s: listed done in %s but holds no model it can read; remove %s and run the "
+                                        "same fdpo sacpo command again to train it again, or give another --out",
+                                        dir, st->path, dir);
+        }
+        free(dir); free(rec);
+        if (rc) return -1;
+        e = next;
+    }
+    return 0;
+}
+
 static int state_mark(sacpo_state *st, const char *dir) {
     const char *name;
     size_t n = stage_name(dir, &name);
@@ -746,8 +788,13 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     return state_mark(st, dir);
 }
 
-static int run_merge(sacpo_state *st, const char *a, const char *b, double w, const char *dir) {
+static int run_merge(const fdpo_sacpo_opts *o, sacpo_state *st, const char *a, const char *b, double w, const char *dir) {
     if (stage_done(st, dir)) return 0;
+    /* a stop (Ctrl-C, SIGTERM) during the stages or a merge: as between stages, not the next
+     * merge (every merge ran, and fdpo exited 0) */
+    if (fdpo_trainer_take_stop())
+        return fdpo_error("interrupted before the merge %s (the stages and merges done are kept in %s; run the same "
+                          "fdpo sacpo command again: it starts there)", dir, o->out);
     /* claiming the output is collective under MPI; the merging itself is rank 0's */
     if (fdpo_checkpoint_recover(dir)) return -1;
     if (fdpo_dist_rank() > 0) return state_mark(st, dir);
@@ -923,8 +970,14 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
         if (st && stage_done(st, s[i].dir)) continue;
         online |= !s[i].data;
         if (!s[i].data) continue;
-        FILE *f = fopen(s[i].data, "rb");
-        if (!f) return fdpo_error("%s %s: cannot open: %s", s[i].data_flag, s[i].data, strerror(errno));
+        /* the pairs reader's own check (fdpo_open_regular): a directory or a device opened with
+         * fopen, and the stage reading it refused it only after the stages before it trained */
+        FILE *f = fdpo_open_regular(s[i].data);
+        if (!f) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", fdpo_last_error());
+            return fdpo_error("%s %s", s[i].data_flag, why);
+        }
         fclose(f);
     }
     return online ? online_prompts_check(o) : 0;
@@ -974,6 +1027,7 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
     const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER);
     int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
                   : state_open(&st, o);
+    if (!rc) rc = stages_done_present(&st, o->out);
     if (!rc) rc = stages_data_open(o, &st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
     for (size_t i = 0; !rc && i < n_stages; i++)
@@ -984,7 +1038,7 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
         for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {
             char *a = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i]), *b = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i + 1]);
             char *dir = fmt_dir(o->out, "merge", o->lambdas[i], o->lambdas[i + 1], o->merge_weights[k]);
-            rc = run_merge(&st, a, b, o->merge_weights[k], dir);
+            rc = run_merge(o, &st, a, b, o->merge_weights[k], dir);
             free(a); free(b); free(dir);
         }
     cJSON_Delete(st.root);

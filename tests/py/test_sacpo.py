@@ -1121,3 +1121,97 @@ def test_afinn_with_a_lexicon_does_not_hash_the_default_lexicon(data, tmp_path):
     (tmp_path / "lex.json").write_text(json.dumps({"good": 2, "bad": -3}))
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode != 0 and "--lexicon" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_merges_stops_before_the_next_merge(data, tmp_path, sig):
+    """Ctrl-C / SIGTERM while P-SACPO merges ran was swallowed: sacpo holds the signals as a stop
+    request that only the trainer and the stages looked at, so every merge still ran and fdpo
+    exited 0 (a hunt's find). It stops before the next merge, as between stages; what is merged
+    stays, and the same command again makes the merges left, each equal to the numpy
+    interpolation of its two models."""
+    import signal
+    import time
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
+            data / "safety.jsonl", "--beta", "0.2", "--out", s, "--lambda", "1,2,3,4", "--merge",
+            "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--threads", 1, "--batch-size", 8, "--steps", 1, "--lr", "1e-3",
+            "--eval-fraction", 0, "--quiet"]
+    names = [f"merge-{a}-{a + 1}-w0.{k}" for a in (1, 2, 3) for k in range(1, 10)]   # in the order they run
+    p = subprocess.Popen([FDPO_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = s / "merge-1-2-w0.1.lock"   # the first merge has begun
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not first.exists():
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    done = json.loads((s / "sacpo.json").read_text())["stages_done"]
+    merged = [d for d in done if d.startswith("merge-")]
+    assert 1 <= len(merged) < 27 and merged == names[:len(merged)], err
+    nxt = names[len(merged)]
+    assert err.strip().splitlines()[-1] == (
+        f"fdpo sacpo: interrupted before the merge {s / nxt} (the stages and merges done are kept in {s}; run the "
+        "same fdpo sacpo command again: it starts there)"), err
+    assert not (s / nxt).exists()
+    r = fdpo(*args)
+    assert r.stderr.count("merge: ") == 27 - len(merged), r.stderr
+    model = {lam: st.load(str(s / f"lambda-{lam}" / "model.safetensors"))[0] for lam in (1, 2, 3, 4)}
+    for lam in (1, 2, 3):
+        a, b = model[lam], model[lam + 1]
+        for k in range(1, 10):
+            w = k / 10
+            got = st.load(str(s / f"merge-{lam}-{lam + 1}-w{w:g}" / "model.safetensors"))[0]
+            for name in got:
+                ref = ((1 - w) * a[name].astype(np.float64) + w * b[name].astype(np.float64)).astype(np.float32)
+                assert np.array_equal(got[name], ref), (lam, w, name)
+
+
+def test_a_stage_listed_done_but_removed_is_trained_again(data, tmp_path):
+    """A stage directory listed done in sacpo.json but removed by hand was reported "done before",
+    and what read it next (a merge, a new lambda's safety stage) failed on its config.json on every
+    rerun (a hunt's find). It is trained again from the plan, which pins what it trains on: the
+    same model as before, and a plain fdpo dpo run's. A directory that is there but holds no model
+    is refused, naming it and how to repair."""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "1,3")
+    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-3")}
+    shutil.rmtree(s / "lambda-1")
+    r = sacpo(data, s, "--lambda", "1,3", "--merge", "0.5")
+    assert f"{s / 'lambda-1'}: listed done in {s / 'sacpo.json'} but not there" in r.stderr, r.stderr
+    assert "safety stage (lambda 1): done before" not in r.stderr, r.stderr
+    dpo(data, data / "base", "reward.jsonl", 0.2, tmp_path / "r")
+    dpo(data, tmp_path / "r", "safety.jsonl", 0.2, tmp_path / "m1")
+    assert weights(s / "lambda-1") == weights(tmp_path / "m1") == before["lambda-1"]
+    shutil.rmtree(s / "reward")
+    r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5")
+    assert "reward stage: done before" not in r.stderr, r.stderr
+    assert weights(s / "reward") == before["reward"]
+    dpo(data, tmp_path / "r", "safety.jsonl", 0.1, tmp_path / "m2")
+    assert weights(s / "lambda-2") == weights(tmp_path / "m2")
+    done = json.loads((s / "sacpo.json").read_text())["stages_done"]
+    assert sorted(done) == sorted(["reward", "lambda-1", "lambda-2", "lambda-3", "merge-1-3-w0.5", "merge-1-2-w0.5",
+                                   "merge-2-3-w0.5"]), done
+    (s / "lambda-3" / "model.safetensors").unlink()
+    r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: {s / 'lambda-3'}: listed done in {s / 'sacpo.json'} but holds no model it can read; remove "
+        f"{s / 'lambda-3'} and run the same fdpo sacpo command again to train it again, or give another --out: no "
+        "weights (model.safetensors or adapter_model.safetensors)\n"), r.stderr
+
+
+@pytest.mark.parametrize("flag,order,what,kind", [("--safety-data", "reward-first", "dir", "a directory"),
+                                                  ("--reward-data", "safety-first", "/dev/null", "a device")])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_before_any_stage(data, tmp_path, flag, order, what, kind):
+    """A --safety-data that is a directory (or a --reward-data /dev/null) opened with fopen, so the
+    up-front check let it through; the stage reading it refused it after the stages before it had
+    trained (a hunt's find). It is the pairs reader's check now, as fdpo dpo's, before any stage."""
+    path = tmp_path / "d" if what == "dir" else "/dev/null"
+    if what == "dir":
+        path.mkdir()
+    files = {"--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl", flag: path}
+    r = fdpo("sacpo", "--model", data / "base", *[x for kv in files.items() for x in kv], "--lambda", "1",
+             "--order", order, "--out", tmp_path / "s", *COMMON, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo sacpo: {flag} {path}: not a regular file ({kind})\n", r.stderr
+    assert not (tmp_path / "s").exists()
