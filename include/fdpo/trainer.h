@@ -89,6 +89,10 @@ typedef struct {
                               (rl: "--prompts-per-step", grad_accum 1); NULL: --batch-size x --grad-accum */
     const char *continue_how; /* how a stopped or interrupted run continues, in the messages
                                  that say so (sacpo: it has no --resume); NULL: "continue with --resume" */
+    int init_in_run;     /* init is a stage of the caller's own run (sacpo: the stage before, in its
+                            OUT), which the caller's plan pins, and the reference's content hash
+                            too: --resume does not compare init's path (its "model" setting), so
+                            a moved OUT resumes (the old path was named as another --model) */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;

@@ -705,6 +705,13 @@ static int stage_saved_lexicon(const char *run) {
     return has;
 }
 
+/* 1 when a stage starts from a stage before it (OUT/reward, OUT/safety-lambda-L), not from
+ * --model: sacpo's plan pins that model (the stage chain, by name), so the stage's resume
+ * does not compare its path, which a moved OUT changes (fdpo_train_opts.init_in_run) */
+static int init_in_out(const fdpo_sacpo_opts *o, const char *init) {
+    return strcmp(init, o->dpo.train.init) != 0;   /* plan_stages: --model's text, or a stage's directory */
+}
+
 /* An online stage's fdpo online run: from init (also its reference) against spec into run,
  * with beta; the stage runs it and online_stages_check checks it, before any stage runs. */
 static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *init, const char *spec,
@@ -726,6 +733,7 @@ static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *
      * it (fdpo online refuses --lexicon with such a spec; the other stage's afinn uses it) */
     if (!fdpo_reward_spec_reads_lexicon(spec) && !(on.resume && stage_saved_lexicon(run))) on.reward_opts.lexicon = NULL;
     on.dpo.train.continue_how = SACPO_CONTINUE;
+    on.dpo.train.init_in_run = init_in_out(o, init);
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
     on.dpo.train.save_every = 0;
@@ -781,6 +789,7 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     char *state = fdpo_path_join(dir, "training_state.json");
     d.train.resume = fdpo_file_exists(state);
     d.train.continue_how = SACPO_CONTINUE;
+    d.train.init_in_run = init_in_out(o, init);
     d.plan_saved = 1;   /* a new plan's pairs settings passed fdpo_sacpo_opts_check; a saved one's are kept */
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");

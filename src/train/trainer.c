@@ -721,6 +721,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         /* the flags before the data: a changed --seed or --eval-fraction also changes the
          * data's split and hash, and the flag is the cause to name; the command's own flags
          * first, under its names (rl's --prompts-per-step is the trainer's batch size) */
+        if (o->init_in_run) {   /* the caller pins it (fdpo_train_opts.init_in_run) */
+            static const char *const init_keys[] = {"model", "model.resolved", NULL};
+            fdpo_settings_remove(&s->settings, init_keys);
+        }
         if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
         if (resume_lora_targets_check(tr->model, &s->settings, &now)) goto fail;
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;

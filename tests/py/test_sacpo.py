@@ -1215,3 +1215,54 @@ def test_a_data_file_that_is_not_a_regular_file_is_refused_before_any_stage(data
              "--order", order, "--out", tmp_path / "s", *COMMON, check=False)
     assert r.returncode == 1 and r.stderr == f"fdpo sacpo: {flag} {path}: not a regular file ({kind})\n", r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_moved_out_resumes_its_interrupted_stage(data, tmp_path):
+    """docs: a moved OUT is the same run. A safety stage cut short (SIGINT) in OUT, then OUT moved:
+    the rerun passed sacpo's plan check, but the stage's trainer compared its starting model,
+    OUT/reward, with the path its state recorded (the old OUT) and refused it on every rerun
+    ("--model: NEW/reward differs from the saved run's OLD/reward", a hunt's find). The stage
+    resumes, and ends as the plain fdpo dpo run from the reward stage."""
+    import signal
+    import time
+    steps = ["--steps", 300, "--log-every", 1]
+    args = lambda out: [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
+                        "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", out, "--lambda", "1",
+                        *COMMON[:4], *COMMON[6:], *steps]
+    s, moved = tmp_path / "s", tmp_path / "moved"
+    p = subprocess.Popen(list(map(str, args(s))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = s / "lambda-1" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    os.rename(s, moved)
+    r = subprocess.run(list(map(str, args(moved))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "(resuming)" in r.stderr, r.stderr
+    dpo(data, moved / "reward", "safety.jsonl", 0.2, tmp_path / "plain", *steps)
+    assert weights(moved / "lambda-1") == weights(tmp_path / "plain")
+
+
+def test_a_moved_out_resumes_its_interrupted_online_stage(data, tmp_path):
+    """The same for an online stage: its online.json recorded the stage's starting model
+    (OUT/reward) resolved, which a moved OUT no longer matches ("--out NEW/lambda-1.online: its
+    rounds ran with the flags in ...: --model: NEW/reward differs from the saved run's OLD/reward").
+    A directory where round 1's pairs go makes that round fail (as a crash would)."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    s, moved = tmp_path / "s", tmp_path / "moved"
+    args = lambda out: ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+                        tmp_path / "p.txt", "--lambda", 1, "--out", out, *TINY_ONLINE[2:], "--rounds", 2]
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").mkdir(parents=True)
+    r = fdpo(*args(s), check=False)
+    assert r.returncode == 1 and "sacpo safety stage (lambda 1): round 1" in r.stderr, r.stderr
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").rmdir()
+    os.rename(s, moved)
+    r = fdpo(*args(moved), check=False)
+    assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
+    assert (moved / "lambda-1" / "model.safetensors").exists() and (moved / "lambda-1.online" / "round-1").is_dir()
+    fdpo("online", "--model", moved / "reward", "--reward", "length:words", "--data", tmp_path / "p.txt",
+         "--beta", 0.1, "--out", tmp_path / "plain", *TINY_ONLINE[2:], "--rounds", 2)
+    assert weights(moved / "lambda-1") == weights(tmp_path / "plain" / "round-1")
