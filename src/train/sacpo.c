@@ -506,6 +506,9 @@ static int same_pairs_settings(const cJSON *then, const cJSON *now) {
 
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
 #define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
+/* and a stage whose directory holds what no stage of this plan left (no training state): sacpo
+ * has no --resume or --overwrite, which the trainer's message named */
+#define SACPO_OCCUPIED "not a stage this sacpo run started: move it away, or give sacpo another --out"
 
 static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     st->path = fdpo_path_join(o->out, "sacpo.json");
@@ -734,6 +737,7 @@ static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *
     if (!fdpo_reward_spec_reads_lexicon(spec) && !(on.resume && stage_saved_lexicon(run))) on.reward_opts.lexicon = NULL;
     on.dpo.train.continue_how = SACPO_CONTINUE;
     on.dpo.train.init_in_run = init_in_out(o, init);
+    on.dpo.train.occupied_how = SACPO_OCCUPIED;
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
     on.dpo.train.save_every = 0;
@@ -790,6 +794,7 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     d.train.resume = fdpo_file_exists(state);
     d.train.continue_how = SACPO_CONTINUE;
     d.train.init_in_run = init_in_out(o, init);
+    d.train.occupied_how = SACPO_OCCUPIED;
     d.plan_saved = 1;   /* a new plan's pairs settings passed fdpo_sacpo_opts_check; a saved one's are kept */
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");
@@ -992,6 +997,24 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
     return online ? online_prompts_check(o) : 0;
 }
 
+/* The directories of the stages on files still to run, before any stage trains: one that holds
+ * a checkpoint (or another run's files) with no training state of a stage to resume is
+ * refused as its trainer would refuse it (fdpo_train_out_check), which found it only when
+ * that stage started, after the stages before it had trained. */
+static int stages_out_free(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (!s[i].data || stage_done(st, s[i].dir)) continue;
+        fdpo_train_opts t = o->dpo.train;
+        char *state = fdpo_path_join(s[i].dir, "training_state.json");
+        t.out = s[i].dir;
+        t.resume = fdpo_file_exists(state);
+        t.occupied_how = SACPO_OCCUPIED;
+        free(state);
+        if (fdpo_train_out_check(&t)) return fdpo_error_context("sacpo %s", s[i].what);
+    }
+    return 0;
+}
+
 /* Under MPI every rank runs every stage and merge of its own plan, each a collective job:
  * a rank with another --lambda list or --merge went on into a stage the others never started
  * (and waited in it for ever). The plan as it runs: each stage's directory, model in, data or
@@ -1038,6 +1061,7 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
                   : state_open(&st, o);
     if (!rc) rc = stages_done_present(&st, o->out);
     if (!rc) rc = stages_data_open(o, &st, stages, n_stages);
+    if (!rc) rc = stages_out_free(o, &st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
     for (size_t i = 0; !rc && i < n_stages; i++)
         rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].spec_flag,

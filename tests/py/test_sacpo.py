@@ -1266,3 +1266,21 @@ def test_a_moved_out_resumes_its_interrupted_online_stage(data, tmp_path):
     fdpo("online", "--model", moved / "reward", "--reward", "length:words", "--data", tmp_path / "p.txt",
          "--beta", 0.1, "--out", tmp_path / "plain", *TINY_ONLINE[2:], "--rounds", 2)
     assert weights(moved / "lambda-1") == weights(tmp_path / "plain" / "round-1")
+
+
+def test_a_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data, tmp_path):
+    """A stage's directory that holds a checkpoint no stage of the plan left (no training state) was
+    refused only when that stage started, after the stages before it had trained, with the trainer's
+    "use --resume to continue it, --overwrite to start over", flags sacpo does not have (a hunt's
+    find). It is refused before any stage, saying what a sacpo user does."""
+    s = tmp_path / "s"
+    s.mkdir()
+    shutil.copytree(data / "base", s / "lambda-2")
+    r = sacpo(data, s, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo sacpo: sacpo safety stage (lambda 2): --out: {s / 'lambda-2'} already holds a checkpoint (not a stage "
+        "this sacpo run started: move it away, or give sacpo another --out)\n"), r.stderr
+    assert sorted(p.name for p in s.iterdir()) == ["lambda-2"]
+    shutil.rmtree(s / "lambda-2")
+    sacpo(data, s, "--lambda", "1,2")
+    assert (s / "lambda-2" / "model.safetensors").exists()
