@@ -77,7 +77,9 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         for (size_t j = 0; j < i; j++)
             if (o->merge_weights[j] == o->merge_weights[i])
                 return fdpo_error("--merge: weight %s given twice", fdpo_shortest(o->merge_weights[i]).s);
-    if (o->n_merge_weights && o->n_lambdas < 2) return fdpo_error("--merge: needs two or more --lambda values to interpolate between");
+    if (o->n_merge_weights && o->safety_first && o->n_lambdas < 2)   /* reward first: the reward stage is lambda 0 */
+        return fdpo_error("--merge: --order safety-first has no model of lambda 0 (the reward stage alone): it needs "
+                          "two or more --lambda values to interpolate between");
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
     if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
@@ -1067,10 +1069,17 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
         rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].spec_flag,
                        stages[i].beta, stages[i].dir);
     stages_free(stages, n_stages);
-    for (size_t i = 0; !rc && i + 1 < o->n_lambdas; i++)
+    /* P-SACPO: each pair of neighbours in the chain of models by lambda. Reward first, the chain
+     * starts at the reward stage, lambda = 0 (Wachi et al. 2024, sec. 6, merge it with one model
+     * of a conservatively large lambda: --lambda 10 --merge q is (1 - q) reward + q lambda-10);
+     * safety first has no model of lambda 0 */
+    const size_t first = o->safety_first ? 1 : 0;
+    for (size_t i = first; !rc && i < o->n_lambdas; i++)
         for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {
-            char *a = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i]), *b = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i + 1]);
-            char *dir = fmt_dir(o->out, "merge", o->lambdas[i], o->lambdas[i + 1], o->merge_weights[k]);
+            const double la = i ? o->lambdas[i - 1] : 0, lb = o->lambdas[i];
+            char *a = i ? fdpo_sacpo_lambda_dir(o->out, la) : fdpo_path_join(o->out, "reward");
+            char *b = fdpo_sacpo_lambda_dir(o->out, lb);
+            char *dir = fmt_dir(o->out, "merge", la, lb, o->merge_weights[k]);
             rc = run_merge(o, &st, a, b, o->merge_weights[k], dir);
             free(a); free(b); free(dir);
         }

@@ -284,11 +284,12 @@ def test_bf16_rerun_of_online_stages_keeps_their_route(data, tmp_path):
 def test_a_plan_with_more_stages_than_a_process_may_lock(data, tmp_path):
     """Merge (and online) stages claimed their directory's lock and kept it: a process holds
     at most 8 locks, so the 8th merge of 5 lambdas x 2 weights failed with "too many run
-    directories locked by one process". Every stage now releases its claim when done."""
+    directories locked by one process". Every stage now releases its claim when done. (5 pairs
+    of neighbours: the reward stage is lambda 0's model.)"""
     sacpo(data, tmp_path / "s", "--lambda", "0.5,1,2,4,8", "--merge", "0.25,0.5", "--steps", 1)
     merges = sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith("merge-") and p.is_dir())
-    assert len(merges) == 8, merges
-    assert len(json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"]) == 1 + 5 + 8
+    assert len(merges) == 10, merges
+    assert len(json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"]) == 1 + 5 + 10
 
 
 def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
@@ -297,7 +298,7 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     moved OUT was refused naming a --resume sacpo does not have"""
     s = tmp_path / "s"
     sacpo(data, s, "--lambda", "1,2", "--merge", "0.5")
-    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-2", "merge-1-2-w0.5")}
+    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-2", "merge-0-1-w0.5", "merge-1-2-w0.5")}
 
     def rerun(cwd, out):
         rel = lambda p: os.path.relpath(p, cwd)
@@ -313,7 +314,7 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     rerun(data, os.path.relpath(tmp_path / "moved", data))
     assert {d: weights(tmp_path / "moved" / d) for d in before} == before
     state = json.loads((tmp_path / "moved" / "sacpo.json").read_text())
-    assert state["stages_done"] == ["reward", "lambda-1", "lambda-2", "merge-1-2-w0.5"]
+    assert state["stages_done"] == ["reward", "lambda-1", "lambda-2", "merge-0-1-w0.5", "merge-1-2-w0.5"]
     assert state["plan"]["model"] == os.path.realpath(data / "base")
 
 
@@ -322,7 +323,8 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     (["--lambda", "2,1"], "--lambda: the list must be strictly increasing"),
     (["--lambda", "1.0000001,1"], "--lambda: the list must be strictly increasing (1 after %r)" % 1.0000001),
     (["--lambda", "1,x"], "--lambda: 'x' is not a finite number"),
-    (["--lambda", "1", "--merge", "0.5"], "--merge: needs two or more --lambda"),
+    (["--lambda", "1", "--merge", "0.5", "--order", "safety-first"],
+     "--merge: --order safety-first has no model of lambda 0 (the reward stage alone): it needs two or more --lambda"),
     (["--lambda", "1,2", "--merge", "1.5"], "--merge: weight 1.5 must be in (0, 1)"),
     # each value as Python's repr reads it back: %g printed "weight 1 must be in (0, 1)"
     (["--lambda", "-1.0000001"], "--lambda: %r must be a positive number" % -1.0000001),
@@ -646,7 +648,8 @@ def test_online_stages_raise_safety_with_lambda_and_equal_plain_online_runs(lexd
     sacpo_online(d, s, "--lambda", "0.05,1", "--merge", "0.5")
     state = json.loads((s / "sacpo.json").read_text())
     assert state["plan"]["reward"] == f"lexicon:{d / 'reward.txt'}" and state["plan"]["online"]["rounds"] == 2
-    assert [os.path.basename(x) for x in state["stages_done"]] == ["reward", "lambda-0.05", "lambda-1", "merge-0.05-1-w0.5"]
+    assert [os.path.basename(x) for x in state["stages_done"]] == ["reward", "lambda-0.05", "lambda-1", "merge-0-0.05-w0.5",
+                                                                       "merge-0.05-1-w0.5"]
     # each stage is the `fdpo online` run it wraps (reference = its starting model, beta / lambda),
     # and the stage directory is that run's last round
     for stage, init, spec, beta in (("reward", d / "base", "reward.txt", 0.5), ("lambda-1", s / "reward", "safety.txt", 0.5),
@@ -1137,9 +1140,9 @@ def test_a_signal_during_the_merges_stops_before_the_next_merge(data, tmp_path, 
             data / "safety.jsonl", "--beta", "0.2", "--out", s, "--lambda", "1,2,3,4", "--merge",
             "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--threads", 1, "--batch-size", 8, "--steps", 1, "--lr", "1e-3",
             "--eval-fraction", 0, "--quiet"]
-    names = [f"merge-{a}-{a + 1}-w0.{k}" for a in (1, 2, 3) for k in range(1, 10)]   # in the order they run
+    names = [f"merge-{a}-{a + 1}-w0.{k}" for a in (0, 1, 2, 3) for k in range(1, 10)]   # in the order they run
     p = subprocess.Popen([FDPO_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = s / "merge-1-2-w0.1.lock"   # the first merge has begun
+    first = s / "merge-0-1-w0.1.lock"   # the first merge has begun
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None and not first.exists():
         time.sleep(0.002)
@@ -1149,16 +1152,16 @@ def test_a_signal_during_the_merges_stops_before_the_next_merge(data, tmp_path, 
     assert p.returncode == 1, err
     done = json.loads((s / "sacpo.json").read_text())["stages_done"]
     merged = [d for d in done if d.startswith("merge-")]
-    assert 1 <= len(merged) < 27 and merged == names[:len(merged)], err
+    assert 1 <= len(merged) < 36 and merged == names[:len(merged)], err
     nxt = names[len(merged)]
     assert err.strip().splitlines()[-1] == (
         f"fdpo sacpo: interrupted before the merge {s / nxt} (the stages and merges done are kept in {s}; run the "
         "same fdpo sacpo command again: it starts there)"), err
     assert not (s / nxt).exists()
     r = fdpo(*args)
-    assert r.stderr.count("merge: ") == 27 - len(merged), r.stderr
-    model = {lam: st.load(str(s / f"lambda-{lam}" / "model.safetensors"))[0] for lam in (1, 2, 3, 4)}
-    for lam in (1, 2, 3):
+    assert r.stderr.count("merge: ") == 36 - len(merged), r.stderr
+    model = {lam: st.load(str(s / (f"lambda-{lam}" if lam else "reward") / "model.safetensors"))[0] for lam in range(5)}
+    for lam in (0, 1, 2, 3):
         a, b = model[lam], model[lam + 1]
         for k in range(1, 10):
             w = k / 10
@@ -1191,8 +1194,8 @@ def test_a_stage_listed_done_but_removed_is_trained_again(data, tmp_path):
     dpo(data, tmp_path / "r", "safety.jsonl", 0.1, tmp_path / "m2")
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
     done = json.loads((s / "sacpo.json").read_text())["stages_done"]
-    assert sorted(done) == sorted(["reward", "lambda-1", "lambda-2", "lambda-3", "merge-1-3-w0.5", "merge-1-2-w0.5",
-                                   "merge-2-3-w0.5"]), done
+    assert sorted(done) == sorted(["reward", "lambda-1", "lambda-2", "lambda-3", "merge-0-1-w0.5", "merge-1-3-w0.5",
+                                   "merge-1-2-w0.5", "merge-2-3-w0.5"]), done
     (s / "lambda-3" / "model.safetensors").unlink()
     r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5", check=False)
     assert r.returncode == 1 and r.stderr.endswith(
@@ -1284,3 +1287,27 @@ def test_a_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data
     shutil.rmtree(s / "lambda-2")
     sacpo(data, s, "--lambda", "1,2")
     assert (s / "lambda-2" / "model.safetensors").exists()
+
+
+def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, tmp_path):
+    """Wachi et al. 2024 (sec. 6-7.1): P-SACPO merges the reward-aligned model (lambda = 0) with one
+    model realigned for safety at a conservatively large lambda, (1 - q) theta_r + q theta_lambda,
+    q in {0.25, 0.5, 0.75}. --merge merged only neighbouring --lambda values, so the paper's
+    --lambda 10 --merge 0.25,0.5,0.75 was refused ("needs two or more --lambda values", a hunt's
+    find). Reward first, the reward stage is lambda 0 of the chain; safety first has no such model
+    and merges its neighbouring lambdas only."""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "10", "--merge", "0.25,0.5,0.75")
+    r = st.load(str(s / "reward" / "model.safetensors"))[0]
+    g = st.load(str(s / "lambda-10" / "model.safetensors"))[0]
+    for q in (0.25, 0.5, 0.75):
+        got = st.load(str(s / f"merge-0-10-w{q:g}" / "model.safetensors"))[0]
+        assert sorted(got) == sorted(r)
+        for k in got:
+            ref = ((1 - q) * r[k].astype(np.float64) + q * g[k].astype(np.float64)).astype(np.float32)
+            assert np.array_equal(got[k], ref), (q, k)
+    assert sorted(p.name for p in s.iterdir() if p.is_dir() and p.name.startswith("merge-")) == [
+        "merge-0-10-w0.25", "merge-0-10-w0.5", "merge-0-10-w0.75"]
+    sf = tmp_path / "sf"
+    sacpo(data, sf, "--lambda", "1,2", "--merge", "0.5", "--order", "safety-first")
+    assert sorted(p.name for p in sf.iterdir() if p.is_dir() and p.name.startswith("merge-")) == ["merge-1-2-w0.5"]
