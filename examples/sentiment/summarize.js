@@ -403,14 +403,14 @@ if (safety) {
   }
   for (const p of safety.filter((q) => mergeOf(q))) {
     const [la, lb, wt] = mergeOf(p);
-    const A = lams.find((q) => lamOf(q) === la), B = lams.find((q) => lamOf(q) === lb);
+    const A = la === 0 ? r0 : lams.find((q) => lamOf(q) === la), B = lams.find((q) => lamOf(q) === lb);
     if (!A || !B) continue;
     const between = (k) => {
       const lo = Math.min(A[k + '_mean'], B[k + '_mean']), hi = Math.max(A[k + '_mean'], B[k + '_mean']);
       const v = p[k + '_mean'], s = p[k + '_se'];
       return v >= lo && v <= hi ? 'between them' : v >= lo - 2 * s && v <= hi + 2 * s ? 'outside them by less than two standard errors' : 'outside them';
     };
-    say(`- Merge of lambda ${la} and ${lb} at weight ${wt} (P-SACPO, no training) ${side(p)}: E[g] ${pm(p.safety_mean, p.safety_se)} ` +
+    say(`- Merge of ${la === 0 ? 'the reward stage (lambda 0)' : `lambda ${la}`} and lambda ${lb} at weight ${wt} (P-SACPO, no training) ${side(p)}: E[g] ${pm(p.safety_mean, p.safety_se)} ` +
         `(${between('safety')}), reward ${pm(p.reward_mean, p.reward_se, 4)} (${between('reward')}).`);
   }
 }

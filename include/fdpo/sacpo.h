@@ -8,13 +8,15 @@
  * f-DPO run on its own preference data, the second with the first's result as reference)
  * reaches the joint optimum; for other f the composition is not exact (fdpo lab
  * constrained --stepwise measures the gap). P-SACPO: merge the weights of models aligned
- * with different lambdas to get the ones between without training them.
+ * with different lambdas to get the ones between without training them (the paper merges
+ * the reward stage, lambda 0, with one model of a large lambda).
  *
  * Layout of OUT (docs/sacpo.md):
  *   OUT/reward                reward-first: the reward stage (shared by every lambda)
  *   OUT/safety-lambda-L       safety-first: the safety stage of lambda L
  *   OUT/lambda-L              the final model of lambda L
- *   OUT/merge-LA-LB-wW        P-SACPO: (1-W) lambda-LA + W lambda-LB
+ *   OUT/merge-LA-LB-wW        P-SACPO: (1-W) lambda-LA + W lambda-LB, neighbouring lambdas; reward
+ *                             first, LA = 0 is OUT/reward (merge-0-L1-wW)
  *   OUT/sacpo.json            the plan and the stages completed (resume skips them)
  * Every stage is an f-DPO run (fdpo_dpo_train) with the template's loss, divergence,
  * trainer options and reference cache; a stage interrupted half-way resumes.
@@ -48,7 +50,8 @@ typedef struct {
     const double *lambdas;        /* > 0 each, ascending */
     size_t n_lambdas;
     int safety_first;             /* order: 0 reward-first, 1 safety-first */
-    const double *merge_weights;  /* P-SACPO weights in (0, 1) between consecutive lambdas, or NULL */
+    const double *merge_weights;  /* P-SACPO weights in (0, 1) between consecutive lambdas (reward
+                                     first: from 0, the reward stage), or NULL */
     size_t n_merge_weights;
     const char *out;
 } fdpo_sacpo_opts;

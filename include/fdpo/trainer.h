@@ -89,6 +89,13 @@ typedef struct {
                               (rl: "--prompts-per-step", grad_accum 1); NULL: --batch-size x --grad-accum */
     const char *continue_how; /* how a stopped or interrupted run continues, in the messages
                                  that say so (sacpo: it has no --resume); NULL: "continue with --resume" */
+    const char *occupied_how; /* what a fresh run into an OUT that holds a checkpoint or another
+                                 run's files should do, in fdpo_train_out_check's messages (sacpo:
+                                 it has no --resume or --overwrite); NULL: those flags */
+    int init_in_run;     /* init is a stage of the caller's own run (sacpo: the stage before, in its
+                            OUT), which the caller's plan pins, and the reference's content hash
+                            too: --resume does not compare init's path (its "model" setting), so
+                            a moved OUT resumes (the old path was named as another --model) */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;
@@ -140,8 +147,9 @@ void fdpo_train_opts_default(fdpo_train_opts *o);
 void fdpo_sft_opts_default(fdpo_train_opts *o);
 int fdpo_train_opts_check(const fdpo_train_opts *o);
 /* A fresh run (no --resume, no --overwrite) refuses an OUT that holds a checkpoint or another
- * kind of run (fdpo_out_holds_run); fdpo_trainer_open checks it, and a command that does
- * costly work first (dpo's reference cache) checks it before. */
+ * kind of run (fdpo_out_holds_run), saying what to do (o->occupied_how, else --resume /
+ * --overwrite); fdpo_trainer_open checks it, and a command that does costly work first (dpo's
+ * reference cache, sacpo's earlier stages) checks it before. */
 int fdpo_train_out_check(const fdpo_train_opts *o);
 /* A trainer with a reference (dpo, kto, rl, online) loads it from ref (--ref), else from
  * model (--model), at every start, --resume included: an OUT that is that directory (the

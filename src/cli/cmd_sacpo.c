@@ -50,7 +50,9 @@ int cmd_sacpo(int argc, char **argv) {
     flags[n++] = (fdpo_flag){"safety", FLAG_STR, &so.safety_spec, NULL, "run the safety stage online against this safety signal (same specs as --reward) instead of --safety-data", 0};
     flags[n++] = (fdpo_flag){"lambda", FLAG_STR, &lambda_list, NULL, "safety multipliers, increasing, > 0: one model per value; the safety stage runs at beta/lambda (required)", 0};
     flags[n++] = (fdpo_flag){"order", FLAG_STR, &order, "reward-first", "reward-first (one reward stage shared by every lambda) or safety-first", 0};
-    flags[n++] = (fdpo_flag){"merge", FLAG_STR, &merge_list, NULL, "P-SACPO: weights in (0,1); merge each pair of neighbouring lambdas at each weight", 0};
+    flags[n++] = (fdpo_flag){"merge", FLAG_STR, &merge_list, NULL, "P-SACPO: weights w in (0,1); merge each pair of neighbouring lambdas, (1-w) lower + w higher, at each weight; "
+                                                       "reward-first, the reward stage is lambda 0 (--lambda 10 --merge 0.25 is the paper's "
+                                                       "0.75 reward + 0.25 lambda-10)", 0};
     int n_pos = 0;
     char **pos = NULL;
     double *lambdas = NULL, *weights = NULL;

@@ -178,6 +178,10 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         static const char *const by_modules[] = {"lora-targets", NULL};
         fdpo_settings_remove(&saved, by_modules);
         fdpo_settings_remove(&now, by_modules);
+        /* a sacpo stage's starting model, the stage before in its OUT: sacpo's plan pins it and
+         * ref_hash its content (fdpo_train_opts.init_in_run); a moved OUT is the same run */
+        static const char *const init_keys[] = {"model", "model.resolved", NULL};
+        if (o->dpo.train.init_in_run) fdpo_settings_remove(&saved, init_keys);
         if (rc == 0 && (rc = fdpo_settings_check_resume(&saved, &now)))
             fdpo_error_context("--out %s: its rounds ran with the flags in %s", o->out, path);
         const cJSON *dh = cJSON_GetObjectItemCaseSensitive(j, "data_hash");   /* absent: a plan of an older fdpo */

@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -78,7 +77,9 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
         for (size_t j = 0; j < i; j++)
             if (o->merge_weights[j] == o->merge_weights[i])
                 return fdpo_error("--merge: weight %s given twice", fdpo_shortest(o->merge_weights[i]).s);
-    if (o->n_merge_weights && o->n_lambdas < 2) return fdpo_error("--merge: needs two or more --lambda values to interpolate between");
+    if (o->n_merge_weights && o->safety_first && o->n_lambdas < 2)   /* reward first: the reward stage is lambda 0 */
+        return fdpo_error("--merge: --order safety-first has no model of lambda 0 (the reward stage alone): it needs "
+                          "two or more --lambda values to interpolate between");
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO)
         return fdpo_error("--loss simpo: SACPO's second stage needs the first stage as its reference; simpo has none");
     if (o->dpo.ref) return fdpo_error("--ref: not used by sacpo (each stage's reference is its starting model)");
@@ -507,6 +508,9 @@ static int same_pairs_settings(const cJSON *then, const cJSON *now) {
 
 /* what an interrupted stage tells the user: sacpo has no --resume, a rerun resumes */
 #define SACPO_CONTINUE "run the same fdpo sacpo command again: it resumes the stage"
+/* and a stage whose directory holds what no stage of this plan left (no training state): sacpo
+ * has no --resume or --overwrite, which the trainer's message named */
+#define SACPO_OCCUPIED "not a stage this sacpo run started: move it away, or give sacpo another --out"
 
 static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     st->path = fdpo_path_join(o->out, "sacpo.json");
@@ -626,6 +630,49 @@ static int stage_done(const sacpo_state *st, const char *dir) {
     return 0;
 }
 
+/* The stages and merges sacpo.json lists done, as they are in OUT now: one not there (removed
+ * or moved away by hand) is trained again from the plan, which fixes everything it is trained
+ * from (it was reported "done before", and what read it next failed on its missing config.json,
+ * on every rerun); one there that holds no model it can read is refused, naming it. */
+static int stages_done_present(sacpo_state *st, const char *out) {
+    cJSON *e = st->done->child;
+    while (e) {
+        cJSON *next = e->next;
+        const char *name;
+        size_t n = cJSON_IsString(e) ? stage_name(e->valuestring, &name) : 0;
+        char *rec = fdpo_malloc(n + 1);
+        if (n) memcpy(rec, name, n);
+        rec[n] = 0;
+        char *dir = n ? fdpo_path_join(out, rec) : NULL;
+        struct stat sb;
+        int rc = 0;
+        if (dir && stat(dir, &sb) != 0) {
+            fdpo_log(FDPO_LOG_INFO, "%s: listed done in %s but not there (removed or moved away): training it again",
+                     dir, st->path);
+            cJSON_DetachItemViaPointer(st->done, e);
+            cJSON_Delete(e);
+        } else if (dir) {
+            static const char *const weights[] = {"model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"};
+            int has_weights = 0;
+            for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
+                char *w = fdpo_path_join(dir, weights[i]);
+                has_weights |= fdpo_file_exists(w);
+                free(w);
+            }
+            fdpo_gpt2_config c;
+            if (!has_weights) fdpo_error("no weights (model.safetensors or adapter_model.safetensors)");
+            if (!has_weights || fdpo_checkpoint_load_config(dir, &c))
+                rc = fdpo_error_context("%s: listed done in %s but holds no model it can read; remove %s and run the "
+                                        "same fdpo sacpo command again to train it again, or give another --out",
+                                        dir, st->path, dir);
+        }
+        free(dir); free(rec);
+        if (rc) return -1;
+        e = next;
+    }
+    return 0;
+}
+
 static int state_mark(sacpo_state *st, const char *dir) {
     const char *name;
     size_t n = stage_name(dir, &name);
@@ -663,6 +710,13 @@ static int stage_saved_lexicon(const char *run) {
     return has;
 }
 
+/* 1 when a stage starts from a stage before it (OUT/reward, OUT/safety-lambda-L), not from
+ * --model: sacpo's plan pins that model (the stage chain, by name), so the stage's resume
+ * does not compare its path, which a moved OUT changes (fdpo_train_opts.init_in_run) */
+static int init_in_out(const fdpo_sacpo_opts *o, const char *init) {
+    return strcmp(init, o->dpo.train.init) != 0;   /* plan_stages: --model's text, or a stage's directory */
+}
+
 /* An online stage's fdpo online run: from init (also its reference) against spec into run,
  * with beta; the stage runs it and online_stages_check checks it, before any stage runs. */
 static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *init, const char *spec,
@@ -684,6 +738,8 @@ static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *
      * it (fdpo online refuses --lexicon with such a spec; the other stage's afinn uses it) */
     if (!fdpo_reward_spec_reads_lexicon(spec) && !(on.resume && stage_saved_lexicon(run))) on.reward_opts.lexicon = NULL;
     on.dpo.train.continue_how = SACPO_CONTINUE;
+    on.dpo.train.init_in_run = init_in_out(o, init);
+    on.dpo.train.occupied_how = SACPO_OCCUPIED;
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
     on.dpo.train.save_every = 0;
@@ -739,6 +795,8 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     char *state = fdpo_path_join(dir, "training_state.json");
     d.train.resume = fdpo_file_exists(state);
     d.train.continue_how = SACPO_CONTINUE;
+    d.train.init_in_run = init_in_out(o, init);
+    d.train.occupied_how = SACPO_OCCUPIED;
     d.plan_saved = 1;   /* a new plan's pairs settings passed fdpo_sacpo_opts_check; a saved one's are kept */
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");
@@ -746,8 +804,13 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     return state_mark(st, dir);
 }
 
-static int run_merge(sacpo_state *st, const char *a, const char *b, double w, const char *dir) {
+static int run_merge(const fdpo_sacpo_opts *o, sacpo_state *st, const char *a, const char *b, double w, const char *dir) {
     if (stage_done(st, dir)) return 0;
+    /* a stop (Ctrl-C, SIGTERM) during the stages or a merge: as between stages, not the next
+     * merge (every merge ran, and fdpo exited 0) */
+    if (fdpo_trainer_take_stop())
+        return fdpo_error("interrupted before the merge %s (the stages and merges done are kept in %s; run the same "
+                          "fdpo sacpo command again: it starts there)", dir, o->out);
     /* claiming the output is collective under MPI; the merging itself is rank 0's */
     if (fdpo_checkpoint_recover(dir)) return -1;
     if (fdpo_dist_rank() > 0) return state_mark(st, dir);
@@ -923,11 +986,35 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
         if (st && stage_done(st, s[i].dir)) continue;
         online |= !s[i].data;
         if (!s[i].data) continue;
-        FILE *f = fopen(s[i].data, "rb");
-        if (!f) return fdpo_error("%s %s: cannot open: %s", s[i].data_flag, s[i].data, strerror(errno));
+        /* the pairs reader's own check (fdpo_open_regular): a directory or a device opened with
+         * fopen, and the stage reading it refused it only after the stages before it trained */
+        FILE *f = fdpo_open_regular(s[i].data);
+        if (!f) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", fdpo_last_error());
+            return fdpo_error("%s %s", s[i].data_flag, why);
+        }
         fclose(f);
     }
     return online ? online_prompts_check(o) : 0;
+}
+
+/* The directories of the stages on files still to run, before any stage trains: one that holds
+ * a checkpoint (or another run's files) with no training state of a stage to resume is
+ * refused as its trainer would refuse it (fdpo_train_out_check), which found it only when
+ * that stage started, after the stages before it had trained. */
+static int stages_out_free(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (!s[i].data || stage_done(st, s[i].dir)) continue;
+        fdpo_train_opts t = o->dpo.train;
+        char *state = fdpo_path_join(s[i].dir, "training_state.json");
+        t.out = s[i].dir;
+        t.resume = fdpo_file_exists(state);
+        t.occupied_how = SACPO_OCCUPIED;
+        free(state);
+        if (fdpo_train_out_check(&t)) return fdpo_error_context("sacpo %s", s[i].what);
+    }
+    return 0;
 }
 
 /* Under MPI every rank runs every stage and merge of its own plan, each a collective job:
@@ -974,17 +1061,26 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
     const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER);
     int rc = held ? fdpo_error("--out: %s already holds %s of another run; choose another --out", o->out, held)
                   : state_open(&st, o);
+    if (!rc) rc = stages_done_present(&st, o->out);
     if (!rc) rc = stages_data_open(o, &st, stages, n_stages);
+    if (!rc) rc = stages_out_free(o, &st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
     for (size_t i = 0; !rc && i < n_stages; i++)
         rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].spec_flag,
                        stages[i].beta, stages[i].dir);
     stages_free(stages, n_stages);
-    for (size_t i = 0; !rc && i + 1 < o->n_lambdas; i++)
+    /* P-SACPO: each pair of neighbours in the chain of models by lambda. Reward first, the chain
+     * starts at the reward stage, lambda = 0 (Wachi et al. 2024, sec. 6, merge it with one model
+     * of a conservatively large lambda: --lambda 10 --merge q is (1 - q) reward + q lambda-10);
+     * safety first has no model of lambda 0 */
+    const size_t first = o->safety_first ? 1 : 0;
+    for (size_t i = first; !rc && i < o->n_lambdas; i++)
         for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {
-            char *a = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i]), *b = fdpo_sacpo_lambda_dir(o->out, o->lambdas[i + 1]);
-            char *dir = fmt_dir(o->out, "merge", o->lambdas[i], o->lambdas[i + 1], o->merge_weights[k]);
-            rc = run_merge(&st, a, b, o->merge_weights[k], dir);
+            const double la = i ? o->lambdas[i - 1] : 0, lb = o->lambdas[i];
+            char *a = i ? fdpo_sacpo_lambda_dir(o->out, la) : fdpo_path_join(o->out, "reward");
+            char *b = fdpo_sacpo_lambda_dir(o->out, lb);
+            char *dir = fmt_dir(o->out, "merge", la, lb, o->merge_weights[k]);
+            rc = run_merge(o, &st, a, b, o->merge_weights[k], dir);
             free(a); free(b); free(dir);
         }
     cJSON_Delete(st.root);

@@ -21,19 +21,22 @@
 
 int fdpo_train_out_check(const fdpo_train_opts *o) {
     if (o->resume || o->overwrite || !o->out) return 0;
+    /* a caller without those flags says what its user does instead (sacpo's stages) */
+    const char *how = o->occupied_how;
     if (fdpo_out_holds_run(o->out, FDPO_RUN_ROUNDS | FDPO_RUN_SACPO | FDPO_RUN_TOKENIZER))
-        return fdpo_error("--out: %s already holds a checkpoint (use --resume to continue it, --overwrite to start over)", o->out);
+        return fdpo_error("--out: %s already holds a checkpoint (%s)", o->out,
+                          how ? how : "use --resume to continue it, --overwrite to start over");
     /* another kind of run (online rounds, sacpo stages): its metrics.jsonl would be replaced */
     const char *held = fdpo_out_holds_run(o->out, FDPO_RUN_CHECKPOINT | FDPO_RUN_TOKENIZER);
-    if (held) return fdpo_error("--out: %s already holds %s of another run (choose another --out, or "
-                                "--overwrite to write over its files)", o->out, held);
+    if (held) return fdpo_error("--out: %s already holds %s of another run (%s)", o->out, held,
+                                how ? how : "choose another --out, or --overwrite to write over its files");
     /* a tokenizer (tokenizer train's OUT): the save writes the run's tokenizer and drops OUT's
      * tokenizer files (a fresh run deleted it, exit 0). Not when it is the run's own --tokenizer,
      * which the save writes back. */
     held = fdpo_out_holds_run(o->out, FDPO_RUN_CHECKPOINT | FDPO_RUN_ROUNDS | FDPO_RUN_SACPO);
     if (held && !(o->tokenizer && fdpo_settings_same_path(o->out, o->tokenizer)))
-        return fdpo_error("--out: %s already holds %s, which this run's save would replace (choose another --out, "
-                          "or --overwrite to replace it)", o->out, held);
+        return fdpo_error("--out: %s already holds %s, which this run's save would replace (%s)", o->out, held,
+                          how ? how : "choose another --out, or --overwrite to replace it");
     return 0;
 }
 
@@ -722,6 +725,10 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         /* the flags before the data: a changed --seed or --eval-fraction also changes the
          * data's split and hash, and the flag is the cause to name; the command's own flags
          * first, under its names (rl's --prompts-per-step is the trainer's batch size) */
+        if (o->init_in_run) {   /* the caller pins it (fdpo_train_opts.init_in_run) */
+            static const char *const init_keys[] = {"model", "model.resolved", NULL};
+            fdpo_settings_remove(&s->settings, init_keys);
+        }
         if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
         if (resume_lora_targets_check(tr->model, &s->settings, &now)) goto fail;
         if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;

@@ -284,11 +284,12 @@ def test_bf16_rerun_of_online_stages_keeps_their_route(data, tmp_path):
 def test_a_plan_with_more_stages_than_a_process_may_lock(data, tmp_path):
     """Merge (and online) stages claimed their directory's lock and kept it: a process holds
     at most 8 locks, so the 8th merge of 5 lambdas x 2 weights failed with "too many run
-    directories locked by one process". Every stage now releases its claim when done."""
+    directories locked by one process". Every stage now releases its claim when done. (5 pairs
+    of neighbours: the reward stage is lambda 0's model.)"""
     sacpo(data, tmp_path / "s", "--lambda", "0.5,1,2,4,8", "--merge", "0.25,0.5", "--steps", 1)
     merges = sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith("merge-") and p.is_dir())
-    assert len(merges) == 8, merges
-    assert len(json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"]) == 1 + 5 + 8
+    assert len(merges) == 10, merges
+    assert len(json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"]) == 1 + 5 + 10
 
 
 def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
@@ -297,7 +298,7 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     moved OUT was refused naming a --resume sacpo does not have"""
     s = tmp_path / "s"
     sacpo(data, s, "--lambda", "1,2", "--merge", "0.5")
-    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-2", "merge-1-2-w0.5")}
+    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-2", "merge-0-1-w0.5", "merge-1-2-w0.5")}
 
     def rerun(cwd, out):
         rel = lambda p: os.path.relpath(p, cwd)
@@ -313,7 +314,7 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     rerun(data, os.path.relpath(tmp_path / "moved", data))
     assert {d: weights(tmp_path / "moved" / d) for d in before} == before
     state = json.loads((tmp_path / "moved" / "sacpo.json").read_text())
-    assert state["stages_done"] == ["reward", "lambda-1", "lambda-2", "merge-1-2-w0.5"]
+    assert state["stages_done"] == ["reward", "lambda-1", "lambda-2", "merge-0-1-w0.5", "merge-1-2-w0.5"]
     assert state["plan"]["model"] == os.path.realpath(data / "base")
 
 
@@ -322,7 +323,8 @@ def test_a_rerun_knows_its_stages_however_the_paths_are_spelled(data, tmp_path):
     (["--lambda", "2,1"], "--lambda: the list must be strictly increasing"),
     (["--lambda", "1.0000001,1"], "--lambda: the list must be strictly increasing (1 after %r)" % 1.0000001),
     (["--lambda", "1,x"], "--lambda: 'x' is not a finite number"),
-    (["--lambda", "1", "--merge", "0.5"], "--merge: needs two or more --lambda"),
+    (["--lambda", "1", "--merge", "0.5", "--order", "safety-first"],
+     "--merge: --order safety-first has no model of lambda 0 (the reward stage alone): it needs two or more --lambda"),
     (["--lambda", "1,2", "--merge", "1.5"], "--merge: weight 1.5 must be in (0, 1)"),
     # each value as Python's repr reads it back: %g printed "weight 1 must be in (0, 1)"
     (["--lambda", "-1.0000001"], "--lambda: %r must be a positive number" % -1.0000001),
@@ -646,7 +648,8 @@ def test_online_stages_raise_safety_with_lambda_and_equal_plain_online_runs(lexd
     sacpo_online(d, s, "--lambda", "0.05,1", "--merge", "0.5")
     state = json.loads((s / "sacpo.json").read_text())
     assert state["plan"]["reward"] == f"lexicon:{d / 'reward.txt'}" and state["plan"]["online"]["rounds"] == 2
-    assert [os.path.basename(x) for x in state["stages_done"]] == ["reward", "lambda-0.05", "lambda-1", "merge-0.05-1-w0.5"]
+    assert [os.path.basename(x) for x in state["stages_done"]] == ["reward", "lambda-0.05", "lambda-1", "merge-0-0.05-w0.5",
+                                                                       "merge-0.05-1-w0.5"]
     # each stage is the `fdpo online` run it wraps (reference = its starting model, beta / lambda),
     # and the stage directory is that run's last round
     for stage, init, spec, beta in (("reward", d / "base", "reward.txt", 0.5), ("lambda-1", s / "reward", "safety.txt", 0.5),
@@ -1121,3 +1124,190 @@ def test_afinn_with_a_lexicon_does_not_hash_the_default_lexicon(data, tmp_path):
     (tmp_path / "lex.json").write_text(json.dumps({"good": 2, "bad": -3}))
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode != 0 and "--lexicon" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_merges_stops_before_the_next_merge(data, tmp_path, sig):
+    """Ctrl-C / SIGTERM while P-SACPO merges ran was swallowed: sacpo holds the signals as a stop
+    request that only the trainer and the stages looked at, so every merge still ran and fdpo
+    exited 0 (a hunt's find). It stops before the next merge, as between stages; what is merged
+    stays, and the same command again makes the merges left, each equal to the numpy
+    interpolation of its two models."""
+    import signal
+    import time
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
+            data / "safety.jsonl", "--beta", "0.2", "--out", s, "--lambda", "1,2,3,4", "--merge",
+            "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--threads", 1, "--batch-size", 8, "--steps", 1, "--lr", "1e-3",
+            "--eval-fraction", 0, "--quiet"]
+    names = [f"merge-{a}-{a + 1}-w0.{k}" for a in (0, 1, 2, 3) for k in range(1, 10)]   # in the order they run
+    p = subprocess.Popen([FDPO_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = s / "merge-0-1-w0.1.lock"   # the first merge has begun
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not first.exists():
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    done = json.loads((s / "sacpo.json").read_text())["stages_done"]
+    merged = [d for d in done if d.startswith("merge-")]
+    assert 1 <= len(merged) < 36 and merged == names[:len(merged)], err
+    nxt = names[len(merged)]
+    assert err.strip().splitlines()[-1] == (
+        f"fdpo sacpo: interrupted before the merge {s / nxt} (the stages and merges done are kept in {s}; run the "
+        "same fdpo sacpo command again: it starts there)"), err
+    assert not (s / nxt).exists()
+    r = fdpo(*args)
+    assert r.stderr.count("merge: ") == 36 - len(merged), r.stderr
+    model = {lam: st.load(str(s / (f"lambda-{lam}" if lam else "reward") / "model.safetensors"))[0] for lam in range(5)}
+    for lam in (0, 1, 2, 3):
+        a, b = model[lam], model[lam + 1]
+        for k in range(1, 10):
+            w = k / 10
+            got = st.load(str(s / f"merge-{lam}-{lam + 1}-w{w:g}" / "model.safetensors"))[0]
+            for name in got:
+                ref = ((1 - w) * a[name].astype(np.float64) + w * b[name].astype(np.float64)).astype(np.float32)
+                assert np.array_equal(got[name], ref), (lam, w, name)
+
+
+def test_a_stage_listed_done_but_removed_is_trained_again(data, tmp_path):
+    """A stage directory listed done in sacpo.json but removed by hand was reported "done before",
+    and what read it next (a merge, a new lambda's safety stage) failed on its config.json on every
+    rerun (a hunt's find). It is trained again from the plan, which pins what it trains on: the
+    same model as before, and a plain fdpo dpo run's. A directory that is there but holds no model
+    is refused, naming it and how to repair."""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "1,3")
+    before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-3")}
+    shutil.rmtree(s / "lambda-1")
+    r = sacpo(data, s, "--lambda", "1,3", "--merge", "0.5")
+    assert f"{s / 'lambda-1'}: listed done in {s / 'sacpo.json'} but not there" in r.stderr, r.stderr
+    assert "safety stage (lambda 1): done before" not in r.stderr, r.stderr
+    dpo(data, data / "base", "reward.jsonl", 0.2, tmp_path / "r")
+    dpo(data, tmp_path / "r", "safety.jsonl", 0.2, tmp_path / "m1")
+    assert weights(s / "lambda-1") == weights(tmp_path / "m1") == before["lambda-1"]
+    shutil.rmtree(s / "reward")
+    r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5")
+    assert "reward stage: done before" not in r.stderr, r.stderr
+    assert weights(s / "reward") == before["reward"]
+    dpo(data, tmp_path / "r", "safety.jsonl", 0.1, tmp_path / "m2")
+    assert weights(s / "lambda-2") == weights(tmp_path / "m2")
+    done = json.loads((s / "sacpo.json").read_text())["stages_done"]
+    assert sorted(done) == sorted(["reward", "lambda-1", "lambda-2", "lambda-3", "merge-0-1-w0.5", "merge-1-3-w0.5",
+                                   "merge-1-2-w0.5", "merge-2-3-w0.5"]), done
+    (s / "lambda-3" / "model.safetensors").unlink()
+    r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5", check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: {s / 'lambda-3'}: listed done in {s / 'sacpo.json'} but holds no model it can read; remove "
+        f"{s / 'lambda-3'} and run the same fdpo sacpo command again to train it again, or give another --out: no "
+        "weights (model.safetensors or adapter_model.safetensors)\n"), r.stderr
+
+
+@pytest.mark.parametrize("flag,order,what,kind", [("--safety-data", "reward-first", "dir", "a directory"),
+                                                  ("--reward-data", "safety-first", "/dev/null", "a device")])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_before_any_stage(data, tmp_path, flag, order, what, kind):
+    """A --safety-data that is a directory (or a --reward-data /dev/null) opened with fopen, so the
+    up-front check let it through; the stage reading it refused it after the stages before it had
+    trained (a hunt's find). It is the pairs reader's check now, as fdpo dpo's, before any stage."""
+    path = tmp_path / "d" if what == "dir" else "/dev/null"
+    if what == "dir":
+        path.mkdir()
+    files = {"--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl", flag: path}
+    r = fdpo("sacpo", "--model", data / "base", *[x for kv in files.items() for x in kv], "--lambda", "1",
+             "--order", order, "--out", tmp_path / "s", *COMMON, check=False)
+    assert r.returncode == 1 and r.stderr == f"fdpo sacpo: {flag} {path}: not a regular file ({kind})\n", r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_moved_out_resumes_its_interrupted_stage(data, tmp_path):
+    """docs: a moved OUT is the same run. A safety stage cut short (SIGINT) in OUT, then OUT moved:
+    the rerun passed sacpo's plan check, but the stage's trainer compared its starting model,
+    OUT/reward, with the path its state recorded (the old OUT) and refused it on every rerun
+    ("--model: NEW/reward differs from the saved run's OLD/reward", a hunt's find). The stage
+    resumes, and ends as the plain fdpo dpo run from the reward stage."""
+    import signal
+    import time
+    steps = ["--steps", 300, "--log-every", 1]
+    args = lambda out: [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
+                        "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", out, "--lambda", "1",
+                        *COMMON[:4], *COMMON[6:], *steps]
+    s, moved = tmp_path / "s", tmp_path / "moved"
+    p = subprocess.Popen(list(map(str, args(s))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = s / "lambda-1" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    os.rename(s, moved)
+    r = subprocess.run(list(map(str, args(moved))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "(resuming)" in r.stderr, r.stderr
+    dpo(data, moved / "reward", "safety.jsonl", 0.2, tmp_path / "plain", *steps)
+    assert weights(moved / "lambda-1") == weights(tmp_path / "plain")
+
+
+def test_a_moved_out_resumes_its_interrupted_online_stage(data, tmp_path):
+    """The same for an online stage: its online.json recorded the stage's starting model
+    (OUT/reward) resolved, which a moved OUT no longer matches ("--out NEW/lambda-1.online: its
+    rounds ran with the flags in ...: --model: NEW/reward differs from the saved run's OLD/reward").
+    A directory where round 1's pairs go makes that round fail (as a crash would)."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    s, moved = tmp_path / "s", tmp_path / "moved"
+    args = lambda out: ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+                        tmp_path / "p.txt", "--lambda", 1, "--out", out, *TINY_ONLINE[2:], "--rounds", 2]
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").mkdir(parents=True)
+    r = fdpo(*args(s), check=False)
+    assert r.returncode == 1 and "sacpo safety stage (lambda 1): round 1" in r.stderr, r.stderr
+    (s / "lambda-1.online" / "round-1.pairs.jsonl").rmdir()
+    os.rename(s, moved)
+    r = fdpo(*args(moved), check=False)
+    assert r.returncode == 0 and "resuming after round 0" in r.stderr, r.stderr
+    assert (moved / "lambda-1" / "model.safetensors").exists() and (moved / "lambda-1.online" / "round-1").is_dir()
+    fdpo("online", "--model", moved / "reward", "--reward", "length:words", "--data", tmp_path / "p.txt",
+         "--beta", 0.1, "--out", tmp_path / "plain", *TINY_ONLINE[2:], "--rounds", 2)
+    assert weights(moved / "lambda-1") == weights(tmp_path / "plain" / "round-1")
+
+
+def test_a_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data, tmp_path):
+    """A stage's directory that holds a checkpoint no stage of the plan left (no training state) was
+    refused only when that stage started, after the stages before it had trained, with the trainer's
+    "use --resume to continue it, --overwrite to start over", flags sacpo does not have (a hunt's
+    find). It is refused before any stage, saying what a sacpo user does."""
+    s = tmp_path / "s"
+    s.mkdir()
+    shutil.copytree(data / "base", s / "lambda-2")
+    r = sacpo(data, s, "--lambda", "1,2", check=False)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo sacpo: sacpo safety stage (lambda 2): --out: {s / 'lambda-2'} already holds a checkpoint (not a stage "
+        "this sacpo run started: move it away, or give sacpo another --out)\n"), r.stderr
+    assert sorted(p.name for p in s.iterdir()) == ["lambda-2"]
+    shutil.rmtree(s / "lambda-2")
+    sacpo(data, s, "--lambda", "1,2")
+    assert (s / "lambda-2" / "model.safetensors").exists()
+
+
+def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, tmp_path):
+    """Wachi et al. 2024 (sec. 6-7.1): P-SACPO merges the reward-aligned model (lambda = 0) with one
+    model realigned for safety at a conservatively large lambda, (1 - q) theta_r + q theta_lambda,
+    q in {0.25, 0.5, 0.75}. --merge merged only neighbouring --lambda values, so the paper's
+    --lambda 10 --merge 0.25,0.5,0.75 was refused ("needs two or more --lambda values", a hunt's
+    find). Reward first, the reward stage is lambda 0 of the chain; safety first has no such model
+    and merges its neighbouring lambdas only."""
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "10", "--merge", "0.25,0.5,0.75")
+    r = st.load(str(s / "reward" / "model.safetensors"))[0]
+    g = st.load(str(s / "lambda-10" / "model.safetensors"))[0]
+    for q in (0.25, 0.5, 0.75):
+        got = st.load(str(s / f"merge-0-10-w{q:g}" / "model.safetensors"))[0]
+        assert sorted(got) == sorted(r)
+        for k in got:
+            ref = ((1 - q) * r[k].astype(np.float64) + q * g[k].astype(np.float64)).astype(np.float32)
+            assert np.array_equal(got[k], ref), (q, k)
+    assert sorted(p.name for p in s.iterdir() if p.is_dir() and p.name.startswith("merge-")) == [
+        "merge-0-10-w0.25", "merge-0-10-w0.5", "merge-0-10-w0.75"]
+    sf = tmp_path / "sf"
+    sacpo(data, sf, "--lambda", "1,2", "--merge", "0.5", "--order", "safety-first")
+    assert sorted(p.name for p in sf.iterdir() if p.is_dir() and p.name.startswith("merge-")) == ["merge-1-2-w0.5"]
