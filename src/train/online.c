@@ -714,8 +714,9 @@ static int online_run(const fdpo_online_opts *o) {
     plan_weights weights = {0};
     /* the reference is the round's starting policy itself in iterative DPO (round 0: --ref
      * when one is given, else --model), and in round 0 of online DPO whose reference is
-     * --model: then log pi_ref = log pi, no second scoring */
-    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
+     * --model (by any spelling of its path: fdpo_settings_same_path, as resume compares paths):
+     * then log pi_ref = log pi, no second scoring */
+    const int ref_is_model = !o->ref || fdpo_settings_same_path(o->ref, o->model);
     const int need_ref = !o->ref_update_round || (start == 0 && !ref_is_model);
     if (prog_on) {
         char *from = start > 0 ? round_path(o->out, start - 1, "") : fdpo_strdup(o->model);
@@ -992,7 +993,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     double *pair_ref = fdpo_malloc(2 * P * sizeof *pair_ref);
     size_t *pair_sample = fdpo_malloc(2 * P * sizeof *pair_sample);
     unsigned char *need_ref = fdpo_malloc(N);
-    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
+    /* --ref naming --model by another spelling (./M, M/, an absolute path) is --model too */
+    const int ref_is_model = !o->ref || fdpo_settings_same_path(o->ref, o->model);
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);

@@ -582,6 +582,37 @@ def test_first_step_against_its_own_policy_is_exact(setup, tmp_path, mode, preci
         assert any(m["rewards/margins"] != 0 for m in metrics(tmp_path / "o" / "round-0")[1:])
 
 
+@pytest.mark.parametrize("mode", [["--rounds", 1], ["--rounds", 1, "--lora-r", 2], ["--mode", "step", "--steps", 1]])
+def test_a_ref_naming_the_model_another_way_is_the_model(setup, tmp_path, mode):
+    """--ref naming --model's directory (model, ./model, model/, the absolute path: one
+    directory by realpath) is the run without --ref: round 0's / step 1's reference is the
+    policy itself, so KL(pi || pi_ref) = 0 and every implicit reward beta (log pi - log pi_ref) = 0
+    by the identity pi = pi_ref, the sigmoid loss -log sigma(0) = log 2 (mean of the pairs'), and
+    the first f-DPO step sees the same numbers: weights byte-equal to the run without --ref. The
+    path strings were compared: --ref ./model loaded and scored a second copy, KL ~1e-7."""
+    small = ["--n", 4, "--max-new-tokens", 8, "--prompts-per-round", 8, "--threads", 1, "--lr", "1e-2", "--quiet"]
+
+    def run(out, *ref):
+        r = subprocess.run([str(a) for a in [FDPO, "online", "--model", "model", "--data", "prompts.txt", "--reward",
+                                             f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", out, *small,
+                                             *mode, *ref]], cwd=setup, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        first = metrics(out / "round-0")[0] if "--rounds" in mode else metrics(out)[0]
+        weights = out / "round-0" if "--rounds" in mode else out
+        name = "adapter_model.safetensors" if "--lora-r" in mode else "model.safetensors"
+        return metrics(out)[0]["objective/kl"], first, (weights / name).read_bytes()
+
+    kl0, first0, w0 = run(tmp_path / "none")
+    assert kl0 == 0 and first0["rewards/margins"] == 0 and abs(first0["loss"] - math.log(2)) <= 1e-15, first0
+    for ref in ["model", "./model", "model/", str(setup / "model"), f"{setup}/./model/"]:
+        kl, first, w = run(tmp_path / "r", "--ref", ref)
+        assert kl == 0, (ref, kl)
+        assert (first["rewards/chosen"], first["rewards/rejected"], first["rewards/margins"]) == (0, 0, 0), (ref, first)
+        assert first["loss"] == first0["loss"] and first["rewards/accuracies"] == 0.5, (ref, first)
+        assert w == w0, ref
+        subprocess.run(["rm", "-rf", str(tmp_path / "r")], check=True)
+
+
 def test_killed_mid_save_leaves_the_last_round_and_resume_equals_uninterrupted(setup, tmp_path):
     """A round's checkpoint is written in the background while the next round samples. Kill
     the process (SIGKILL) while round 1's files are being written -- strace holds every fsync
