@@ -613,6 +613,27 @@ def test_a_ref_naming_the_model_another_way_is_the_model(setup, tmp_path, mode):
         subprocess.run(["rm", "-rf", str(tmp_path / "r")], check=True)
 
 
+@pytest.mark.parametrize("cmd", ["step", "rl", "dpo", "sft"])
+def test_a_model_without_tokenizer_files_gets_advice_the_command_takes(setup, tmp_path, cmd):
+    """A checkpoint without tokenizer files: the advice was "pass --tokenizer DIR" in every
+    command, a flag only sft and pretrain have (online, rl, dpo then said "unknown flag
+    --tokenizer"); the others read the tokenizer from --model alone."""
+    m = tmp_path / "m"
+    m.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (m / f).write_bytes((setup / "model" / f).read_bytes())
+    args = {"step": ["online", "--mode", "step", "--steps", 1, "--reward", "length", "--n", 2, "--max-new-tokens", 4],
+            "rl": ["rl", "--steps", 1, "--reward", "length"],
+            "dpo": ["dpo", "--steps", 1], "sft": ["sft", "--steps", 1]}[cmd]
+    r = fdpo(*args, "--model", m, "--data", setup / "prompts.txt", "--out", tmp_path / "o", "--threads", 1, check=False)
+    assert r.returncode == 1 and f": {m}: no tokenizer files (expected vocab.json" in r.stderr, r.stderr
+    if cmd == "sft":
+        assert f"--model {m} (pass --tokenizer DIR, or copy the tokenizer files into the checkpoint)" in r.stderr
+    else:
+        assert "--tokenizer" not in r.stderr, r.stderr
+        assert f"--model {m} (copy the tokenizer files into the checkpoint: this command reads them from there)" in r.stderr
+
+
 def test_killed_mid_save_leaves_the_last_round_and_resume_equals_uninterrupted(setup, tmp_path):
     """A round's checkpoint is written in the background while the next round samples. Kill
     the process (SIGKILL) while round 1's files are being written -- strace holds every fsync
