@@ -305,7 +305,7 @@ static int round_writer_start(round_writer *w, long k, const char *partial, cons
 
 /* Per-round statistics of the sampled completions (TRL OnlineDPO / RLOO names). */
 typedef struct {
-    double scores, kl, entropy, eos, length, pairs, reward_gap;
+    double scores, kl, entropy, eos, length, pairs, scores_margin;
     size_t pairs_empty;                         /* pairs skipped for an empty side (not a metric: the warning's) */
     /* seconds: generation; reward + log-probs; f-DPO; waiting for the previous round's
      * checkpoint writer (the part of the save the round does not hide) */
@@ -371,7 +371,7 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
     b->pair_sample[2 * q] = w;   /* their reference log-probs: scored once the pairs are known */
     b->pair_sample[2 * q + 1] = l;
     st->pairs += 1;
-    st->reward_gap += b->r[w] - b->r[l];
+    st->scores_margin += b->r[w] - b->r[l];
     if (!f) return;
     fdpo_pair_row_write(f, b->pp[w], b->cc[w], b->cc[l], b->r[w], b->r[l]);
 }
@@ -488,7 +488,7 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
         }
         st->scores /= (double)N; st->entropy /= (double)N;
         st->eos /= (double)N; st->length /= (double)N;
-        st->reward_gap = st->pairs > 0 ? st->reward_gap / st->pairs : NAN;
+        st->scores_margin = st->pairs > 0 ? st->scores_margin / st->pairs : NAN;
     }
     return rc;
 }
@@ -506,7 +506,7 @@ static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double bet
     fdpo_metrics_add(mw, "val/contain_eos_token", st->eos);
     fdpo_metrics_add(mw, "val/num_completion_tokens", st->length);
     fdpo_metrics_add(mw, "pairs", st->pairs);
-    fdpo_metrics_add(mw, "pairs/reward_gap", st->reward_gap);
+    fdpo_metrics_add(mw, "objective/scores_margin", st->scores_margin);   /* TRL OnlineDPO's name; "pairs/reward_gap" before */
     fdpo_metrics_add(mw, "time/sampling", st->t_sampling);
     fdpo_metrics_add(mw, "time/scoring", st->t_scoring);
     fdpo_metrics_add(mw, "time/training", st->t_training);
@@ -788,8 +788,8 @@ static int online_run(const fdpo_online_opts *o) {
             ref = NULL;
         }
         if (rc == 0) {
-            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
-                     st.scores, st.kl, st.pairs, st.reward_gap);
+            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (scores margin %.4g)", k,
+                     st.scores, st.kl, st.pairs, st.scores_margin);
             if (is_dir(partial) && fdpo_dist_is_root()) rc = fdpo_remove_tree(partial);
             /* and the pairs record a killed writer wrote before it (the round's training state
              * records the path's resolved form only where a file is there: a resumed round's
@@ -1082,7 +1082,11 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             fdpo_metrics_add(mw, "rewards/margins", np ? m.margins : NAN);
             fdpo_metrics_add(mw, "rewards/accuracies", np ? m.accuracy : NAN);
             fdpo_metrics_add(mw, "pairs", (double)np);
-            fdpo_metrics_add(mw, "pairs/reward_gap", np ? gap / (double)np : NAN);
+            fdpo_metrics_add(mw, "objective/scores_margin", np ? gap / (double)np : NAN);
+            /* TRL OnlineDPOTrainer's: the policy's summed log-probs of the pairs (its f-DPO forward) */
+            fdpo_metrics_add(mw, "logps/chosen", np ? m.logps_chosen : NAN);
+            fdpo_metrics_add(mw, "logps/rejected", np ? m.logps_rejected : NAN);
+            fdpo_metrics_add(mw, "beta", beta);
             fdpo_metrics_add(mw, "time/sampling", sec[0]);
             fdpo_metrics_add(mw, "time/scoring", sec[1]);
             fdpo_metrics_add(mw, "time/training", t_train);

@@ -86,7 +86,7 @@ def test_three_rounds_raise_heldout_reward(setup, tmp_path):
     assert [x["round"] for x in m] == [0, 1, 2]
     for x in m:
         assert all(k in x for k in TRL_KEYS)
-        assert x["pairs"] >= 1 and x["pairs/reward_gap"] > 0
+        assert x["pairs"] >= 1 and x["objective/scores_margin"] > 0 and "pairs/reward_gap" not in x
         assert x["objective/rlhf_reward"] == pytest.approx(x["objective/scores"] - 0.1 * x["objective/kl"])
     assert m[0]["objective/kl"] == 0  # round 0 samples the reference itself
     assert m[2]["objective/kl"] > 0
@@ -967,13 +967,17 @@ def coin_model(model):
 
 @pytest.mark.parametrize("mode", ["rounds", "step"])
 def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
-    """objective/entropy, val/contain_eos_token, val/num_completion_tokens and pairs/reward_gap
-    against values known without the samples: the policy (coin_model) draws 16 fair flips of
-    'a'/'X', so the entropy estimate -mean log pi(y) is 16 log 2 = 11.09 exactly (to float
-    rounding), no sample drew EOT (contain_eos 0) and every completion has 16 tokens; the
-    reward is 11 for a completion starting with 'a' and 10 otherwise, so every best-worst pair
-    has r_chosen - r_rejected = 1 and the mean gap is 1 (not the chosen reward, 11). Round 0 /
-    step 1 sample the starting policy; the gap holds at every step whatever the policy."""
+    """objective/entropy, val/contain_eos_token, val/num_completion_tokens and
+    objective/scores_margin against values known without the samples: the policy (coin_model)
+    draws 16 fair flips of 'a'/'X', so the entropy estimate -mean log pi(y) is 16 log 2 = 11.09
+    exactly (to float rounding), no sample drew EOT (contain_eos 0) and every completion has 16
+    tokens; the reward is 11 for a completion starting with 'a' and 10 otherwise, so every
+    best-worst pair has r_chosen - r_rejected = 1 and the mean margin is 1 (not the chosen
+    reward, 11). Round 0 / step 1 sample the starting policy; the margin holds at every step
+    whatever the policy. The names are TRL OnlineDPOTrainer's (its docs' "Logged metrics":
+    objective/scores_margin, and every step logps/chosen, logps/rejected, the policy's summed
+    log-probs of the pair's completions, and beta); the margin was "pairs/reward_gap", and step
+    mode logged no logps/* nor beta. At step 1 every completion's log pi is 16 log(1/2)."""
     model = coin_model(tmp_path / "coin")
     (tmp_path / "first_a.py").write_text(FIRST_A)
     out = tmp_path / "out"
@@ -994,7 +998,11 @@ def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
         assert all(r["chosen"][0] == "a" and r["rejected"][0] == "X" for r in rows), rows
         assert all(len(r["chosen"]) == len(r["rejected"]) == 16 for r in rows), rows
     for x in m:
-        assert x["pairs"] > 0 and x["pairs/reward_gap"] == 1.0, x
+        assert x["pairs"] > 0 and x["objective/scores_margin"] == 1.0 and "pairs/reward_gap" not in x, x
+    if mode == "step":
+        assert abs(first["logps/chosen"] + 16 * math.log(2)) <= 1e-4, first
+        assert abs(first["logps/rejected"] + 16 * math.log(2)) <= 1e-4, first
+        assert all(x["beta"] == 0.1 and math.isfinite(x["logps/chosen"] + x["logps/rejected"]) for x in m), m
 
 
 def coin_ref_model(model):
