@@ -588,6 +588,14 @@ void fdpo_online_opts_default(fdpo_online_opts *o) {
     o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};   /* seed: not read, dpo.train.seed's is */
 }
 
+/* a pair needs two different completions of a prompt: greedy decoding (temperature 0, top-k 1,
+ * a top-p at or below 1/V) gives all --n the same text, so every prompt ties and nothing ever
+ * trains (the run "succeeded" with the initial weights). vocab: the policy's, 0 before it is read. */
+int fdpo_online_sample_check(const fdpo_online_opts *o, size_t vocab) {
+    return fdpo_sample_distinct_check(&o->sample, o->n, vocab, "online pairs need different completions of a prompt",
+                                      "no pair could ever form");
+}
+
 int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
@@ -617,11 +625,7 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
         return -1;
     if (fdpo_sample_config_check(&o->sample)) return -1;
-    /* a pair needs two different completions of a prompt: greedy decoding (temperature 0, or
-     * top-k 1) gives all --n the same text, so every prompt ties and nothing ever trains (the
-     * run "succeeded" with the initial weights) */
-    return fdpo_sample_distinct_check(&o->sample, o->n, "online pairs need different completions of a prompt",
-                                      "no pair could ever form");
+    return fdpo_online_sample_check(o, 0);
 }
 
 int fdpo_online_rounds_opts_check(const fdpo_online_opts *o) {
@@ -740,6 +744,7 @@ static int online_run(const fdpo_online_opts *o) {
         const fdpo_gpt2 *ref_fit = ref && ref != policy ? ref : NULL;
         if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
                                                  ref_fit ? &ref_fit->config : NULL, o->sample.max_new_tokens, o->prompts);
+        if (rc == 0) rc = fdpo_online_sample_check(o, policy->config.vocab_size);
         if (rc == 0) weights = plan_weights_of(policy, ref);
         if (start > 0) rc = plan_weights_check(o, &weights, rc);
     }
@@ -982,6 +987,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     cfg.micro_batch = 0;
     if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
                                          ref && ref != policy ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
+    if (!rc) rc = fdpo_online_sample_check(o, policy->config.vocab_size);
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     /* a step takes each prompt at most once (fdpo_train_step_items) */
     const size_t P = tr_ok ? tr.step_items : 1, K = (size_t)o->n, N = P * K;

@@ -266,6 +266,15 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
     *[([*mode, *greedy], f"fdpo online: --{greedy[0][2:]} {greedy[1]}: online pairs need different completions of a "
        "prompt, and greedy decoding gives all --n 4 the same text (no pair could ever form)")
       for mode in ([], ["--mode", "step", "--steps", "2"]) for greedy in (["--temperature", "0"], ["--top-k", "1"])],
+    # a top-p at or below 1/K keeps only the most probable of K tokens (it holds >= 1/K of their
+    # mass): greedy again, with K the vocabulary's 257 (known once the model is read) or --top-k's
+    *[([*mode, *greedy], f"fdpo online: --top-p {greedy[-1]}: online pairs need different completions of a prompt, and "
+       f"a top-p at or below 1/{k} ({of}) keeps only the most probable token, so greedy decoding gives all --n 4 the "
+       f"same text (no pair could ever form); sample with --top-p > 1/{k}\n")
+      for mode in ([], ["--mode", "step", "--steps", "2"])
+      for greedy, k, of in ((["--top-p", "0.001"], 257, "the vocabulary's 257 tokens"),
+                            (["--top-p", str(1 / 257)], 257, "the vocabulary's 257 tokens"),
+                            (["--top-k", "2", "--top-p", "0.5"], 2, "--top-k 2's tokens"))],
     # step mode's step is one f-DPO step: the rounds' batching flags were accepted and ignored
     *[(["--mode", "step", "--steps", "2", f], f"fdpo online: --{f.split('=')[0][2:]}: --mode rounds only (a step of "
        "--mode step is one f-DPO step on the pairs of --prompts-per-round prompts)\n")
