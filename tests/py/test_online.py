@@ -5,6 +5,7 @@ from fdpo's metrics; the comparison is reported in standard errors."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -814,6 +815,34 @@ def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag
     online(setup, a, "--rounds", 2, "--resume", "--prompts-per-round", 4, "--threads", 2, *first,
            "--model", f"{setup}/./model")
     assert (a / "round-1").is_dir()
+
+
+def test_rounds_resume_may_change_what_the_docs_say(setup, tmp_path):
+    """docs/online.md lists the flags a rounds --resume may change; every other setting in
+    online.json is fixed (refused above). A resume with another --log-every and
+    --allreduce-overlap ran without a word while the docs listed only --rounds, --threads,
+    --reward-timeout and --quiet: the list now names both (the trainers' resume takes a new
+    --log-every too, and --allreduce-overlap is no setting in any trainer), and round 1's f-DPO
+    run logs at the new interval (its steps 3, 6, ... and its last)."""
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--threads", 1, "--batch-size", 1, "--epochs", 2]
+    online(setup, a, "--rounds", 1, *small)
+    online(setup, a, "--rounds", 2, "--resume", *small, "--log-every", 3, "--allreduce-overlap", "--threads", 2)
+    state = [json.load(open(a / f"round-{k}" / "training_state.json"))["settings"]["log-every"] for k in (0, 1)]
+    assert state == [1, 3]
+    steps = [m["step"] for m in metrics(a / "round-1")]
+    last = json.load(open(a / "round-1" / "training_state.json"))["step"]
+    assert steps == sorted({*range(3, last + 1, 3), last}), (steps, last)
+    plan = json.load(open(a / "online.json"))
+    changeable = {k for k in plan["settings"] if k not in plan["fixed"]}
+    doc = open(os.path.join(HERE, "../../docs/online.md")).read()
+    said = re.search(r"`--rounds`, `--threads`, `--reward-timeout` and `--quiet` may change,\s+and so may "
+                     r"`--log-every`(.|\n)*?and `--allreduce-overlap`", doc)
+    assert said, "docs/online.md: the flags a rounds resume may change"
+    # of them, the flags fdpo online takes (--save-every: refused in rounds mode) are the listed
+    # ones (--rounds and --quiet are not in the plan, --allreduce-overlap is no setting)
+    offered = set(re.findall(r"--([a-z0-9-]+)", fdpo("online", "--help").stdout))
+    assert (changeable & offered) - {"save-every"} == {"threads", "reward-timeout", "log-every"}, changeable & offered
 
 
 @pytest.mark.parametrize("extra", [[], ["--lora-r", 2]])
