@@ -49,9 +49,12 @@ typedef struct {
 } fdpo_sample_config;
 int fdpo_sample_config_check(const fdpo_sample_config *c); /* names the bad flag */
 /* For a run that compares the n completions of a prompt (online pairs, RLOO/GRPO groups):
- * refuses greedy decoding (temperature 0 or top-k 1), which gives all n the same text. need:
- * what needs them to differ; else_what: what greedy decoding would leave (both for the message). */
-int fdpo_sample_distinct_check(const fdpo_sample_config *c, long n, const char *need, const char *else_what);
+ * refuses greedy decoding, which gives all n the same text: temperature 0, top-k 1, or a top-p
+ * at or below 1/K (K: top-k, else vocab, the model's vocabulary size; 0 before the model is read:
+ * then only top-k's K is checked, and the caller checks again with the model's). need: what
+ * needs them to differ; else_what: what greedy decoding would leave (both for the message). A
+ * small positive temperature is not refused: it makes the draw nearly, not exactly, greedy. */
+int fdpo_sample_distinct_check(const fdpo_sample_config *c, long n, size_t vocab, const char *need, const char *else_what);
 
 /* The RNG of one sample depends only on (seed, prompt index, sample index), so samples do
  * not depend on batching or the thread count. */

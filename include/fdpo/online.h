@@ -69,6 +69,10 @@ int fdpo_online_opts_check(const fdpo_online_opts *o);
  * --pairing all-bt; no --stop-at, --overwrite or --save-every). fdpo_online_run calls it, and
  * fdpo_sacpo_opts_check for each online stage before any stage runs. */
 int fdpo_online_rounds_opts_check(const fdpo_online_opts *o);
+/* The sampling flags against the policy's vocabulary size (a --top-p at or below 1/V keeps one
+ * token: greedy, no pair could form; fdpo_sample_distinct_check). Both modes call it once the
+ * policy is read, fdpo_sacpo_run once --model's config is, before any stage trains. */
+int fdpo_online_sample_check(const fdpo_online_opts *o, size_t vocab);
 int fdpo_online_run(const fdpo_online_opts *o);
 /* 1 if name is an entry a rounds run makes in its OUT: online.json, round-K, round-K.partial,
  * round-K.pairs.jsonl. A run that replaces a rounds run's OUT (--overwrite) leaves these behind. */

@@ -97,6 +97,9 @@ typedef struct {
                             too: --resume does not compare init's path (its "model" setting), so
                             a moved OUT resumes (the old path was named as another --model) */
     const char *tokenizer; /* tokenizer directory (default: init's, else byte-level) */
+    int tokenizer_flag;    /* the command offers --tokenizer DIR (sft, pretrain): the message for an
+                              init without tokenizer files names it; the others (dpo, rl, online,
+                              ...) take the tokenizer from the checkpoint alone */
     const char *chat_template; /* built-in chat template for message data (NULL/"auto": the tokenizer's) */
     long eval_every, save_every, log_every;
     long eval_max_seqs;  /* pretrain/sft: evaluate only the first N validation sequences (0 = all) */

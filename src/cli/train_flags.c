@@ -294,6 +294,7 @@ static int eval_flags_check(fdpo_flag *flags, size_t n) {
 
 int train_flags_finish(fdpo_flag *flags, size_t n, fdpo_train_opts *o, const char *kind) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
+    for (size_t i = 0; i < n; i++) o->tokenizer_flag |= !strcmp(flags[i].name, "tokenizer");   /* for the library's advice */
     if (shape_flags_check(flags, n, o)) return -1;
     if (o->resume && resume_defaults(flags, n, o->out, kind)) return -1;   /* may set --precision from the saved run */
     if (eval_flags_check(flags, n)) return -1;

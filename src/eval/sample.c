@@ -32,11 +32,26 @@ int fdpo_sample_config_check(const fdpo_sample_config *c) {
     return 0;
 }
 
-int fdpo_sample_distinct_check(const fdpo_sample_config *c, long n, const char *need, const char *else_what) {
+int fdpo_sample_distinct_check(const fdpo_sample_config *c, long n, size_t vocab, const char *need, const char *else_what) {
     if (c->temperature == 0 || c->top_k == 1)
         return fdpo_error("--%s: %s, and greedy decoding gives all --n %ld the same text (%s); sample with "
                           "--temperature > 0 and --top-k 0 or > 1", c->temperature == 0 ? "temperature 0" : "top-k 1",
                           need, n, else_what);
+    /* top-p keeps the shortest prefix whose mass reaches top_p of the kept mass, and the most
+     * probable of K kept tokens holds at least 1/K of it: top_p <= 1/K keeps that token alone at
+     * every position, greedy decoding again. K is --top-k's where it keeps fewer than the
+     * vocabulary's V, else V (vocab 0: not known yet; --top-k's bound holds whatever V is, and
+     * the caller checks again once the model is read). */
+    const int by_top_k = c->top_k > 0 && (!vocab || c->top_k < vocab);
+    const size_t K = by_top_k ? c->top_k : vocab;
+    if (K > 1 && c->top_p < 1 && c->top_p <= 1.0 / (double)K) {
+        char of[64];
+        if (by_top_k) snprintf(of, sizeof of, "--top-k %zu's tokens", K);
+        else snprintf(of, sizeof of, "the vocabulary's %zu tokens", K);
+        return fdpo_error("--top-p %s: %s, and a top-p at or below 1/%zu (%s) keeps only the most probable token, so "
+                          "greedy decoding gives all --n %ld the same text (%s); sample with --top-p > 1/%zu",
+                          fdpo_shortest(c->top_p).s, need, K, of, n, else_what, K);
+    }
     return 0;
 }
 

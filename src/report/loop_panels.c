@@ -56,9 +56,16 @@ void fdpo_rp_loop_discover(rp_ctx *c, rp_run *r) {
 
 typedef enum { LOOP_NONE, LOOP_RM, LOOP_ROUNDS, LOOP_STEPS } loop_kind;
 
+/* A row's number under key, or under the name an older fdpo logged it by: the online rounds'
+ * margin was "pairs/reward_gap" before it took TRL OnlineDPOTrainer's "objective/scores_margin". */
+static int row_num(const cJSON *row, const char *key, double *v) {
+    if (fdpo_rp_get_num(row, key, v)) return 1;
+    return !strcmp(key, "objective/scores_margin") && fdpo_rp_get_num(row, "pairs/reward_gap", v);
+}
+
 static int has_key(const rp_run *r, const char *key) {
     const cJSON *row;
-    cJSON_ArrayForEach(row, r->rows) { double v; if (fdpo_rp_get_num(row, key, &v)) return 1; }
+    cJSON_ArrayForEach(row, r->rows) { double v; if (row_num(row, key, &v)) return 1; }
     return 0;
 }
 
@@ -100,11 +107,11 @@ static void loop_panel(rp_ctx *c, rp_charts *ch, loop_kind k, const char *title,
             cJSON *s = fdpo_rp_series_new(series, label, fdpo_rp_run_color(i), 1, pass);
             size_t n = 0, j = 0;
             const cJSON *row;
-            cJSON_ArrayForEach(row, r->rows) { double v, x; n += fdpo_rp_get_num(row, key, &v) && fdpo_rp_get_num(row, xkey, &x); }
+            cJSON_ArrayForEach(row, r->rows) { double v, x; n += row_num(row, key, &v) && fdpo_rp_get_num(row, xkey, &x); }
             fdpo_rp_thin thin = {n, maxp, 0};
             cJSON_ArrayForEach(row, r->rows) {
                 double v, x;
-                if (!fdpo_rp_get_num(row, key, &v) || !fdpo_rp_get_num(row, xkey, &x)) continue;
+                if (!row_num(row, key, &v) || !fdpo_rp_get_num(row, xkey, &x)) continue;
                 if (fdpo_rp_thin_keep(&thin, j)) fdpo_rp_series_add(s, x, v, NULL);
                 j++;
             }
@@ -144,9 +151,10 @@ void fdpo_rp_loop_section(rp_ctx *c, rp_charts *ch, rp_buf *b) {
                    "round", "objective/entropy", NULL, NULL, "entropy (nats)");
         loop_panel(c, ch, LOOP_ROUNDS, "Online rounds: pairs", "pairs: preference pairs built from the round's "
                    "samples (prompts whose samples all tie give none).", "round", "pairs", NULL, NULL, "pairs");
-        loop_panel(c, ch, LOOP_ROUNDS, "Online rounds: reward gap of the pairs", "pairs/reward_gap: mean reward(chosen) "
-                   "\xe2\x88\x92 reward(rejected). It shrinks as the samples of a prompt agree.", "round",
-                   "pairs/reward_gap", NULL, NULL, "reward gap");
+        loop_panel(c, ch, LOOP_ROUNDS, "Online rounds: scores margin of the pairs", "objective/scores_margin: mean "
+                   "reward(chosen) \xe2\x88\x92 reward(rejected) over the pairs (runs of an older fdpo: pairs/reward_gap). "
+                   "It shrinks as the samples of a prompt agree.", "round", "objective/scores_margin", NULL, NULL,
+                   "scores margin");
     }
     if (n[LOOP_STEPS]) {
         loop_panel(c, ch, LOOP_STEPS, "RL steps: objective", "objective/rlhf_reward = objective/scores \xe2\x88\x92 "

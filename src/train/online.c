@@ -309,7 +309,7 @@ static int round_writer_start(round_writer *w, long k, const char *partial, cons
 
 /* Per-round statistics of the sampled completions (TRL OnlineDPO / RLOO names). */
 typedef struct {
-    double scores, kl, entropy, eos, length, pairs, reward_gap;
+    double scores, kl, entropy, eos, length, pairs, scores_margin;
     size_t pairs_empty;                         /* pairs skipped for an empty side (not a metric: the warning's) */
     /* seconds: generation; reward + log-probs; f-DPO; waiting for the previous round's
      * checkpoint writer (the part of the save the round does not hide) */
@@ -375,7 +375,7 @@ static void add_pair(round_buf *b, round_stats *st, FILE *f, int32_t **ids, cons
     b->pair_sample[2 * q] = w;   /* their reference log-probs: scored once the pairs are known */
     b->pair_sample[2 * q + 1] = l;
     st->pairs += 1;
-    st->reward_gap += b->r[w] - b->r[l];
+    st->scores_margin += b->r[w] - b->r[l];
     if (!f) return;
     fdpo_pair_row_write(f, b->pp[w], b->cc[w], b->cc[l], b->r[w], b->r[l]);
 }
@@ -492,7 +492,7 @@ static int make_round_pairs(const fdpo_online_opts *o, const fdpo_sample_config 
         }
         st->scores /= (double)N; st->entropy /= (double)N;
         st->eos /= (double)N; st->length /= (double)N;
-        st->reward_gap = st->pairs > 0 ? st->reward_gap / st->pairs : NAN;
+        st->scores_margin = st->pairs > 0 ? st->scores_margin / st->pairs : NAN;
     }
     return rc;
 }
@@ -510,7 +510,7 @@ static int write_round_metrics(fdpo_metrics *mw, long k, long rounds, double bet
     fdpo_metrics_add(mw, "val/contain_eos_token", st->eos);
     fdpo_metrics_add(mw, "val/num_completion_tokens", st->length);
     fdpo_metrics_add(mw, "pairs", st->pairs);
-    fdpo_metrics_add(mw, "pairs/reward_gap", st->reward_gap);
+    fdpo_metrics_add(mw, "objective/scores_margin", st->scores_margin);   /* TRL OnlineDPO's name; "pairs/reward_gap" before */
     fdpo_metrics_add(mw, "time/sampling", st->t_sampling);
     fdpo_metrics_add(mw, "time/scoring", st->t_scoring);
     fdpo_metrics_add(mw, "time/training", st->t_training);
@@ -592,6 +592,14 @@ void fdpo_online_opts_default(fdpo_online_opts *o) {
     o->sample = (fdpo_sample_config){.temperature = 1, .top_p = 1, .max_new_tokens = 32, .seed = (uint64_t)o->dpo.train.seed, .batch = 8};   /* seed: not read, dpo.train.seed's is */
 }
 
+/* a pair needs two different completions of a prompt: greedy decoding (temperature 0, top-k 1,
+ * a top-p at or below 1/V) gives all --n the same text, so every prompt ties and nothing ever
+ * trains (the run "succeeded" with the initial weights). vocab: the policy's, 0 before it is read. */
+int fdpo_online_sample_check(const fdpo_online_opts *o, size_t vocab) {
+    return fdpo_sample_distinct_check(&o->sample, o->n, vocab, "online pairs need different completions of a prompt",
+                                      "no pair could ever form");
+}
+
 int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (!o->model) return fdpo_error("--model: required (the policy to align)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
@@ -621,11 +629,7 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (!o->resume && !o->dpo.train.resume && fdpo_reward_lexicon_check(o->reward_opts.lexicon, &o->reward, 1))
         return -1;
     if (fdpo_sample_config_check(&o->sample)) return -1;
-    /* a pair needs two different completions of a prompt: greedy decoding (temperature 0, or
-     * top-k 1) gives all --n the same text, so every prompt ties and nothing ever trains (the
-     * run "succeeded" with the initial weights) */
-    return fdpo_sample_distinct_check(&o->sample, o->n, "online pairs need different completions of a prompt",
-                                      "no pair could ever form");
+    return fdpo_online_sample_check(o, 0);
 }
 
 int fdpo_online_rounds_opts_check(const fdpo_online_opts *o) {
@@ -718,8 +722,9 @@ static int online_run(const fdpo_online_opts *o) {
     plan_weights weights = {0};
     /* the reference is the round's starting policy itself in iterative DPO (round 0: --ref
      * when one is given, else --model), and in round 0 of online DPO whose reference is
-     * --model: then log pi_ref = log pi, no second scoring */
-    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
+     * --model (by any spelling of its path: fdpo_settings_same_path, as resume compares paths):
+     * then log pi_ref = log pi, no second scoring */
+    const int ref_is_model = !o->ref || fdpo_settings_same_path(o->ref, o->model);
     const int need_ref = !o->ref_update_round || (start == 0 && !ref_is_model);
     if (prog_on) {
         char *from = start > 0 ? round_path(o->out, start - 1, "") : fdpo_strdup(o->model);
@@ -743,6 +748,7 @@ static int online_run(const fdpo_online_opts *o) {
         const fdpo_gpt2 *ref_fit = ref && ref != policy ? ref : NULL;
         if (rc == 0) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
                                                  ref_fit ? &ref_fit->config : NULL, o->sample.max_new_tokens, o->prompts);
+        if (rc == 0) rc = fdpo_online_sample_check(o, policy->config.vocab_size);
         if (rc == 0) weights = plan_weights_of(policy, ref);
         if (start > 0) rc = plan_weights_check(o, &weights, rc);
     }
@@ -791,8 +797,8 @@ static int online_run(const fdpo_online_opts *o) {
             ref = NULL;
         }
         if (rc == 0) {
-            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (reward gap %.4g)", k,
-                     st.scores, st.kl, st.pairs, st.reward_gap);
+            fdpo_log(FDPO_LOG_INFO, "round %ld: mean reward %.4g, KL %.4g, %g pairs (scores margin %.4g)", k,
+                     st.scores, st.kl, st.pairs, st.scores_margin);
             if (is_dir(partial) && fdpo_dist_is_root()) rc = fdpo_remove_tree(partial);
             /* and the pairs record a killed writer wrote before it (the round's training state
              * records the path's resolved form only where a file is there: a resumed round's
@@ -985,6 +991,7 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     cfg.micro_batch = 0;
     if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
                                          ref && ref != policy ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
+    if (!rc) rc = fdpo_online_sample_check(o, policy->config.vocab_size);
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
     /* a step takes each prompt at most once (fdpo_train_step_items) */
     const size_t P = tr_ok ? tr.step_items : 1, K = (size_t)o->n, N = P * K;
@@ -996,7 +1003,8 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     double *pair_ref = fdpo_malloc(2 * P * sizeof *pair_ref);
     size_t *pair_sample = fdpo_malloc(2 * P * sizeof *pair_sample);
     unsigned char *need_ref = fdpo_malloc(N);
-    const int ref_is_model = !o->ref || !strcmp(o->ref, o->model);
+    /* --ref naming --model by another spelling (./M, M/, an absolute path) is --model too */
+    const int ref_is_model = !o->ref || fdpo_settings_same_path(o->ref, o->model);
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);
@@ -1084,7 +1092,11 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
             fdpo_metrics_add(mw, "rewards/margins", np ? m.margins : NAN);
             fdpo_metrics_add(mw, "rewards/accuracies", np ? m.accuracy : NAN);
             fdpo_metrics_add(mw, "pairs", (double)np);
-            fdpo_metrics_add(mw, "pairs/reward_gap", np ? gap / (double)np : NAN);
+            fdpo_metrics_add(mw, "objective/scores_margin", np ? gap / (double)np : NAN);
+            /* TRL OnlineDPOTrainer's: the policy's summed log-probs of the pairs (its f-DPO forward) */
+            fdpo_metrics_add(mw, "logps/chosen", np ? m.logps_chosen : NAN);
+            fdpo_metrics_add(mw, "logps/rejected", np ? m.logps_rejected : NAN);
+            fdpo_metrics_add(mw, "beta", beta);
             fdpo_metrics_add(mw, "time/sampling", sec[0]);
             fdpo_metrics_add(mw, "time/scoring", sec[1]);
             fdpo_metrics_add(mw, "time/training", t_train);

@@ -392,6 +392,14 @@ static fdpo_train_opts rl_train_opts(const fdpo_rl_run_opts *o) {
     return fdpo_train_opts_over_prompts(&o->train, o->model, o->prompts, o->prompts_per_step, "--prompts-per-step");
 }
 
+/* RLOO and GRPO score a sample against the others of its group: greedy decoding gives the
+ * group one text, every advantage 0, and the run "trained" nothing (exit 0). vocab: the
+ * policy's (a top-p at or below 1/V is greedy too), 0 before it is read. */
+static int rl_distinct_check(const fdpo_rl_run_opts *o, size_t vocab) {
+    return fdpo_sample_distinct_check(&o->sample, (long)o->rl.k, vocab, "RLOO/GRPO compare the --n completions of a prompt",
+                                      "every advantage would be 0 and nothing would train");
+}
+
 int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     if (!o->model) return fdpo_error("--model: required (the policy to train)");
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
@@ -405,11 +413,7 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     const fdpo_train_opts t = rl_train_opts(o);
     if (fdpo_train_opts_check(&t)) return -1;
     if (fdpo_rl_config_check(&o->rl) || fdpo_sample_config_check(&o->sample)) return -1;
-    /* RLOO and GRPO score a sample against the others of its group: greedy decoding gives the
-     * group one text, every advantage 0, and the run "trained" nothing (exit 0) */
-    if (fdpo_sample_distinct_check(&o->sample, (long)o->rl.k, "RLOO/GRPO compare the --n completions of a prompt",
-                                   "every advantage would be 0 and nothing would train"))
-        return -1;
+    if (rl_distinct_check(o, 0)) return -1;
     if (fdpo_train_out_ref_check(o->train.out, o->ref, o->model) || fdpo_train_out_reward_check(o->train.out, o->reward))
         return -1;
     /* not on --resume: a run saved before this rule resumes with its saved --lexicon */
@@ -463,6 +467,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
     if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &tr.model->config,
                                          ref != tr.model ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
+    if (!rc) rc = rl_distinct_check(o, tr.model->config.vocab_size);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
     /* one decoder for the whole run (its cache, buffers and bf16 packed weights; re-packed
      * in place at each step's sampling, after the optimizer step before it) */

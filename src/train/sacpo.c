@@ -971,6 +971,7 @@ static int online_prompts_check(const fdpo_sacpo_opts *o) {
     if (!rc) rc = fdpo_eval_load_config("--model", o->dpo.train.init, &c, &tok);
     if (!rc) rc = fdpo_trainer_set_chat_template(tok, o->online.dpo.train.chat_template);   /* as the stages render them */
     if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, lines, n, &c, NULL, o->online.sample.max_new_tokens, o->online.prompts);
+    if (!rc) rc = fdpo_online_sample_check(&o->online, c.vocab_size);   /* a --top-p at or below 1/V: greedy */
     if (tok) fdpo_tokenizer_free(tok);
     fdpo_free_strings(prompts, n);
     free(lines);

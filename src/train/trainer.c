@@ -273,8 +273,10 @@ fdpo_tokenizer *fdpo_trainer_load_tokenizer(const fdpo_train_opts *o) {
         t = fdpo_checkpoint_load_tokenizer(o->init);
         char *base = NULL;   /* a LoRA checkpoint's adapter_config.json that does not read: its error alone */
         if (!t && fdpo_lora_is_checkpoint(o->init) && fdpo_lora_peft_base_read(o->init, &base)) fdpo_error_context("--model %s", o->init);
-        else if (!t && fdpo_checkpoint_has_tokenizer(o->init)) fdpo_error_context("--model %s", o->init);   /* its files' error */
-        else if (!t) fdpo_error_context("--model %s (pass --tokenizer DIR for a checkpoint without tokenizer files)", o->init);
+        else if (!t && fdpo_checkpoint_has_tokenizer(o->init)) fdpo_error_context("--model %s", o->init);   /* files that do not read */
+        else if (!t && o->tokenizer_flag)
+            fdpo_error_context("--model %s (pass --tokenizer DIR, or copy the tokenizer files into the checkpoint)", o->init);
+        else if (!t) fdpo_error_context("--model %s (copy the tokenizer files into the checkpoint: this command reads them from there)", o->init);
         free(base);
     } else {
         t = fdpo_tokenizer_byte();

@@ -5,6 +5,7 @@ from fdpo's metrics; the comparison is reported in standard errors."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -86,7 +87,7 @@ def test_three_rounds_raise_heldout_reward(setup, tmp_path):
     assert [x["round"] for x in m] == [0, 1, 2]
     for x in m:
         assert all(k in x for k in TRL_KEYS)
-        assert x["pairs"] >= 1 and x["pairs/reward_gap"] > 0
+        assert x["pairs"] >= 1 and x["objective/scores_margin"] > 0 and "pairs/reward_gap" not in x
         assert x["objective/rlhf_reward"] == pytest.approx(x["objective/scores"] - 0.1 * x["objective/kl"])
     assert m[0]["objective/kl"] == 0  # round 0 samples the reference itself
     assert m[2]["objective/kl"] > 0
@@ -266,6 +267,15 @@ def test_sigint_in_rounds_mode_keeps_the_complete_rounds_and_says_so(setup, tmp_
     *[([*mode, *greedy], f"fdpo online: --{greedy[0][2:]} {greedy[1]}: online pairs need different completions of a "
        "prompt, and greedy decoding gives all --n 4 the same text (no pair could ever form)")
       for mode in ([], ["--mode", "step", "--steps", "2"]) for greedy in (["--temperature", "0"], ["--top-k", "1"])],
+    # a top-p at or below 1/K keeps only the most probable of K tokens (it holds >= 1/K of their
+    # mass): greedy again, with K the vocabulary's 257 (known once the model is read) or --top-k's
+    *[([*mode, *greedy], f"fdpo online: --top-p {greedy[-1]}: online pairs need different completions of a prompt, and "
+       f"a top-p at or below 1/{k} ({of}) keeps only the most probable token, so greedy decoding gives all --n 4 the "
+       f"same text (no pair could ever form); sample with --top-p > 1/{k}\n")
+      for mode in ([], ["--mode", "step", "--steps", "2"])
+      for greedy, k, of in ((["--top-p", "0.001"], 257, "the vocabulary's 257 tokens"),
+                            (["--top-p", str(1 / 257)], 257, "the vocabulary's 257 tokens"),
+                            (["--top-k", "2", "--top-p", "0.5"], 2, "--top-k 2's tokens"))],
     # step mode's step is one f-DPO step: the rounds' batching flags were accepted and ignored
     *[(["--mode", "step", "--steps", "2", f], f"fdpo online: --{f.split('=')[0][2:]}: --mode rounds only (a step of "
        "--mode step is one f-DPO step on the pairs of --prompts-per-round prompts)\n")
@@ -582,6 +592,58 @@ def test_first_step_against_its_own_policy_is_exact(setup, tmp_path, mode, preci
         assert any(m["rewards/margins"] != 0 for m in metrics(tmp_path / "o" / "round-0")[1:])
 
 
+@pytest.mark.parametrize("mode", [["--rounds", 1], ["--rounds", 1, "--lora-r", 2], ["--mode", "step", "--steps", 1]])
+def test_a_ref_naming_the_model_another_way_is_the_model(setup, tmp_path, mode):
+    """--ref naming --model's directory (model, ./model, model/, the absolute path: one
+    directory by realpath) is the run without --ref: round 0's / step 1's reference is the
+    policy itself, so KL(pi || pi_ref) = 0 and every implicit reward beta (log pi - log pi_ref) = 0
+    by the identity pi = pi_ref, the sigmoid loss -log sigma(0) = log 2 (mean of the pairs'), and
+    the first f-DPO step sees the same numbers: weights byte-equal to the run without --ref. The
+    path strings were compared: --ref ./model loaded and scored a second copy, KL ~1e-7."""
+    small = ["--n", 4, "--max-new-tokens", 8, "--prompts-per-round", 8, "--threads", 1, "--lr", "1e-2", "--quiet"]
+
+    def run(out, *ref):
+        r = subprocess.run([str(a) for a in [FDPO, "online", "--model", "model", "--data", "prompts.txt", "--reward",
+                                             f"cmd:/usr/bin/python3 {setup / 'letters.py'}", "--out", out, *small,
+                                             *mode, *ref]], cwd=setup, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        first = metrics(out / "round-0")[0] if "--rounds" in mode else metrics(out)[0]
+        weights = out / "round-0" if "--rounds" in mode else out
+        name = "adapter_model.safetensors" if "--lora-r" in mode else "model.safetensors"
+        return metrics(out)[0]["objective/kl"], first, (weights / name).read_bytes()
+
+    kl0, first0, w0 = run(tmp_path / "none")
+    assert kl0 == 0 and first0["rewards/margins"] == 0 and abs(first0["loss"] - math.log(2)) <= 1e-15, first0
+    for ref in ["model", "./model", "model/", str(setup / "model"), f"{setup}/./model/"]:
+        kl, first, w = run(tmp_path / "r", "--ref", ref)
+        assert kl == 0, (ref, kl)
+        assert (first["rewards/chosen"], first["rewards/rejected"], first["rewards/margins"]) == (0, 0, 0), (ref, first)
+        assert first["loss"] == first0["loss"] and first["rewards/accuracies"] == 0.5, (ref, first)
+        assert w == w0, ref
+        subprocess.run(["rm", "-rf", str(tmp_path / "r")], check=True)
+
+
+@pytest.mark.parametrize("cmd", ["step", "rl", "dpo", "sft"])
+def test_a_model_without_tokenizer_files_gets_advice_the_command_takes(setup, tmp_path, cmd):
+    """A checkpoint without tokenizer files: the advice was "pass --tokenizer DIR" in every
+    command, a flag only sft and pretrain have (online, rl, dpo then said "unknown flag
+    --tokenizer"); the others read the tokenizer from --model alone."""
+    m = tmp_path / "m"
+    m.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (m / f).write_bytes((setup / "model" / f).read_bytes())
+    args = {"step": ["online", "--mode", "step", "--steps", 1, "--reward", "length", "--n", 2, "--max-new-tokens", 4],
+            "rl": ["rl", "--steps", 1, "--reward", "length"],
+            "dpo": ["dpo", "--steps", 1], "sft": ["sft", "--steps", 1]}[cmd]
+    r = fdpo(*args, "--model", m, "--data", setup / "prompts.txt", "--out", tmp_path / "o", "--threads", 1, check=False)
+    assert r.returncode == 1 and f": {m}: no tokenizer files (expected vocab.json" in r.stderr, r.stderr
+    if cmd == "sft":
+        assert f"--model {m} (pass --tokenizer DIR, or copy the tokenizer files into the checkpoint)" in r.stderr
+    else:
+        assert "--tokenizer" not in r.stderr, r.stderr
+        assert f"--model {m} (copy the tokenizer files into the checkpoint: this command reads them from there)" in r.stderr
+
+
 def test_killed_mid_save_leaves_the_last_round_and_resume_equals_uninterrupted(setup, tmp_path):
     """A round's checkpoint is written in the background while the next round samples. Kill
     the process (SIGKILL) while round 1's files are being written -- strace holds every fsync
@@ -755,6 +817,34 @@ def test_rounds_resume_refuses_a_changed_flag(setup, tmp_path, first, then, flag
     assert (a / "round-1").is_dir()
 
 
+def test_rounds_resume_may_change_what_the_docs_say(setup, tmp_path):
+    """docs/online.md lists the flags a rounds --resume may change; every other setting in
+    online.json is fixed (refused above). A resume with another --log-every and
+    --allreduce-overlap ran without a word while the docs listed only --rounds, --threads,
+    --reward-timeout and --quiet: the list now names both (the trainers' resume takes a new
+    --log-every too, and --allreduce-overlap is no setting in any trainer), and round 1's f-DPO
+    run logs at the new interval (its steps 3, 6, ... and its last)."""
+    a = tmp_path / "a"
+    small = ["--prompts-per-round", 4, "--threads", 1, "--batch-size", 1, "--epochs", 2]
+    online(setup, a, "--rounds", 1, *small)
+    online(setup, a, "--rounds", 2, "--resume", *small, "--log-every", 3, "--allreduce-overlap", "--threads", 2)
+    state = [json.load(open(a / f"round-{k}" / "training_state.json"))["settings"]["log-every"] for k in (0, 1)]
+    assert state == [1, 3]
+    steps = [m["step"] for m in metrics(a / "round-1")]
+    last = json.load(open(a / "round-1" / "training_state.json"))["step"]
+    assert steps == sorted({*range(3, last + 1, 3), last}), (steps, last)
+    plan = json.load(open(a / "online.json"))
+    changeable = {k for k in plan["settings"] if k not in plan["fixed"]}
+    doc = open(os.path.join(HERE, "../../docs/online.md")).read()
+    said = re.search(r"`--rounds`, `--threads`, `--reward-timeout` and `--quiet` may change,\s+and so may "
+                     r"`--log-every`(.|\n)*?and `--allreduce-overlap`", doc)
+    assert said, "docs/online.md: the flags a rounds resume may change"
+    # of them, the flags fdpo online takes (--save-every: refused in rounds mode) are the listed
+    # ones (--rounds and --quiet are not in the plan, --allreduce-overlap is no setting)
+    offered = set(re.findall(r"--([a-z0-9-]+)", fdpo("online", "--help").stdout))
+    assert (changeable & offered) - {"save-every"} == {"threads", "reward-timeout", "log-every"}, changeable & offered
+
+
 @pytest.mark.parametrize("extra", [[], ["--lora-r", 2]])
 def test_rounds_resume_refuses_a_model_retrained_in_place(setup, tmp_path, extra):
     """The rounds read the reference (--ref, else --model) and a LoRA policy's base from their
@@ -915,13 +1005,17 @@ def coin_model(model):
 
 @pytest.mark.parametrize("mode", ["rounds", "step"])
 def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
-    """objective/entropy, val/contain_eos_token, val/num_completion_tokens and pairs/reward_gap
-    against values known without the samples: the policy (coin_model) draws 16 fair flips of
-    'a'/'X', so the entropy estimate -mean log pi(y) is 16 log 2 = 11.09 exactly (to float
-    rounding), no sample drew EOT (contain_eos 0) and every completion has 16 tokens; the
-    reward is 11 for a completion starting with 'a' and 10 otherwise, so every best-worst pair
-    has r_chosen - r_rejected = 1 and the mean gap is 1 (not the chosen reward, 11). Round 0 /
-    step 1 sample the starting policy; the gap holds at every step whatever the policy."""
+    """objective/entropy, val/contain_eos_token, val/num_completion_tokens and
+    objective/scores_margin against values known without the samples: the policy (coin_model)
+    draws 16 fair flips of 'a'/'X', so the entropy estimate -mean log pi(y) is 16 log 2 = 11.09
+    exactly (to float rounding), no sample drew EOT (contain_eos 0) and every completion has 16
+    tokens; the reward is 11 for a completion starting with 'a' and 10 otherwise, so every
+    best-worst pair has r_chosen - r_rejected = 1 and the mean margin is 1 (not the chosen
+    reward, 11). Round 0 / step 1 sample the starting policy; the margin holds at every step
+    whatever the policy. The names are TRL OnlineDPOTrainer's (its docs' "Logged metrics":
+    objective/scores_margin, and every step logps/chosen, logps/rejected, the policy's summed
+    log-probs of the pair's completions, and beta); the margin was "pairs/reward_gap", and step
+    mode logged no logps/* nor beta. At step 1 every completion's log pi is 16 log(1/2)."""
     model = coin_model(tmp_path / "coin")
     (tmp_path / "first_a.py").write_text(FIRST_A)
     out = tmp_path / "out"
@@ -942,7 +1036,11 @@ def test_logged_sample_metrics_of_a_coin_flip_policy(setup, tmp_path, mode):
         assert all(r["chosen"][0] == "a" and r["rejected"][0] == "X" for r in rows), rows
         assert all(len(r["chosen"]) == len(r["rejected"]) == 16 for r in rows), rows
     for x in m:
-        assert x["pairs"] > 0 and x["pairs/reward_gap"] == 1.0, x
+        assert x["pairs"] > 0 and x["objective/scores_margin"] == 1.0 and "pairs/reward_gap" not in x, x
+    if mode == "step":
+        assert abs(first["logps/chosen"] + 16 * math.log(2)) <= 1e-4, first
+        assert abs(first["logps/rejected"] + 16 * math.log(2)) <= 1e-4, first
+        assert all(x["beta"] == 0.1 and math.isfinite(x["logps/chosen"] + x["logps/rejected"]) for x in m), m
 
 
 def coin_ref_model(model):

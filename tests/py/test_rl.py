@@ -474,6 +474,35 @@ def test_rl_refuses_greedy_sampling(tmp_path, greedy):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("top", [["--top-p", "0.001"], ["--top-p", repr(1 / 257)], ["--top-k", "2", "--top-p", "0.5"],
+                                 ["--top-k", "300", "--top-p", "0.0038"]])
+def test_rl_refuses_a_top_p_that_keeps_one_token(tmp_path, top):
+    """Nucleus sampling keeps the shortest prefix of the tokens by probability whose mass
+    reaches top_p of the kept mass; the most probable of K tokens holds at least 1/K of it, so
+    top_p <= 1/K keeps it alone: greedy decoding, one text per group, every advantage 0 (the run
+    exited 0 having trained nothing). K: the vocabulary's V = 257 here, or --top-k's where it
+    keeps fewer (--top-k 300 keeps all 257). A top-p just above 1/V samples and runs."""
+    import subprocess
+    from dpo_common import FDPO
+    from test_generate import make_model
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("hello\nworld\n")
+
+    def rl(out, *flags):
+        return subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
+                                                "--reward", "length", "--out", out, "--steps", 1, "--n", 3,
+                                                "--prompts-per-step", 2, "--max-new-tokens", 4, "--threads", 1, "--quiet",
+                                                *flags]], capture_output=True, text=True, timeout=60)
+    r = rl(tmp_path / "o", *top)
+    k, of = (2, "--top-k 2's tokens") if top[:2] == ["--top-k", "2"] else (257, "the vocabulary's 257 tokens")
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo rl: --top-p {top[-1]}: RLOO/GRPO compare the --n completions of a prompt, and a top-p at or below 1/{k} "
+        f"({of}) keeps only the most probable token, so greedy decoding gives all --n 3 the same text (every advantage "
+        f"would be 0 and nothing would train); sample with --top-p > 1/{k}\n"), r.stderr
+    assert not (tmp_path / "o").exists()
+    assert rl(tmp_path / "ok", "--top-p", "0.004").returncode == 0   # > 1/257 = 0.00389...
+
+
 def test_rl_sample_count_beyond_memory_is_refused_by_name(tmp_path):
     """--n 10^14 for 2 prompts a step: "out of memory allocating 1599999999999984 bytes", naming
     no flag (a hunt's find); refused naming --n, before --out is made"""

@@ -990,6 +990,21 @@ def test_online_stage_options_are_checked_before_any_stage_trains(data, tmp_path
     assert not s.exists()   # no stage ran
 
 
+def test_a_top_p_that_keeps_one_token_is_refused_before_any_stage_trains(data, tmp_path):
+    """A --top-p at or below 1/V (V: --model's vocabulary) keeps only the most probable token,
+    which holds at least 1/V of the mass: greedy decoding, no pair in any online stage. Refused
+    once --model's config is read, with the prompts' check, before the reward stage trains."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    s = tmp_path / "s"
+    V = json.loads((data / "base" / "config.json").read_text())["vocab_size"]
+    r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety", "length",
+             "--data", tmp_path / "p.txt", "--lambda", 1, "--out", s, *COMMON, *TINY_ONLINE, "--top-p", 1 / (V + 1),
+             check=False)
+    assert r.returncode == 1 and f"online pairs need different completions of a prompt, and a top-p at or below 1/{V} " \
+        f"(the vocabulary's {V} tokens) keeps only the most probable token" in r.stderr, r.stderr
+    assert not s.exists()   # no stage ran
+
+
 @pytest.mark.parametrize("order", ["reward-first", "safety-first"])
 def test_lexicon_goes_to_the_afinn_stage_only(data, tmp_path, order):
     """--reward afinn --lexicon F with a --safety that reads no lexicon: the safety stage got
