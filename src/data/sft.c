@@ -217,7 +217,9 @@ static void count_example(fdpo_sft_stats *st, const builder *b, int kept, const 
 
 static int parse_text(const char *path, const char *buf, size_t len, builder *b, const fdpo_tokenizer *tok,
                       size_t seq_len, fdpo_sft_stats *st) {
-    size_t line = 1;
+    size_t line = 1, eos_len = 0;
+    const int32_t eot = fdpo_tokenizer_eot(tok);
+    char *eos = fdpo_tokenizer_decode(tok, &eot, 1, &eos_len);   /* its text, "<|endoftext|>" */
     int rc = 0;
     for (const char *p = buf + fdpo_jsonl_bom(buf, len); p < buf + len; line++) { /* a UTF-8 BOM is not data */
         const char *nl = memchr(p, '\n', (size_t)(buf + len - p));
@@ -258,6 +260,9 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
                 fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
                            "or {\"messages\"})", where); err = 1;
             }
+            if (!err && eos_len && ((text && strstr(text, eos)) || (prompt && strstr(prompt, eos)) ||
+                                    (completion && strstr(completion, eos))) && !st->eos_text++)
+                snprintf(st->first_eos_text, sizeof st->first_eos_text, "%s", where);
             if (!err && prompt && completion) {
                 int kept = add_sampled(b, tok, prompt, completion, where, seq_len);
                 if (kept < 0) err = 1;
@@ -273,6 +278,7 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
         }
         p = end + 1;
     }
+    free(eos);
     return rc;
 }
 
