@@ -264,11 +264,15 @@ void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v);
  * the format wants, as {"prompt", "chosen", "rejected"}) and ", got an array" (a string, a
  * number, a boolean, null) for a value that is not an object; "invalid JSON: the number '01'
  * at column C has a leading zero" for a number outside JSON's grammar (01, 0., 1.e5: cJSON
- * reads them with strtod, Python's json refuses them); a raw control character; a key twice.
+ * reads them with strtod, Python's json refuses them); a raw control character (a 0 byte
+ * between values too); a key twice; "invalid UTF-8 (byte 0xE9 at column C)" anywhere in the
+ * text, also in a key or a field the caller does not read (Python refuses the file); a UTF-8
+ * byte order mark starting a line_no > 1 (the caller skips the file's own, fdpo_jsonl_bom).
  * Columns count bytes from 1; a text of several lines (a --lexicon file) is named by the line
  * and column where it goes wrong. The one parser of a JSONL line for every JSONL reader:
  * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and
- * report's metrics.jsonl and samples (which warn with the message and skip the line). */
+ * report's metrics.jsonl and samples (which warn with the message and skip the line; they
+ * take invalid UTF-8, shown as U+FFFD: fdpo_jsonl_parse_object_any_bytes). */
 struct cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect);
 /* The same checks for a whole JSON text[0..n) whose root may be any value (an eval file, a
  * lab JSON array, a run's settings): every one above but "expected a JSON object", with

@@ -26,7 +26,7 @@
  * NUL (\u0000 or a raw 0 byte: cJSON would cut it there; the field is named). A leading
  * UTF-8 byte order mark is skipped. With
  * on_bad = FDPO_PREF_ERROR (default) also an error: an empty completion, chosen ==
- * rejected; with FDPO_PREF_SKIP those pairs are skipped and counted. Pairs that exceed
+ * rejected (their token ids before truncation: texts an NFC normalizer makes one count); with FDPO_PREF_SKIP those pairs are skipped and counted. Pairs that exceed
  * max_length follow on_long: truncate (counted), skip (counted), or error. A pair whose
  * completions become identical after truncation is skipped and counted (nothing is left
  * to prefer). Blank lines are ignored. Nothing is dropped without a count. */
@@ -72,7 +72,7 @@ typedef struct {
     size_t truncated_prompt;       /* kept pairs whose prompt was cut */
     size_t truncated_completion;   /* kept pairs whose chosen or rejected was cut */
     size_t skipped_empty;          /* empty chosen or rejected (on_bad = skip) */
-    size_t skipped_identical;      /* chosen == rejected (on_bad = skip) */
+    size_t skipped_identical;      /* chosen == rejected, as token ids (on_bad = skip) */
     size_t skipped_too_long;       /* on_long = skip */
     size_t skipped_identical_after_truncation;
     size_t first_skip_line[4];     /* first line of each skip reason above (0 = none) */

@@ -75,9 +75,7 @@ static int encode_jsonl(enc_ctx *c, const char *path, const char *s, size_t n, c
         const char *q = p;
         while (q < le && (*q == ' ' || *q == '\t' || *q == '\r')) q++;
         if (q < le) {
-            /* as every JSONL reader: invalid UTF-8 refused, and a NUL that would cut the text */
-            size_t bad = fdpo_utf8_first_invalid(p, (size_t)(le - p));
-            if (bad < (size_t)(le - p)) return fdpo_error("%s:%zu: invalid UTF-8 at byte offset %zu", path, line, (size_t)(p - s) + bad);
+            /* as every JSONL reader: invalid UTF-8 refused (by the parser), and a NUL that would cut the text */
             cJSON *j = fdpo_jsonl_parse_object(path, line, p, (size_t)(le - p), NULL);
             if (!j) return -1;
             char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */

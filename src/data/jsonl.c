@@ -39,18 +39,18 @@ const char *fdpo_json_duplicate_key(const cJSON *j) {
 }
 
 /* The first control character JSON forbids in line[0..n), or n: U+0001..U+001F raw inside a
- * string (they must be escaped), or any but tab, CR and LF between tokens. cJSON takes both;
- * Python's json, and so a datasets/TRL pipeline, refuses the line. A raw 0 byte is left to
- * fdpo_jsonl_check_nul, which names the field it would cut. *in_string: where it was. */
+ * string (they must be escaped), or any but tab, CR and LF between tokens, a 0 byte too (cJSON
+ * skips it as whitespace there). cJSON takes them; Python's json, and so a datasets/TRL
+ * pipeline, refuses the line. A raw 0 byte inside a string is left to fdpo_jsonl_check_nul,
+ * which names the field it would cut. *in_string: where it was. */
 static size_t raw_control(const char *line, size_t n, int *in_string) {
     int in = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)line[i];
-        if (c == 0) continue;
         if (in) {
             if (c == '"') in = 0;
             else if (c == '\\') i++;
-            else if (c < 0x20) { *in_string = 1; return i; }
+            else if (c < 0x20 && c != 0) { *in_string = 1; return i; }
         } else if (c == '"') in = 1;
         else if (c < 0x20 && c != '\t' && c != '\r' && c != '\n') { *in_string = 0; return i; }
     }
@@ -129,10 +129,25 @@ size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
 
 /* Every check but the root's kind, in the order fdpo_jsonl_parse_object has always made
  * them; what: "object" or "value", the noun of "unexpected text after the JSON ...". The
- * duplicate key is left to the caller: a JSONL line that is not an object is named so first. */
-static cJSON *parse_json(const char *path, size_t line_no, const char *line, size_t n, const char *what) {
+ * duplicate key is left to the caller: a JSONL line that is not an object is named so first.
+ * utf8: refuse invalid UTF-8 (every reader of data; the report shows it as U+FFFD). */
+static cJSON *parse_json(const char *path, size_t line_no, const char *line, size_t n, const char *what, int utf8) {
+    size_t col, bad = utf8 ? fdpo_utf8_first_invalid(line, n) : n;
+    if (bad < n) {   /* anywhere, also in a column or key nobody reads: Python refuses the file */
+        size_t ln = fdpo_json_line_col(line, bad, line_no, &col);
+        fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)line[bad], col);
+        return NULL;
+    }
+    /* cJSON skips a BOM at the start of every text it is given; the readers skip the file's
+     * own (fdpo_jsonl_bom), so one that starts a later line is inside the file (cat a.jsonl
+     * b.jsonl, b saved with one), where Python's json refuses it */
+    if (line_no > 1 && fdpo_jsonl_bom(line, n)) {
+        fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line (only the file's start may hold one; "
+                   "Python's json refuses the line)", path, line_no);
+        return NULL;
+    }
     int in_string = 0;
-    size_t col, ctl = raw_control(line, n, &in_string);
+    size_t ctl = raw_control(line, n, &in_string);
     if (ctl < n) {
         size_t ln = fdpo_json_line_col(line, ctl, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
@@ -221,12 +236,12 @@ static cJSON *refuse_duplicate(const char *path, size_t line_no, const char *tex
 }
 
 cJSON *fdpo_json_parse_value(const char *path, size_t line_no, const char *text, size_t n) {
-    cJSON *v = parse_json(path, line_no, text, n, "value");
+    cJSON *v = parse_json(path, line_no, text, n, "value", 0);
     return v ? refuse_duplicate(path, line_no, text, n, v) : NULL;
 }
 
-cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
-    cJSON *obj = parse_json(path, line_no, line, n, "object");
+static cJSON *parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect, int utf8) {
+    cJSON *obj = parse_json(path, line_no, line, n, "object", utf8);
     if (!obj) return NULL;
     if (!cJSON_IsObject(obj)) {
         fdpo_error("%s:%zu: expected a JSON object%s%s, got %s", path, line_no, expect ? " " : "", expect ? expect : "",
@@ -306,8 +321,17 @@ int fdpo_json_check_python_object(const char *path, const char *text, size_t n) 
     return obj ? 0 : -1;
 }
 
+cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
+    return parse_object(path, line_no, line, n, expect, 1);
+}
+
 cJSON *fdpo_jsonl_parse_object(const char *path, size_t line_no, const char *line, size_t n, const char *expect) {
-    cJSON *obj = fdpo_json_parse_object_any_keys(path, line_no, line, n, expect);
+    cJSON *obj = parse_object(path, line_no, line, n, expect, 1);
+    return obj ? refuse_duplicate(path, line_no, line, n, obj) : NULL;
+}
+
+cJSON *fdpo_jsonl_parse_object_any_bytes(const char *path, size_t line_no, const char *line, size_t n) {
+    cJSON *obj = parse_object(path, line_no, line, n, NULL, 0);
     return obj ? refuse_duplicate(path, line_no, line, n, obj) : NULL;
 }
 
@@ -315,10 +339,10 @@ size_t fdpo_jsonl_bom(const char *text, size_t len) {
     return len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
 }
 
-/* Escapes are skipped pairwise so that "\\u0000" (a backslash, then text) does not count. */
-size_t fdpo_json_find_nul(const char *raw, size_t n) {
-    int in_string = 0;
-    for (size_t i = 0; i < n; i++) {
+/* The first NUL of raw[from..n), from outside a string or (in_string) inside one. Escapes are
+ * skipped pairwise so that "\\u0000" (a backslash, then text) does not count. */
+static size_t find_nul_from(const char *raw, size_t n, size_t from, int in_string) {
+    for (size_t i = from; i < n; i++) {
         char c = raw[i];
         if (!in_string) { in_string = c == '"'; continue; }
         if (c == '"') { in_string = 0; continue; }
@@ -329,6 +353,8 @@ size_t fdpo_json_find_nul(const char *raw, size_t n) {
     }
     return n;
 }
+
+size_t fdpo_json_find_nul(const char *raw, size_t n) { return find_nul_from(raw, n, 0, 0); }
 
 size_t *fdpo_json_member_offsets(const char *s, size_t n, size_t *count) {
     size_t depth = 0, k = 0, cap = 64;
@@ -375,9 +401,13 @@ static int check_nul(const char *where, const char *field, const char *raw, size
     char *copy = fdpo_malloc(n + 1);
     memcpy(copy, raw, n);
     copy[n] = 0;
-    for (size_t i = at; i < n; i = fdpo_json_find_nul(copy, n)) { /* every NUL becomes U+0001 */
+    /* every NUL becomes U+0001, in one pass (each search goes on inside the string it was in:
+     * searching from the start again took seconds on a line of many \u0000) */
+    for (size_t i = at; i < n;) {
+        size_t next = copy[i] == 0 ? i + 1 : i + 6;
         if (copy[i] == 0) copy[i] = 1;
         else copy[i + 5] = '1';
+        i = find_nul_from(copy, n, next, 1);
     }
     cJSON *whole = cJSON_ParseWithLength(copy, n);
     free(copy);

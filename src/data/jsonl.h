@@ -19,6 +19,10 @@ cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const c
  * file fdpo carries without reading its values. */
 int fdpo_json_check_python_object(const char *path, const char *text, size_t n);
 
+/* fdpo_jsonl_parse_object's checks but invalid UTF-8, which it passes through: for the report,
+ * which shows such bytes as U+FFFD rather than drop a line of a run's metrics or samples. */
+cJSON *fdpo_jsonl_parse_object_any_bytes(const char *path, size_t line_no, const char *line, size_t n);
+
 /* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);
 
@@ -44,6 +48,9 @@ size_t fdpo_json_bad_u_escape(const char *s, size_t n);
 /* The line and column (bytes, from 1) of text[off], text starting on line line_no: a JSONL
  * line has no newline, a whole file has many. Returns the line, the column in *col. */
 size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *col);
+/* Invalid UTF-8 in a JSON text, anywhere (a string, a key, a column no reader uses): every
+ * JSONL reader's words, with the byte and its column. */
+#define FDPO_JSON_INVALID_UTF8 "invalid UTF-8 (byte 0x%02X at column %zu)"
 #define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json " \
                                "refuses it; read as U+0000 it would cut the string there)"
 

@@ -228,6 +228,16 @@ void fdpo_pref_count_skip(fdpo_pref_summary *s, int why, size_t line) {
     if (!s->first_skip_line[why]) s->first_skip_line[why] = line;
 }
 
+/* A pair whose chosen and rejected train the same tokens: skipped and counted under
+ * --bad-pairs skip (1), else an error (-1). normalized: the texts differed and the tokenizer's
+ * normalizer made them one (NFC: "café" precomposed and as e + U+0301). */
+static int identical_pair(const where *w, const fdpo_pref_options *opt, fdpo_pref_summary *sum, int normalized) {
+    if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(sum, FDPO_SKIP_IDENTICAL, w->line); return 1; }
+    return fdpo_error("%s:%zu: chosen and rejected are identical%s (no preference to learn); use --bad-pairs skip to "
+                      "skip such pairs", w->name, w->line,
+                      normalized ? " once tokenized (the tokenizer's normalizer makes their texts the same)" : "");
+}
+
 /* One parsed object -> pair. 0 kept, 1 skipped (counted), -1 error. */
 static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, const fdpo_pref_options *opt,
                      fdpo_pref_summary *sum, fdpo_pref_pair *out) {
@@ -240,9 +250,7 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
     if (rc) goto done;
     /* both may be empty (NULL buffers): memcmp must not see them */
     if (r.chosen.n == r.rejected.n && (r.chosen.n == 0 || memcmp(r.chosen.text, r.rejected.text, r.chosen.n) == 0)) {
-        if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(sum, FDPO_SKIP_IDENTICAL, w->line); rc = 1; goto done; }
-        rc = fdpo_error("%s:%zu: chosen and rejected are identical (no preference to learn); use --bad-pairs skip to skip such pairs",
-                        w->name, w->line);
+        rc = identical_pair(w, opt, sum, 0);
         goto done;
     }
     if (r.chosen_content == 0 || r.rejected_content == 0) {
@@ -257,6 +265,12 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
         encode(tok, &r.rejected, eot, &out->rejected, &out->n_rejected)) {
         fdpo_error_context("%s:%zu", w->name, w->line);
         rc = -1; goto done;
+    }
+    /* the rule is on what the model trains on, the ids before truncation: texts that differ
+     * can tokenize the same (an NFC normalizer) */
+    if (out->n_chosen == out->n_rejected && !memcmp(out->chosen, out->rejected, out->n_chosen * sizeof *out->chosen)) {
+        rc = identical_pair(w, opt, sum, 1);
+        goto done;
     }
     size_t longest = out->n_chosen > out->n_rejected ? out->n_chosen : out->n_rejected;
     if (opt->max_length && out->n_prompt + longest > opt->max_length) {

@@ -217,22 +217,20 @@ static void count_example(fdpo_sft_stats *st, const builder *b, int kept, const 
 
 static int parse_text(const char *path, const char *buf, size_t len, builder *b, const fdpo_tokenizer *tok,
                       size_t seq_len, fdpo_sft_stats *st) {
-    size_t bad = fdpo_utf8_first_invalid(buf, len);
-    size_t line = 1;
+    size_t line = 1, eos_len = 0;
+    const int32_t eot = fdpo_tokenizer_eot(tok);
+    char *eos = fdpo_tokenizer_decode(tok, &eot, 1, &eos_len);   /* its text, "<|endoftext|>" */
     int rc = 0;
     for (const char *p = buf + fdpo_jsonl_bom(buf, len); p < buf + len; line++) { /* a UTF-8 BOM is not data */
         const char *nl = memchr(p, '\n', (size_t)(buf + len - p));
         const char *end = nl ? nl : buf + len;
         char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
         snprintf(where, sizeof where, "%s:%zu", path, line);
-        if (bad >= (size_t)(p - buf) && bad < (size_t)(end - buf)) {
-            rc = fdpo_error("%s: invalid UTF-8 at byte offset %zu", where, bad); break;
-        }
         size_t ll = (size_t)(end - p);
         int blank = 1;
         for (size_t i = 0; i < ll; i++) if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r') { blank = 0; break; }
         if (!blank) {
-            cJSON *obj = fdpo_jsonl_parse_object(path, line, p, ll, NULL);
+            cJSON *obj = fdpo_jsonl_parse_object(path, line, p, ll, NULL);   /* invalid UTF-8 too */
             if (!obj) { rc = -1; break; }
             if (fdpo_jsonl_check_nul(where, p, ll, obj)) { cJSON_Delete(obj); rc = -1; break; }
             int err = 0;
@@ -262,6 +260,9 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
                 fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
                            "or {\"messages\"})", where); err = 1;
             }
+            if (!err && eos_len && ((text && strstr(text, eos)) || (prompt && strstr(prompt, eos)) ||
+                                    (completion && strstr(completion, eos))) && !st->eos_text++)
+                snprintf(st->first_eos_text, sizeof st->first_eos_text, "%s", where);
             if (!err && prompt && completion) {
                 int kept = add_sampled(b, tok, prompt, completion, where, seq_len);
                 if (kept < 0) err = 1;
@@ -277,6 +278,7 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
         }
         p = end + 1;
     }
+    free(eos);
     return rc;
 }
 

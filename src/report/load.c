@@ -353,7 +353,7 @@ static void load_metrics(rp_ctx *c, rp_run *r, const char *path) {
         size_t s = 0;
         while (s < k && isspace((unsigned char)p[s])) s++;
         if (k > s) {
-            cJSON *obj = fdpo_jsonl_parse_object(path, line, p, k, NULL);   /* the words of every JSONL reader */
+            cJSON *obj = fdpo_jsonl_parse_object_any_bytes(path, line, p, k);   /* the words of every JSONL reader; bad bytes shown as U+FFFD */
             if (!obj) {
                 warn_bad_line(c, p, k, !e);
                 r->n_bad++;
@@ -750,7 +750,7 @@ int fdpo_rp_load_samples(rp_ctx *c, const char *path, const rp_run *run, int exp
         size_t n = e ? (size_t)(e - p) : (size_t)(end - p);
         line++;
         int blank = strspn(p, " \t\r") >= n;
-        cJSON *obj = blank ? NULL : fdpo_jsonl_parse_object(path, line, p, n, NULL);
+        cJSON *obj = blank ? NULL : fdpo_jsonl_parse_object_any_bytes(path, line, p, n);   /* bad bytes shown as U+FFFD */
         if (obj) {   /* a NUL would cut the text shown: refused as every JSONL reader does */
             char where[PATH_MAX + 32];
             snprintf(where, sizeof where, "%s:%zu", path, line);

@@ -117,6 +117,8 @@ static int h_sft(int argc, char **argv) {
     cJSON_AddStringToObject(o, "first_cut", st.first_cut);
     cJSON_AddNumberToObject(o, "two_shapes", (double)st.two_shapes);
     cJSON_AddStringToObject(o, "first_two_shapes", st.first_two_shapes);
+    cJSON_AddNumberToObject(o, "eos_text", (double)st.eos_text);
+    cJSON_AddStringToObject(o, "first_eos_text", st.first_eos_text);
     fdpo_lm_data_free(&train);
     fdpo_lm_data_free(&val);
     return print_json(o);

