@@ -1344,6 +1344,21 @@ START_TEST(train_opts_threads_in_the_cli_range) {
 }
 END_TEST
 
+/* a non-finite --weight is named by its value and its position: "value 1" read as the weight 1 */
+START_TEST(merge_check_names_the_non_finite_weight) {
+    const char *models[] = {"a", "b"};
+    double w[2] = {INFINITY, 1};
+    fdpo_merge_opts mo = {.models = models, .n_models = 2, .weights = w};
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--weight: inf (weight 1 of 2) is not a finite number");
+    w[0] = 1; w[1] = NAN;
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--weight: nan (weight 2 of 2) is not a finite number");
+    w[1] = -0.5;
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), 0);
+}
+END_TEST
+
 START_TEST(merge_check_refuses_a_null_model) {
     const char *models[] = {"a", NULL, "c"};
     fdpo_merge_opts mo = {.models = models, .n_models = 3};
@@ -1396,6 +1411,7 @@ int main(void) {
     tcase_add_test(tc, decoder_refuses_a_slot_named_twice_in_one_call);
     tcase_add_test(tc, merge_check_refuses_a_null_model);
     tcase_add_test(tc, train_opts_threads_in_the_cli_range);
+    tcase_add_test(tc, merge_check_names_the_non_finite_weight);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
