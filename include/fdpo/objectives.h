@@ -122,6 +122,10 @@ double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, 
 double fdpo_shaped_reward_pg(const fdpo_divergence *d, double beta, double reward, double log_ratio);
 void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
 void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
+/* GRPO's eps: a finite number > 0, else an error naming --grpo-eps ("--grpo-eps: must be > 0
+ * (got inf)"): an inf eps made every advantage 0 (an exact lab grpo run did no step and reported
+ * converged). fdpo_rl_config_check and fdpo_lab_algo_opts_check both check it here. */
+int fdpo_grpo_eps_check(double eps);
 
 #ifdef __cplusplus
 }
