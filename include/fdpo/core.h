@@ -314,6 +314,12 @@ double fdpo_ram_bytes(void);
  * affinity allows (narrowed by taskset or an MPI launcher's binding) is kept, with one
  * warning through the log hook: the threads then share those CPUs. */
 void fdpo_set_threads(int n);
+/* The range a requested thread count (--threads) must be in: 0 (OpenMP's default,
+ * OMP_NUM_THREADS or all cores) to FDPO_THREADS_MAX. Outside it an error naming --threads
+ * and the range: the CLI (every command's --threads) and fdpo_train_opts_check both check
+ * here, so a count never reaches fdpo_set_threads's int wrapped (2^31 ran on the default count). */
+#define FDPO_THREADS_MAX 4096
+int fdpo_threads_check(long n);
 void fdpo_threads_settle(void);
 int fdpo_get_threads(void);
 

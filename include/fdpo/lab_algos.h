@@ -96,7 +96,8 @@ double fdpo_lab_algo_default_lr(fdpo_lab_method m, int exact);
 /* The options' own checks (fdpo_lab_algo_run calls it first; those that need the problem, as
  * --pair-top and exact grpo's n^k, come in the run). Errors name the flag: kto without exact
  * is refused (--sampled); steps >= 1 and lr > 0 for every method but dpo; --group-size >= 2
- * for rloo and grpo (>= 1 for online); grpo_eps > 0; kto's weights > 0 and a finite threshold. */
+ * for rloo and grpo (>= 1 for online); grpo_eps finite and > 0 (fdpo_grpo_eps_check, rl's
+ * rule); kto's weights > 0 and a finite threshold. */
 int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o);
 /* Everything fdpo_lab_algo_run refuses on n responses before it computes (it runs this first;
  * a caller runs it for every run before it writes anything): n >= 2, the options' check, dpo's

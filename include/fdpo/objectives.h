@@ -33,7 +33,10 @@ int fdpo_beta_check(double beta);
 double fdpo_f(const fdpo_divergence *d, double u);           /* f(u), u >= 0 */
 /* f(e^l), from l = log u: alpha:A in the forms that keep every A in (0, 1) and every l accurate
  * (the table's (u^(1-A) - (1-A) u - A)/(A(A-1)) cancels to ~1e-16/(1-A) near A = 1 and to
- * ~1e-16/A near 0), l = -inf giving f(0); the other f as fdpo_f(d, e^l). */
+ * ~1e-16/A near 0; a series in l near l = 0), js in a form without cancellation (its two terms
+ * of size ~u left an absolute 1e-16 where f ~ l^2/4), finite up to l = 710.15 where e^l alone
+ * overflows; l = -inf giving f(0); the other f as fdpo_f(d, e^l). fdpo_f, fdpo_f_over_u_log and
+ * fdpo_qf_log share these forms. */
 double fdpo_f_log(const fdpo_divergence *d, double l);
 /* f(u)/u at u = e^l: one sample's estimate of D_f(pi || pi_ref) = E_pi[f(u)/u] from its
  * log-ratio l = log pi - log pi_ref (fdpo rl's objective/f_divergence, fdpo eval's fdiv_seq).
@@ -119,6 +122,10 @@ double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, 
 double fdpo_shaped_reward_pg(const fdpo_divergence *d, double beta, double reward, double log_ratio);
 void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
 void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
+/* GRPO's eps: a finite number > 0, else an error naming --grpo-eps ("--grpo-eps: must be > 0
+ * (got inf)"): an inf eps made every advantage 0 (an exact lab grpo run did no step and reported
+ * converged). fdpo_rl_config_check and fdpo_lab_algo_opts_check both check it here. */
+int fdpo_grpo_eps_check(double eps);
 
 #ifdef __cplusplus
 }

@@ -678,11 +678,11 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
     free(old_name);
     if (rc != FLAGS_OK) { free(p); return FLAGS_ERROR; }
     p[np] = NULL;
-    /* --threads, the one flag every computing command shares: its range checked here once
-     * (a negative count ran on the OpenMP default; a huge one was cut to int) */
+    /* --threads, the one flag every computing command shares: its range (the library's,
+     * fdpo_threads_check) checked here once (a negative count ran on the OpenMP default; a
+     * huge one was cut to int) */
     fdpo_flag *th = find_exact(flags, n, "threads");
-    if (th && th->type == FLAG_INT && (*(long *)th->dest < 0 || *(long *)th->dest > 4096)) {
-        fdpo_error("--threads: %ld is not in [0, 4096] (0: OpenMP's default, OMP_NUM_THREADS or all cores)", *(long *)th->dest);
+    if (th && th->type == FLAG_INT && fdpo_threads_check(*(long *)th->dest)) {
         free(p);
         return FLAGS_ERROR;
     }

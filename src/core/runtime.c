@@ -150,6 +150,13 @@ void fdpo_threads_settle(void) {
         threads_settle(0);
 }
 
+int fdpo_threads_check(long n) {
+    if (n < 0 || n > FDPO_THREADS_MAX)
+        return fdpo_error("--threads: %ld is not in [0, %d] (0: OpenMP's default, OMP_NUM_THREADS or all cores)",
+                          n, FDPO_THREADS_MAX);
+    return 0;
+}
+
 int fdpo_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
 static fdpo_log_fn g_log_fn;

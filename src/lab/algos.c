@@ -102,7 +102,7 @@ int fdpo_lab_algo_opts_check(const fdpo_lab_algo_opts *o) {
     if (o->method != FDPO_LAB_ONLINE && o->k < 2)
         return fdpo_error("--group-size: %s needs groups of at least 2 samples (got %ld)", fdpo_lab_method_name(o->method), o->k);
     if (o->k < 1) return fdpo_error("--group-size: must be >= 1 (got %ld)", o->k);
-    if (o->method == FDPO_LAB_GRPO && !(o->grpo_eps > 0)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", o->grpo_eps);
+    if (o->method == FDPO_LAB_GRPO && fdpo_grpo_eps_check(o->grpo_eps)) return -1;
     return 0;
 }
 

@@ -406,7 +406,7 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
         res->lambda = plus_beta_times(pp->r_max - beta * sup + beta * tau, pp->r_max, beta, tau - sup);
         /* u, log u and f(u) share their transcendentals (this pass dominates `frontier`):
          * fkl: u = 1/eps, f = -log u.
-         * js: u = 1/expm1(eps), log((u+1)/2) = eps + log u - log 2.
+         * js: u = 1/expm1(eps), f from log u.
          * alpha: w = A eps, log u = -log(w)/A, f from log u. */
         for (size_t i = 0; i < n; i++) {
             if (pole > 0 && r[i] == pp->r_max) { /* at the pole: p from log q (D_f's q f(u) is 0 * inf) */
@@ -431,15 +431,13 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
                 f = fabs(lu) < 1 ? expm1(lu) - lu : (u - 1) - lu;
             } else if (d->kind == FDPO_DIV_JS) {
                 double em = em1(e);
-                /* u underflows to 0 past e ~ 709 (e + log u was inf - inf): f(0) = log 2 */
-                if (isinf(em)) { u = 0; lu = -e; f = M_LN2; }
-                else {
-                    u = 1 / em; lu = -log(em);
-                    /* near u = 1 (a large beta) both terms are ~lu and f ~ lu^2/4: log((u+1)/2) from
-                     * lu (log1p, expm1) keeps f's error relative to lu, where e + lu - log 2 left an
-                     * absolute 1e-16 (D_f came out -3e-17) */
-                    f = u * lu - (u + 1) * (fabs(lu) < 1 ? log1p(0.5 * expm1(lu)) : e + lu - M_LN2);
-                }
+                /* u underflows to 0 past e ~ 709 (e + log u was inf - inf) */
+                if (isinf(em)) { u = 0; lu = -e; }
+                else { u = 1 / em; lu = -log(em); }
+                /* f from lu in the shared table's form (fdpo_f_log), ~lu^2/4 near u = 1 (a large beta)
+                 * with a relative error: u lu - (u + 1) log((u+1)/2) left an absolute 1e-16 there
+                 * (D_f came out -3e-17) */
+                f = fdpo_f_log(d, lu);
             } else {
                 /* u = (A e)^(-1/A), from log w where w = A e overflows (0 * inf was NaN). f from lu in
                  * the shared table's forms (fdpo_f_log): the table's (u w - (1 - A) u - A)/(A(A - 1))
@@ -536,10 +534,10 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
 
 /* q f~(u) for u = p/q, f~(u) = f(u) - f'(1)(u - 1): D_f(pi || pi_ref) = sum q f~(u) + f'(1)(1 - sum q)
  * for a distribution pi (f'(1) = 1 rkl, -1 fkl, 0 for the others). Near u = 1 (a large beta) q f(u)
- * is ~(u - 1) for rkl and fkl, and js's two terms are each ~(u - 1): summed plainly they cancel to
- * the ~(u - 1)^2 D_f is, leaving an absolute ~1e-16 that beta multiplies (gap's objective_gap was
- * -2e-7 at beta 1e9 with no noise). Each form here is ~(u - 1)^2 itself, as the solver's are;
- * where u overflows (a subnormal pi_ref) from p and log u, as eval's log-space forms. */
+ * is ~(u - 1) for rkl and fkl: summed plainly they cancel to the ~(u - 1)^2 D_f is, leaving an
+ * absolute ~1e-16 that beta multiplies (gap's objective_gap was -2e-7 at beta 1e9 with no noise).
+ * Each form here is ~(u - 1)^2 itself, as the solver's are (js and alpha: the table's own f, which
+ * is); where u overflows (a subnormal pi_ref) from p and log u, as eval's log-space forms. */
 static double std_term(const fdpo_divergence *d, double q, double lq, double p) {
     if (p == 0) return q * fdpo_f(d, 0) + (d->kind == FDPO_DIV_RKL ? q : d->kind == FDPO_DIV_FKL ? -q : 0);
     const double u = p / q, lu = isfinite(u) ? log(u) : log(p) - lq;
@@ -547,7 +545,6 @@ static double std_term(const fdpo_divergence *d, double q, double lq, double p) 
     switch (d->kind) {
     case FDPO_DIV_RKL: return kl_term(q, p, u, lu);
     case FDPO_DIV_FKL: return fabs(lu) < 1 ? q * ((u - 1) - log1p(u - 1)) : p - q - q * lu;   /* -log u + u - 1 */
-    case FDPO_DIV_JS: t = q * (u * lu - (u + 1) * log1p(0.5 * (u - 1))); break;   /* log((u+1)/2) */
     case FDPO_DIV_ALPHA: t = q * fdpo_f_log(d, lu); break;
     default: t = q * fdpo_f(d, u); break;
     }

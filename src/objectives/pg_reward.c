@@ -6,6 +6,7 @@
  * E_pi[f'(u) grad log pi(y)], so maximising E[r] - beta D_f by REINFORCE uses the shaped
  * reward r - beta f'(u) (docs/rl.md derives it). */
 #include <math.h>
+#include "fdpo/core.h"
 #include "fdpo/objectives.h"
 
 /* f'(e^l) = s(l) + the constant the score drops (rkl 1, js log 2, alpha 1/A, fkl 0): the
@@ -55,4 +56,9 @@ void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *ad
     for (size_t i = 0; i < k; i++) ss += (shaped[i] - shaped[0] - mean) * (shaped[i] - shaped[0] - mean);
     double sd = sqrt(ss / (double)(k - 1));
     for (size_t i = 0; i < k; i++) adv[i] = (shaped[i] - shaped[0] - mean) / (sd + eps);
+}
+
+int fdpo_grpo_eps_check(double eps) {
+    if (!(eps > 0) || !isfinite(eps)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", eps);
+    return 0;
 }

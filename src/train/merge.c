@@ -25,7 +25,9 @@ int fdpo_merge_opts_check(const fdpo_merge_opts *o) {
     if (!o->base && o->n_models < 2) return fdpo_error("--model: linear merging needs two or more checkpoints (or --base for task arithmetic)");
     if (o->weights)
         for (size_t i = 0; i < o->n_models; i++)
-            if (!isfinite(o->weights[i])) return fdpo_error("--weight: value %zu is not a finite number", i + 1);
+            if (!isfinite(o->weights[i]))   /* the value and its position: "value 1" read as the weight 1 */
+                return fdpo_error("--weight: %s (weight %zu of %zu) is not a finite number",
+                                  fdpo_shortest(o->weights[i]).s, i + 1, o->n_models);
     return 0;
 }
 

@@ -25,7 +25,7 @@ int fdpo_rl_config_check(const fdpo_rl_config *c) {
     if (!fdpo_divergence_admissible(&c->div, &why)) return fdpo_error("--divergence: %s", why);
     if (fdpo_beta_check(c->beta)) return -1;
     if (c->k < 2) return fdpo_error("--n: RLOO/GRPO need at least 2 samples per prompt (got %zu)", c->k);
-    if (!(c->grpo_eps > 0) || !isfinite(c->grpo_eps)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", c->grpo_eps);   /* also under rloo: a bad value is not silently ignored */
+    if (fdpo_grpo_eps_check(c->grpo_eps)) return -1;   /* also under rloo: a bad value is not silently ignored */
     return 0;
 }
 

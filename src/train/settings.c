@@ -416,7 +416,7 @@ int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (o->save_every < 0) return fdpo_error("--save-every: %ld must be >= 0", o->save_every);
     if (o->log_every < 1) return fdpo_error("--log-every: %ld must be >= 1", o->log_every);
     if (o->eval_max_seqs < 0) return fdpo_error("--eval-max-seqs: %ld must be >= 0", o->eval_max_seqs);
-    if (o->threads < 0) return fdpo_error("--threads: %ld must be >= 0", o->threads);
+    if (fdpo_threads_check(o->threads)) return -1;   /* fdpo_trainer_open's (int) cast must not wrap */
     if (o->seed < 0) return fdpo_error("--seed: %ld must be >= 0", o->seed);
     if (o->lora_r < 0) return fdpo_error("--lora-r: %ld must be >= 1 (0: no LoRA)", o->lora_r);
     if (o->lora_r > 0) {   /* the targets are checked against the model when it is loaded */

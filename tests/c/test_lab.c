@@ -467,6 +467,15 @@ START_TEST(algo_defaults_and_checks) {
     o.method = FDPO_LAB_GRPO;
     o.grpo_eps = 0;
     ck_error_names(fdpo_lab_algo_opts_check(&o), "--grpo-eps");
+    /* non-finite as rl refuses it (fdpo_rl_config_check): an inf eps made every advantage 0,
+     * and an exact grpo run did no step and reported converged = 1 with pi = pi_ref */
+    o.grpo_eps = INFINITY;
+    ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--grpo-eps: must be > 0 (got inf)");
+    o.grpo_eps = NAN;
+    ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--grpo-eps: must be > 0 (got nan)");
+    o.grpo_eps = 1e-4;
     o.method = FDPO_LAB_DPO; /* L-BFGS: no step size, steps or groups */
     o.lr = 0;
     ck_assert_int_eq(fdpo_lab_algo_opts_check(&o), 0);

@@ -141,6 +141,41 @@ START_TEST(f_over_u_in_log_space) {
 }
 END_TEST
 
+/* js's f(u) ~ u log 2 at the far end: +inf at u = inf (as rkl, fkl and alpha give their inf),
+ * and from l = log u finite up to l = log(DBL_MAX / log 2) = 710.15, +inf beyond. fdpo_f(js, inf)
+ * was inf * 0 = NaN, and fdpo_f_log NaN past l = 709.78 where e^l alone overflowed. The finite
+ * values are mpmath's at 50 digits (tests/py/test_objectives.py checks the whole range). */
+START_TEST(js_f_at_the_far_end) {
+    fdpo_divergence js;
+    ck_assert_int_eq(fdpo_divergence_parse("js", &js), 0);
+    ck_assert(isinf(fdpo_f(&js, INFINITY)) && fdpo_f(&js, INFINITY) > 0);
+    ck_assert(isinf(fdpo_f_log(&js, INFINITY)) && fdpo_f_log(&js, INFINITY) > 0);
+    ck_assert(isinf(fdpo_f_log(&js, 745)) && fdpo_f_log(&js, 745) > 0);
+    ck_assert(isinf(fdpo_f_log(&js, 710.2)) && fdpo_f_log(&js, 710.2) > 0);
+    ck_assert_double_eq_tol(fdpo_f_log(&js, 709.9), 1.4011291359773521e308, 1e-14 * 1.4011291359773521e308);
+    ck_assert_double_eq_tol(fdpo_f_log(&js, 710), 1.5484871735506643e308, 1e-14 * 1.5484871735506643e308);
+    ck_assert_double_eq_tol(fdpo_f_log(&js, -INFINITY), log(2.0), 1e-16);   /* f(0) */
+    ck_assert_double_eq(fdpo_f(&js, 1), 0.0);
+}
+END_TEST
+
+/* eval's fdiv_tok (fdpo_token_divergences, the vocabulary sum of fdpo_qf_log) for a policy a
+ * few 1e-9 nats from its reference: js had no correct digit there (each term's absolute 1e-16
+ * against a sum of 1e-18), alpha ~1e-7. The reference is mpmath's at 60 digits, from these
+ * doubles: sum_v q_v f(p_v/q_v), l_v = lp_v - lq_v exactly. */
+START_TEST(token_divergences_near_the_reference) {
+    const double lq[3] = {-0.6931471805599453, -1.2039728043259361, -1.6094379124341003};
+    const double lp[3] = {-0.6931471785599452, -1.2039728073259361, -1.6094379114341002};
+    fdpo_divergence divs[2];
+    fdpo_divergence_parse("js", &divs[0]);
+    fdpo_divergence_parse("alpha:0.5", &divs[1]);
+    double fdiv[2];
+    fdpo_token_divergences(lp, lq, 3, divs, 2, fdiv);
+    ck_assert_double_eq_tol(fdiv[0], 1.2250000467951862e-18, 1e-14 * 1.2250000467951862e-18);
+    ck_assert_double_eq_tol(fdiv[1], 2.4500000935903723e-18, 1e-14 * 2.4500000935903723e-18);
+}
+END_TEST
+
 /* eval's Delta = s(l_w) - s(l_l) without the training score's exponent cap (88.7228): the
  * capped difference below it; beyond it e^(-A l_l) - e^(-A l_w) over A, against mpmath at 50
  * digits (from the doubles written here), finite where only e^(-A l) alone overflows, +-inf
@@ -211,6 +246,8 @@ int main(void) {
     tcase_add_test(tc, beta_check_is_one_rule);
     tcase_add_test(tc, eval_config_check_and_calibration);
     tcase_add_test(tc, f_over_u_in_log_space);
+    tcase_add_test(tc, js_f_at_the_far_end);
+    tcase_add_test(tc, token_divergences_near_the_reference);
     tcase_add_test(tc, score_diff_without_the_cap);
     suite_add_tcase(s, tc);
     return run_suite(s);

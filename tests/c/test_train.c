@@ -1322,6 +1322,43 @@ END_TEST
 
 /* merge.h: one validation for the inputs. fdpo_path_check passes NULL (an option not given),
  * so a NULL models[] entry passed the check and fdpo_merge crashed in strlen(NULL). */
+/* --threads's range is the library's (fdpo_threads_check), as the CLI's parser enforces it:
+ * fdpo_train_opts_check took any count >= 0, and fdpo_trainer_open's (int) cast then ran
+ * 4294967297 on 1 thread and 2^31 (INT_MIN) on the default count, without a word */
+START_TEST(train_opts_threads_in_the_cli_range) {
+    fdpo_train_opts o;
+    fdpo_train_opts_default(&o);
+    o.out = "o";
+    const long ok[] = {0, 1, 4096}, bad[] = {4097, 2147483648L, 4294967297L, LONG_MAX, -1};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        o.threads = ok[i];
+        ck_assert_int_eq(fdpo_train_opts_check(&o), 0);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        o.threads = bad[i];
+        ck_assert_int_eq(fdpo_train_opts_check(&o), -1);
+        char want[160];
+        snprintf(want, sizeof want, "--threads: %ld is not in [0, 4096] (0: OpenMP's default, OMP_NUM_THREADS or all cores)", bad[i]);
+        ck_assert_str_eq(fdpo_last_error(), want);
+    }
+}
+END_TEST
+
+/* a non-finite --weight is named by its value and its position: "value 1" read as the weight 1 */
+START_TEST(merge_check_names_the_non_finite_weight) {
+    const char *models[] = {"a", "b"};
+    double w[2] = {INFINITY, 1};
+    fdpo_merge_opts mo = {.models = models, .n_models = 2, .weights = w};
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--weight: inf (weight 1 of 2) is not a finite number");
+    w[0] = 1; w[1] = NAN;
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), -1);
+    ck_assert_str_eq(fdpo_last_error(), "--weight: nan (weight 2 of 2) is not a finite number");
+    w[1] = -0.5;
+    ck_assert_int_eq(fdpo_merge_opts_check(&mo), 0);
+}
+END_TEST
+
 START_TEST(merge_check_refuses_a_null_model) {
     const char *models[] = {"a", NULL, "c"};
     fdpo_merge_opts mo = {.models = models, .n_models = 3};
@@ -1373,6 +1410,8 @@ int main(void) {
     tcase_add_test(tc, optimizer_calls_before_any_backward_are_errors);
     tcase_add_test(tc, decoder_refuses_a_slot_named_twice_in_one_call);
     tcase_add_test(tc, merge_check_refuses_a_null_model);
+    tcase_add_test(tc, train_opts_threads_in_the_cli_range);
+    tcase_add_test(tc, merge_check_names_the_non_finite_weight);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -2,13 +2,14 @@
  *
  * Evaluates the f-divergence table and the preference losses over a JSON grid, for
  * tests/py/test_objectives.py. Input:
- *   {"divergences": ["rkl", "alpha:0.5", ...], "u": [...], "v": [...], "l": [...],
+ *   {"divergences": ["rkl", "alpha:0.5", ...], "u": [...], "v": [...], "l": [...], "lq": -1,
  *    "losses": [{"loss": "sigmoid", "divergence": "js", "beta": 0.1, "label_smoothing": 0,
  *                "simpo_gamma": 0, "pairs": [[lw, ll], ...]}, ...], "x": [...]}
  * Output (one JSON object; non-finite numbers as NaN/Infinity/-Infinity, which Python's
  * json module reads):
  *   {"divergences": [{"name", "admissible", "why", "sup", "f", "fprime" (over u),
- *                     "fprime_inv" (over v), "f_over_u", "score", "score_grad" (over l)}],
+ *                     "fprime_inv" (over v), "f_log", "f_over_u", "score", "score_grad" (over l),
+ *                     "qf_log" (fdpo_qf_log(d, lp, lq) for lp over l, lq from "lq", default 0)}],
  *    "losses": [{"loss": [...], "dlw": [...], "dll": [...]}],
  *    "logistic": {"sigmoid", "log_sigmoid", "softplus" (over x)}}
  * A bad spec or a loss that fdpo_pref_loss_check refuses is an error (exit 1, message). */
@@ -91,6 +92,7 @@ int h_objectives(int argc, char **argv) {
     v = read_array(cJSON_GetObjectItemCaseSensitive(root, "v"), &nv, "v");
     l = read_array(cJSON_GetObjectItemCaseSensitive(root, "l"), &nl, "l");
     x = read_array(cJSON_GetObjectItemCaseSensitive(root, "x"), &nx, "x");
+    const double lq = num_field(root, "lq", 0);
     if ((!u && nu) || (!v && nv) || (!l && nl) || (!x && nx)) goto done;
 
     /* validate everything before printing, so an error leaves stdout empty */
@@ -140,9 +142,13 @@ int h_objectives(int argc, char **argv) {
         fputs(",\"f\":", stdout); put_map(&d, fdpo_f, u, nu);
         fputs(",\"fprime\":", stdout); put_map(&d, fdpo_fprime, u, nu);
         fputs(",\"fprime_inv\":", stdout); put_map(&d, fdpo_fprime_inv, v, nv);
+        fputs(",\"f_log\":", stdout); put_map(&d, fdpo_f_log, l, nl);
         fputs(",\"f_over_u\":", stdout); put_map(&d, fdpo_f_over_u_log, l, nl);
         fputs(",\"score\":", stdout); put_map(&d, fdpo_score, l, nl);
         fputs(",\"score_grad\":", stdout); put_map(&d, fdpo_score_grad, l, nl);
+        fputs(",\"qf_log\":[", stdout);
+        for (size_t i = 0; i < nl; i++) { if (i) putchar(','); put_num(fdpo_qf_log(&d, l[i], lq)); }
+        putchar(']');
         putchar('}');
     }
     printf("],\"losses\":[");

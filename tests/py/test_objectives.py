@@ -379,7 +379,8 @@ def test_alpha_f_and_f_over_u_keep_full_precision_for_every_alpha():
     numbers of size 1/A: at A = 1e-15 f was 15% off and at 1e-300 it came out 0 or 1 (the
     eval's fdiv_*_alpha_1e-300 were 0.61 where the value is 0.13); near A = 1 the denominator
     A - 1 lost ~7 digits at 1 - 1e-6. Near u = 1 the value is ~l^2/2 from terms of size |l|,
-    which leaves a relative ~eps/|l| (the table's form left eps/l^2): the tolerance allows that."""
+    which left a relative ~eps/|l| (7e-7 at l = 1e-9, the table's form left eps/l^2): now a power
+    series in l there, full precision for every l."""
     import mpmath
     mpmath.mp.dps = 400
     alphas = [1e-300, 1e-100, 1e-15, 1e-10, 1e-6, 1e-3, 0.3, 0.5, 0.7, 0.999, 1 - 1e-6]
@@ -392,7 +393,7 @@ def test_alpha_f_and_f_over_u_keep_full_precision_for_every_alpha():
         return (u ** (1 - A) - (1 - A) * u - A) / (A * (A - 1))
 
     def check(got, want, l, what):
-        tol = 1e-14 + 1e-15 / min(1.0, abs(l)) if l else 1e-14   # 4.5 eps/|l|
+        tol = 1e-14
         if mpmath.isinf(want) or abs(want) > 1.7e308:
             assert got == math.inf, what
         else:
@@ -409,3 +410,46 @@ def test_alpha_f_and_f_over_u_keep_full_precision_for_every_alpha():
     tiny = out[0]
     assert tiny["f"][us.index(5.0)] == pytest.approx(5 * math.log(5) - 4, rel=1e-15)
     assert out[alphas.index(0.3)]["f_over_u"][ls.index(800.0)] == pytest.approx(1 / 0.3, rel=1e-15)
+
+
+@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "alpha:0.9"])
+def test_f_log_f_over_u_and_qf_log_keep_full_precision_near_u_1_and_far_out(div):
+    """f(e^l), f(e^l)/e^l and pi_ref f(pi/pi_ref) (eval's fdiv_tok term, fdiv_seq, rl's logged
+    f_divergence) against mpmath at 400 digits, near the reference and far from it. js's two
+    terms are each ~u and cancelled to the ~l^2/4 f is with an absolute 1e-16: f(e^1e-9) came out
+    -1.1e-16 where it is 2.5e-19, negative where f >= 0; alpha's forms left a relative ~eps/|l|
+    (7e-7 at l = 1e-9). Far out js's f(u) = u log 2 (1 + o(1)) was NaN at u = inf and past
+    l = 709.78 (inf * 0 and e^l's overflow), where it is finite up to l = 710.15 and +inf beyond."""
+    import mpmath
+    mpmath.mp.dps = 400
+    ls = [-1e-12, 1e-12, -1e-9, 1e-9, -1e-6, 1e-6, -1e-3, 1e-3, -1.0, 1.0, -30.0, 30.0,
+          -745.0, 700.0, 709.9, 710.0, 710.2, 745.0, 800.0]
+    lq = -1.0
+    lps = [l + lq for l in ls]
+    us = [math.exp(l) for l in ls if l < 709]   # f(inf) = inf: tests/c/test_objectives.c (JSON has no inf)
+    d = run_ok({"divergences": [div], "u": us, "l": ls})["divergences"][0]
+    qf = run_ok({"divergences": [div], "l": lps, "lq": lq})["divergences"][0]["qf_log"]   # qf_log over lp = l
+
+    def f(u):
+        if u == 0:
+            return mpmath.log(2) if div == "js" else 1 / (1 - mpmath.mpf(float(div[6:])))
+        if div == "js":
+            return u * mpmath.log(u) - (u + 1) * mpmath.log((u + 1) / 2)
+        A = mpmath.mpf(float(div[6:]))
+        return (u ** (1 - A) - (1 - A) * u - A) / (A * (A - 1))
+
+    def check(got, want, what):
+        if want > 1.7976931348623157e308:
+            assert got == math.inf, (what, got)
+        else:
+            assert got >= 0 and abs(mpmath.mpf(got) - want) <= 1e-14 * want, (what, got, mpmath.nstr(want, 17))
+
+    for l, fl, fo in zip(ls, d["f_log"], d["f_over_u"]):
+        u = mpmath.exp(mpmath.mpf(l))
+        check(fl, f(u), ("f_log", l))
+        check(fo, f(u) / u, ("f_over_u", l))
+    for lp, got in zip(lps, qf):
+        q = mpmath.exp(mpmath.mpf(lq))
+        check(got, q * f(mpmath.exp(mpmath.mpf(lp)) / q), ("qf_log", lp))
+    for u, got in zip(us, d["f"]):
+        check(got, f(mpmath.mpf(u)), ("f", u))
