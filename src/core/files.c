@@ -407,8 +407,40 @@ int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made) {
 
 int fdpo_mkdir_p(const char *path) { return fdpo_mkdir_p_made(path, NULL, NULL); }
 
+/* path for a message: each byte that does not start valid UTF-8 as \xHH (malloc'd) */
+static char *utf8_escaped(const char *path) {
+    size_t n = strlen(path), k = 0;
+    char *out = fdpo_malloc(4 * n + 1);
+    for (size_t i = 0; i < n;) {
+        size_t ok = fdpo_utf8_first_invalid(path + i, n - i);
+        memcpy(out + k, path + i, ok);
+        k += ok; i += ok;
+        if (i < n) k += (size_t)sprintf(out + k, "\\x%02X", (unsigned char)path[i++]);
+    }
+    out[k] = 0;
+    return out;
+}
+
+/* "FLAG: the path is not valid UTF-8 (SHOWN; ...)", SHOWN the path (or how as) escaped */
+static int not_utf8(const char *flag, const char *how, const char *path) {
+    char *shown = utf8_escaped(path);
+    fdpo_error("%s: the path is not valid UTF-8 (%s%s; fdpo records paths in its JSON files)", flag, how, shown);
+    free(shown);
+    return -1;
+}
+
+int fdpo_path_utf8_check(const char *flag, const char *path) {
+    return path && !fdpo_utf8_valid(path, strlen(path)) ? not_utf8(flag, "", path) : 0;
+}
+
 int fdpo_path_check(const char *flag, const char *path) {
-    return path && !*path ? fdpo_error("%s: an empty path", flag) : 0;
+    if (!path) return 0;
+    if (!*path) return fdpo_error("%s: an empty path", flag);
+    if (fdpo_path_utf8_check(flag, path)) return -1;
+    char *abs = fdpo_path_absolute(path);
+    int rc = fdpo_utf8_valid(abs, strlen(abs)) ? 0 : not_utf8(flag, "it resolves to ", abs);
+    free(abs);
+    return rc;
 }
 
 int fdpo_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }

@@ -315,10 +315,10 @@ static int held_same_file(const char *lp) {
     return -1;
 }
 
-/* dir as an absolute path without "." and "..": its deepest existing part resolved
+/* fdpo_path_absolute: dir as an absolute path without "." and "..": its deepest existing part resolved
  * (realpath: links followed; a lock beside a link's path is beside its target's too, and OUT
  * itself is no link), the parts that do not exist yet appended and folded by hand */
-static char *absolute_dir(const char *dir) {
+char *fdpo_path_absolute(const char *dir) {
     char *p = fdpo_strdup(dir), *real = NULL;
     size_t n = strlen(p), cut = n;
     for (;;) {
@@ -388,7 +388,7 @@ static int refuse_swap_name_of_running_run(const char *path, const char *flag, i
                           path, holder, (int)(n - 4), path, flag);
     }
     /* the directories above it, resolved (P.tmp/x/../y is inside P.tmp, P.tmp/../y is not) */
-    char *abs = absolute_dir(path);
+    char *abs = fdpo_path_absolute(path);
     int rc = 0;
     for (char *slash; !rc && (slash = strrchr(abs, '/')) && slash != abs;) {
         *slash = 0;   /* the next directory up */
@@ -407,7 +407,7 @@ static int refuse_swap_name_of_running_run(const char *path, const char *flag, i
  * process): every save of that run swaps PARENT whole, so this run's files inside it would be
  * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
 static int refuse_inside_running_run(const char *dir, const char *flag) {
-    char *path = absolute_dir(dir);
+    char *path = fdpo_path_absolute(dir);
     int rc = 0;
     for (char *slash; !rc && (slash = strrchr(path, '/')) && slash != path;) {
         *slash = 0;   /* the next directory up */
@@ -521,13 +521,13 @@ int fdpo_dir_locked(const char *dir) {
 /* The output this process claimed (a held lock's DIR) that is the file lp names, by any
  * spelling of its path; -1 if none */
 static int held_target_at(const char *lp) {
-    char *want = absolute_dir(lp);
+    char *want = fdpo_path_absolute(lp);
     int found = -1;
     for (int j = 0; j < MAX_HELD && found < 0; j++) {
         if (!g_held[j].dir || g_held[j].owner != getpid()) continue;
         char *target = fdpo_strdup(g_held[j].dir);
         target[strlen(target) - 5] = 0;   /* drop ".lock" */
-        char *abs = absolute_dir(target);
+        char *abs = fdpo_path_absolute(target);
         if (!strcmp(abs, want)) found = j;
         free(abs); free(target);
     }
