@@ -563,6 +563,11 @@ def test_a_relative_path_that_resolves_to_bytes_not_utf8_is_refused(tmp_path):
     assert r.returncode == 1 and r.stderr == (f"fdpo dpo: --data: the path is not valid UTF-8 (it resolves to {tmp_path}/"
                                               "bad\\xFF\\xFEutf/d.jsonl; fdpo records paths in its JSON files)\n"), r.stderr
     assert os.listdir(cwd) == [b"d.jsonl"]
+    # rl records its reward spec's file resolved too (lexicon:/abs/FILE)
+    r = run_bytes("rl", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "p.txt"), "--reward", "lexicon:lex.txt",
+                  "--out", str(tmp_path / "o"), cwd=cwd)
+    assert r.returncode == 1 and r.stderr == (f"fdpo rl: --reward: the path is not valid UTF-8 (it resolves to {tmp_path}/"
+                                              "bad\\xFF\\xFEutf/lex.txt; fdpo records paths in its JSON files)\n"), r.stderr
 
 
 def test_list_items_may_have_blanks_around_them(tmp_path):
