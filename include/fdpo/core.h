@@ -156,11 +156,14 @@ int fdpo_atomic_open(fdpo_atomic_file *af, const char *path);
 int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
 /* Outputs of one run replaced together: every temp file written out and synced first (a
- * full disk fails here, before any is renamed), then each swapped with its old file
- * (RENAME_EXCHANGE; the old one removed once all are in); on a failure, a rename's included,
- * those already in are put back (a file that was new removed) and every old file stays.
- * Only a file system without the exchange keeps a replaced file (with a warning). Files not
- * opened (path NULL) are skipped. */
+ * full disk fails here, before any is renamed), then a commit record beside each file
+ * (FILE.fdpo-commit), then each swapped with its old file (RENAME_EXCHANGE; the old one
+ * removed once all are in); on a failure, a rename's included, those already in are put back
+ * (a file that was new removed) and every old file stays. A kill between the renames leaves
+ * the records: the next claim of one of the files (fdpo_out_file_claim,
+ * fdpo_remove_stale_tmp) puts the rest of the new set in place. Only a file system without
+ * the exchange keeps a replaced file (with a warning). Files not opened (path NULL) are
+ * skipped. */
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel
@@ -179,8 +182,18 @@ int fdpo_mkdir_p(const char *path);
 int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made);
 /* An option's path given as "" (NULL is "not given" and passes): "FLAG: an empty path", as
  * the CLI says; the *_opts_check functions call it for each path they take (an empty path
- * failed later as ": cannot open", or after all the work as ": rename failed"). */
+ * failed later as ": cannot open", or after all the work as ": rename failed"). Refused too:
+ * a path that is not valid UTF-8, as given or as the absolute path it resolves to
+ * (fdpo_path_absolute: a relative path under a working directory with such a name): fdpo
+ * records paths, and where they resolve, in its JSON files, which hold UTF-8 text only (a
+ * lossy escape would not read back as the same path on --resume). */
 int fdpo_path_check(const char *flag, const char *path);
+/* fdpo_path_check's test of the path's own text only, for a path recorded as given (eval's
+ * e.json, the CLI's check of every path flag): "FLAG: the path is not valid UTF-8 (...)" */
+int fdpo_path_utf8_check(const char *flag, const char *path);
+/* path as an absolute path without "." and "..": its deepest existing part resolved by
+ * realpath, the rest appended (malloc'd; path itself when there is no working directory) */
+char *fdpo_path_absolute(const char *path);
 int fdpo_file_exists(const char *path);
 /* Exclusive, non-blocking flock on DIR.lock (beside DIR: DIR itself is swapped by rename),
  * held until fdpo_dir_unlock or process exit; the file records the holder's pid. Taking a
@@ -227,7 +240,9 @@ void fdpo_out_file_release(const char *path);
  * output file's, an empty run directory's) is removed; a directory's that holds files stays. */
 void fdpo_locks_release_unused(void);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
- * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
+ * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. First the
+ * sets a killed fdpo_atomic_commit_all left half-renamed are finished from their commit
+ * records (DIR/NAME.fdpo-commit): the temp files they name are the sets' new files. */
 long fdpo_remove_stale_tmp(const char *dir);
 /* The same for one file's temp names only (PATH.tmp.PID beside PATH): an output file's
  * claim (fdpo_out_file_claim) clears what a killed writer of that file left. */

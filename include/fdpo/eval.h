@@ -230,6 +230,10 @@ void fdpo_reward_spec_inputs(const char *spec, fdpo_strv *out);
  * malloc'd (NULL for NULL). Runs record it so that a rerun that spells the file another way
  * (./FILE, from another directory) is the same run. */
 char *fdpo_reward_spec_resolved(const char *spec);
+/* The file of a spec that reads one (lexicon:FILE, words:FILE, rm:DIR) as fdpo_path_check
+ * says, under flag: runs record it resolved (fdpo_reward_spec_resolved), so its absolute
+ * form must be valid UTF-8 too; 0 for any other spec */
+int fdpo_reward_spec_path_check(const char *flag, const char *spec);
 /* 1 when a and b are the same spec: the same text, or the same one-file kind naming the same
  * file (resolved from here): lexicon:lex.txt, lexicon:./lex.txt and lexicon:/abs/lex.txt. */
 int fdpo_reward_spec_same(const char *a, const char *b);

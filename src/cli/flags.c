@@ -116,6 +116,24 @@ static int is_input_path(const char *name) {
     return 0;
 }
 
+/* The flags that name a file or directory to write ('-': standard output) */
+static int is_output_path(const char *name) {
+    return !strcmp(name, "out") || !strcmp(name, "samples-out") || !strncmp(name, "export-", 7);
+}
+
+/* A text value given (not a default: fdpo's own text) is valid UTF-8: fdpo records its
+ * settings and paths in JSON files, which hold UTF-8 text only (the library's option checks
+ * refuse a path that resolves to bytes that are not: fdpo_path_check). An input path's ''
+ * is refused here, an output's by its command. */
+static int check_text_value(const fdpo_flag *f, const char *val, const char *where) {
+    if (val == f->def || !strcmp(val, "-")) return 0;
+    if (!*val && is_input_path(f->name)) return fdpo_error("%s: an empty path", where);
+    if (is_input_path(f->name) || is_output_path(f->name)) return fdpo_path_utf8_check(where, val);
+    if (!fdpo_utf8_valid(val, strlen(val)))
+        return fdpo_error("%s: not valid UTF-8 (fdpo records its settings in JSON files)", where);
+    return 0;
+}
+
 /* where: "--lr" or "cfg.ini: key 'lr'" for messages */
 static int set_value(fdpo_flag *f, const char *val, const char *where) {
     switch (f->type) {
@@ -133,7 +151,7 @@ static int set_value(fdpo_flag *f, const char *val, const char *where) {
     }
     case FLAG_STR: case FLAG_LIST:
         /* an input path given as '' failed later as ": cannot open", naming no flag */
-        if (!*val && is_input_path(f->name)) return fdpo_error("%s: an empty path", where);
+        if (check_text_value(f, val, where)) return -1;
         if (f->type == FLAG_STR) *(const char **)f->dest = val;
         else list_add(f->dest, val);
         break;
@@ -628,6 +646,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         if (only_pos || a[0] != '-' || a[1] == 0) {
             /* a file or directory argument ('' failed later as ": cannot open", naming nothing) */
             if (!*a) { rc = fdpo_error("an empty argument (a path was expected)"); break; }
+            if (fdpo_path_utf8_check("a path argument", a)) { rc = FLAGS_ERROR; break; }
             p[np++] = a;
             order_add(NULL, a);
             continue;

@@ -106,7 +106,7 @@ void fdpo_locks_release_unused(void) {
 }
 static void release_at_exit(void) { fdpo_locks_release_unused(); }
 
-static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+int fdpo_pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
 
 /* The pid a held lock file records: > 0, 0 for none (an empty file), -1 for text that is no
  * pid (another tool's lock). Its holder writes it just after its flock succeeds, so a run
@@ -122,7 +122,7 @@ static long recorded_pid(int fd) {
         buf[got > 0 ? got : 0] = 0;
         pid = strtol(buf, &end, 10);
         if (pid <= 0 || end == buf || (*end != '\n' && *end != 0)) pid = got > 0 ? -1 : 0;
-        if (pid < 0 || pid_alive(pid)) break;
+        if (pid < 0 || fdpo_pid_alive(pid)) break;
         nanosleep(&(struct timespec){0, 2000000}, NULL);
     }
     return pid;
@@ -318,7 +318,7 @@ static int held_same_file(const char *lp) {
 /* dir as an absolute path without "." and "..": its deepest existing part resolved
  * (realpath: links followed; a lock beside a link's path is beside its target's too, and OUT
  * itself is no link), the parts that do not exist yet appended and folded by hand */
-static char *absolute_dir(const char *dir) {
+char *fdpo_path_absolute(const char *dir) {
     char *p = fdpo_strdup(dir), *real = NULL;
     size_t n = strlen(p), cut = n;
     for (;;) {
@@ -388,7 +388,7 @@ static int refuse_swap_name_of_running_run(const char *path, const char *flag, i
                           path, holder, (int)(n - 4), path, flag);
     }
     /* the directories above it, resolved (P.tmp/x/../y is inside P.tmp, P.tmp/../y is not) */
-    char *abs = absolute_dir(path);
+    char *abs = fdpo_path_absolute(path);
     int rc = 0;
     for (char *slash; !rc && (slash = strrchr(abs, '/')) && slash != abs;) {
         *slash = 0;   /* the next directory up */
@@ -407,7 +407,7 @@ static int refuse_swap_name_of_running_run(const char *path, const char *flag, i
  * process): every save of that run swaps PARENT whole, so this run's files inside it would be
  * moved under it mid-write (a rename of DIR.tmp inside PARENT failed "No such file"). */
 static int refuse_inside_running_run(const char *dir, const char *flag) {
-    char *path = absolute_dir(dir);
+    char *path = fdpo_path_absolute(dir);
     int rc = 0;
     for (char *slash; !rc && (slash = strrchr(path, '/')) && slash != path;) {
         *slash = 0;   /* the next directory up */
@@ -521,13 +521,13 @@ int fdpo_dir_locked(const char *dir) {
 /* The output this process claimed (a held lock's DIR) that is the file lp names, by any
  * spelling of its path; -1 if none */
 static int held_target_at(const char *lp) {
-    char *want = absolute_dir(lp);
+    char *want = fdpo_path_absolute(lp);
     int found = -1;
     for (int j = 0; j < MAX_HELD && found < 0; j++) {
         if (!g_held[j].dir || g_held[j].owner != getpid()) continue;
         char *target = fdpo_strdup(g_held[j].dir);
         target[strlen(target) - 5] = 0;   /* drop ".lock" */
-        char *abs = absolute_dir(target);
+        char *abs = fdpo_path_absolute(target);
         if (!strcmp(abs, want)) found = j;
         free(abs); free(target);
     }
@@ -596,17 +596,58 @@ long fdpo_tmp_name_pid(const char *name) {
     return strtol(t + 5, NULL, 10);
 }
 
-/* the stale NAME.tmp.PID files in dir whose NAME is prefix (every NAME when prefix is NULL) */
+/* The commit records (FDPO_COMMIT_SUFFIX) in dir of NAME prefix (every NAME when prefix is
+ * NULL), each killed writer's set finished: the temp files they name are that set's new files,
+ * which must go in place before stale temp files are removed. */
+static char *commit_record_name(const char *name) {
+    char *r = fdpo_malloc(strlen(name) + sizeof FDPO_COMMIT_SUFFIX);
+    strcpy(r, name);
+    return strcat(r, FDPO_COMMIT_SUFFIX);
+}
+
+static void finish_commit_records(const char *dir, const char *prefix) {
+    fdpo_strv records = {0};
+    if (prefix) {
+        char *name = commit_record_name(prefix);
+        fdpo_strv_push(&records, name);
+        free(name);
+    } else {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        const size_t ns = strlen(FDPO_COMMIT_SUFFIX);
+        while (d && (e = readdir(d))) {
+            size_t k = strlen(e->d_name);
+            if (k > ns && !strcmp(e->d_name + k - ns, FDPO_COMMIT_SUFFIX)) fdpo_strv_push(&records, e->d_name);
+        }
+        if (d) closedir(d);
+    }
+    for (size_t i = 0; i < records.n; i++) {
+        char *p = fdpo_path_join(dir, records.v[i]);
+        if (fdpo_file_exists(p)) (void)fdpo_commit_record_finish(p);   /* one set's records are removed together */
+        free(p);
+    }
+    fdpo_strv_free(&records);
+}
+
+/* the stale NAME.tmp.PID files in dir whose NAME is prefix (every NAME when prefix is NULL),
+ * after the commit records of a killed set are finished; with prefix the record's own
+ * NAME.fdpo-commit.tmp.PID too */
 static long remove_stale_tmp_named(const char *dir, const char *prefix) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
+    finish_commit_records(dir, prefix);
     long removed = 0;
+    if (prefix && !strstr(prefix, FDPO_COMMIT_SUFFIX)) {
+        char *record = commit_record_name(prefix);
+        removed = remove_stale_tmp_named(dir, record);
+        free(record);
+    }
+    DIR *d = opendir(dir);
+    if (!d) return removed;
     struct dirent *e;
     size_t np = prefix ? strlen(prefix) : 0;
     while ((e = readdir(d))) {
         if (prefix && (strncmp(e->d_name, prefix, np) != 0 || strncmp(e->d_name + np, ".tmp.", 5) != 0)) continue;
         long pid = fdpo_tmp_name_pid(e->d_name);
-        if (pid <= 0 || pid == (long)getpid() || pid_alive(pid)) continue;
+        if (pid <= 0 || pid == (long)getpid() || fdpo_pid_alive(pid)) continue;
         char *p = fdpo_path_join(dir, e->d_name);
         struct stat st;
         if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0) {

@@ -511,6 +511,65 @@ def test_an_empty_positional_path_is_refused_as_such(tmp_path, cmd):
     assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: an empty argument (a path was expected)\n", r.stderr
 
 
+# ---- paths that are not valid UTF-8 (JSON holds UTF-8 text only: RFC 8259 8.1) ----
+
+BAD = b"bad\xff\xfeutf"   # 0xFF 0xFE start no UTF-8 sequence
+
+
+def run_bytes(*args, cwd=None):
+    return subprocess.run([a if isinstance(a, bytes) else os.fsencode(a) for a in (FDPO, *args)], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("cmd,flag", [("dpo --model M --data D", "--out"), ("sft --data D", "--out"),
+                                      ("eval --model M --ref M --data D", "--out"),
+                                      ("eval --model M --ref M --data D", "--samples-out"),
+                                      ("eval --ref M --data D --out O", "--model"), ("eval --model M --ref M --out O", "--data"),
+                                      ("generate --model M --data D", "--out"), ("tokenizer train --data D", "--out"),
+                                      ("report", "--out"), ("rl --model M --data D --reward length", "--out")])
+def test_a_path_that_is_not_utf8_is_refused_naming_its_flag(tmp_path, cmd, flag):
+    """Such a path was copied raw into training_state.json, e.json and every line of
+    --samples-out, which Python's json (and fdpo score) then could not read (a hunt's find)"""
+    m = {"M": str(tmp_path / "m"), "D": str(tmp_path / "d.txt"), "O": str(tmp_path / "o.json")}
+    bad = os.fsencode(str(tmp_path)) + b"/o" + BAD
+    r = run_bytes(*[m.get(a, a) for a in cmd.split()], flag, bad)
+    shown = f"{tmp_path}/obad\\xFF\\xFEutf"
+    assert r.returncode == 1 and r.stderr == \
+        f"fdpo {cmd.split()[0]}: {flag}: the path is not valid UTF-8 ({shown}; fdpo records paths in its JSON files)\n", r.stderr
+    assert not os.path.lexists(bad) and os.listdir(tmp_path) == []
+
+
+def test_a_config_key_and_a_positional_that_are_not_utf8_are_refused(tmp_path):
+    cfg = tmp_path / "c.ini"
+    cfg.write_bytes(b"out = o" + BAD + b"\n")
+    r = run_bytes("eval", "--config", str(cfg), "--model", "m", "--ref", "m", "--data", "d")
+    assert r.returncode == 1 and r.stderr == (f"fdpo eval: {cfg}:1: key 'out': the path is not valid UTF-8 "
+                                              "(obad\\xFF\\xFEutf; fdpo records paths in its JSON files)\n"), r.stderr
+    r = run_bytes("tokenize", "--tokenizer", "byte", b"t" + BAD)
+    assert r.returncode == 1 and r.stderr == ("fdpo tokenize: a path argument: the path is not valid UTF-8 "
+                                              "(tbad\\xFF\\xFEutf; fdpo records paths in its JSON files)\n"), r.stderr
+    r = run_bytes("eval", "--model", "m", "--ref", "m", "--data", "d", "--stop", b"x" + BAD)   # e.json records --stop
+    assert r.returncode == 1 and r.stderr == "fdpo eval: --stop: not valid UTF-8 (fdpo records its settings in JSON files)\n"
+
+
+def test_a_relative_path_that_resolves_to_bytes_not_utf8_is_refused(tmp_path):
+    """training_state.json records each path as given and where it resolves (KEY.resolved):
+    a relative --data under a working directory named with such bytes was recorded raw"""
+    cwd = os.fsencode(str(tmp_path)) + b"/" + BAD
+    os.mkdir(cwd)
+    with open(cwd + b"/d.jsonl", "w") as f:
+        f.write('{"prompt":"a","chosen":" b","rejected":" c"}\n')
+    r = run_bytes("dpo", "--model", str(tmp_path / "m"), "--data", "d.jsonl", "--out", "o", "--steps", "1", cwd=cwd)
+    assert r.returncode == 1 and r.stderr == (f"fdpo dpo: --data: the path is not valid UTF-8 (it resolves to {tmp_path}/"
+                                              "bad\\xFF\\xFEutf/d.jsonl; fdpo records paths in its JSON files)\n"), r.stderr
+    assert os.listdir(cwd) == [b"d.jsonl"]
+    # rl records its reward spec's file resolved too (lexicon:/abs/FILE)
+    r = run_bytes("rl", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "p.txt"), "--reward", "lexicon:lex.txt",
+                  "--out", str(tmp_path / "o"), cwd=cwd)
+    assert r.returncode == 1 and r.stderr == (f"fdpo rl: --reward: the path is not valid UTF-8 (it resolves to {tmp_path}/"
+                                              "bad\\xFF\\xFEutf/lex.txt; fdpo records paths in its JSON files)\n"), r.stderr
+
+
 def test_list_items_may_have_blanks_around_them(tmp_path):
     """"0.5, 1, 2" is a list's layout (the decimal rule refused ' 1'); an item of blanks is empty"""
     a = run("lab", "frontier", "--n", "4", "--divergence", "rkl", "--betas", "0.5, 1,\t2 ")
