@@ -212,9 +212,8 @@ int fdpo_commit_record_finish(const char *record) {
         return 0;
     }
     /* forward when every file can be completed (its new file in place, or waiting at its temp
-     * name); else the kill came while the records were written, before any rename, or while a
-     * failed commit put the old files back (and dropped the new files not renamed): the old
-     * files stay (or go back) and the temp files go */
+     * name); else the kill came while the records were written, before any rename: the old
+     * files stay and the temp files go */
     size_t n = (nf - 2) / 2;
     char **tmp = fdpo_calloc(n, sizeof *tmp);
     int *in_place = fdpo_calloc(n, sizeof *in_place), *waiting = fdpo_calloc(n, sizeof *waiting), forward = 1;
@@ -231,16 +230,10 @@ int fdpo_commit_record_finish(const char *record) {
     }
     for (size_t i = 0; i < n; i++) {
         const char *final = field[3 + 2 * i];
-        if (forward) {
-            if (waiting[i] && rename(tmp[i], final) != 0)
-                fdpo_log(FDPO_LOG_WARN, "%s: cannot finish its interrupted replacement: %s (the new file is at %s)", final,
-                         strerror(errno), tmp[i]);
-            else if (in_place[i]) unlink(tmp[i]);   /* the old file the exchange left there, if any */
-        } else if (waiting[i]) {
-            unlink(tmp[i]);   /* a new file never renamed */
-        } else if (in_place[i] && renameat2(AT_FDCWD, tmp[i], AT_FDCWD, final, RENAME_EXCHANGE) == 0) {
-            unlink(tmp[i]);   /* a failed commit killed while it put the old files back: this one back too */
-        }
+        if (forward && waiting[i] && rename(tmp[i], final) != 0)
+            fdpo_log(FDPO_LOG_WARN, "%s: cannot finish its interrupted replacement: %s (the new file is at %s)", final,
+                     strerror(errno), tmp[i]);
+        else if (forward ? in_place[i] : waiting[i]) unlink(tmp[i]);   /* the old file the exchange left there; back: the new one */
         (void)fdpo_fsync_parent(final, 0);
     }
     char *names = NULL;

@@ -315,7 +315,7 @@ static int held_same_file(const char *lp) {
     return -1;
 }
 
-/* dir as an absolute path without "." and "..": its deepest existing part resolved
+/* fdpo_path_absolute: dir as an absolute path without "." and "..": its deepest existing part resolved
  * (realpath: links followed; a lock beside a link's path is beside its target's too, and OUT
  * itself is no link), the parts that do not exist yet appended and folded by hand */
 char *fdpo_path_absolute(const char *dir) {
@@ -599,16 +599,12 @@ long fdpo_tmp_name_pid(const char *name) {
 /* The commit records (FDPO_COMMIT_SUFFIX) in dir of NAME prefix (every NAME when prefix is
  * NULL), each killed writer's set finished: the temp files they name are that set's new files,
  * which must go in place before stale temp files are removed. */
-static char *commit_record_name(const char *name) {
-    char *r = fdpo_malloc(strlen(name) + sizeof FDPO_COMMIT_SUFFIX);
-    strcpy(r, name);
-    return strcat(r, FDPO_COMMIT_SUFFIX);
-}
-
 static void finish_commit_records(const char *dir, const char *prefix) {
     fdpo_strv records = {0};
     if (prefix) {
-        char *name = commit_record_name(prefix);
+        char *name = fdpo_malloc(strlen(prefix) + sizeof FDPO_COMMIT_SUFFIX);
+        strcpy(name, prefix);
+        strcat(name, FDPO_COMMIT_SUFFIX);
         fdpo_strv_push(&records, name);
         free(name);
     } else {
@@ -636,7 +632,9 @@ static long remove_stale_tmp_named(const char *dir, const char *prefix) {
     finish_commit_records(dir, prefix);
     long removed = 0;
     if (prefix && !strstr(prefix, FDPO_COMMIT_SUFFIX)) {
-        char *record = commit_record_name(prefix);
+        char *record = fdpo_malloc(strlen(prefix) + sizeof FDPO_COMMIT_SUFFIX);
+        strcpy(record, prefix);
+        strcat(record, FDPO_COMMIT_SUFFIX);
         removed = remove_stale_tmp_named(dir, record);
         free(record);
     }
