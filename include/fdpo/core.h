@@ -156,14 +156,11 @@ int fdpo_atomic_open(fdpo_atomic_file *af, const char *path);
 int fdpo_atomic_commit(fdpo_atomic_file *af);
 void fdpo_atomic_abort(fdpo_atomic_file *af);
 /* Outputs of one run replaced together: every temp file written out and synced first (a
- * full disk fails here, before any is renamed), then a commit record beside each file
- * (FILE.fdpo-commit), then each swapped with its old file (RENAME_EXCHANGE; the old one
- * removed once all are in); on a failure, a rename's included, those already in are put back
- * (a file that was new removed) and every old file stays. A kill between the renames leaves
- * the records: the next claim of one of the files (fdpo_out_file_claim,
- * fdpo_remove_stale_tmp) puts the rest of the new set in place. Only a file system without
- * the exchange keeps a replaced file (with a warning). Files not opened (path NULL) are
- * skipped. */
+ * full disk fails here, before any is renamed), then each swapped with its old file
+ * (RENAME_EXCHANGE; the old one removed once all are in); on a failure, a rename's included,
+ * those already in are put back (a file that was new removed) and every old file stays.
+ * Only a file system without the exchange keeps a replaced file (with a warning). Files not
+ * opened (path NULL) are skipped. */
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel
@@ -240,9 +237,7 @@ void fdpo_out_file_release(const char *path);
  * output file's, an empty run directory's) is removed; a directory's that holds files stays. */
 void fdpo_locks_release_unused(void);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
- * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. First the
- * sets a killed fdpo_atomic_commit_all left half-renamed are finished from their commit
- * records (DIR/NAME.fdpo-commit): the temp files they name are the sets' new files. */
+ * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
 long fdpo_remove_stale_tmp(const char *dir);
 /* The same for one file's temp names only (PATH.tmp.PID beside PATH): an output file's
  * claim (fdpo_out_file_claim) clears what a killed writer of that file left. */

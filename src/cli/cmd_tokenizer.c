@@ -47,8 +47,6 @@ static int tokenizer_train(int argc, char **argv) {
     /* one writer per --out, as for every run's OUT: the check below and the save under it */
     if (fdpo_dir_lock(out, "--out")) goto done;
     locked = 1;
-    /* under the lock: a killed save's three files finished (all new) and its temp files gone */
-    fdpo_remove_stale_tmp(out);
     if (!overwrite) {
         /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
         static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "encoder.json",

@@ -11,7 +11,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "fdpo/core.h"
-#include "core/lock_internal.h"
 
 /* Open with O_NONBLOCK so that a FIFO does not block the open itself, then refuse anything
  * but a regular file (a FIFO, a directory, a device would block or never end). */
@@ -138,146 +137,16 @@ static int commit_one_of_set(fdpo_atomic_file *af, int *state) {
     return 0;
 }
 
-/* ---- the commit record of a set (fdpo_atomic_commit_all) ----
- * FINAL.fdpo-commit beside each file of the set, every one the same text: COMMIT_MAGIC, the
- * writer's pid, then per file the inode of its complete temp file and FINAL's absolute path
- * (its temp file is FINAL.tmp.PID), each field ended by a NUL byte (a path may hold a newline). */
-static const char COMMIT_MAGIC[] = "fdpo-commit 1";
-
-static char *commit_record_path(const char *final) {
-    size_t n = strlen(final) + sizeof FDPO_COMMIT_SUFFIX;
-    char *r = fdpo_malloc(n);
-    snprintf(r, n, "%s%s", final, FDPO_COMMIT_SUFFIX);
-    return r;
-}
-
-static void text_add(char **buf, size_t *len, const char *field) {
-    size_t k = strlen(field) + 1;
-    *buf = fdpo_realloc(*buf, *len + k);
-    memcpy(*buf + *len, field, k);
-    *len += k;
-}
-
-static void commit_record_remove(fdpo_atomic_file *const *afs, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        if (!afs[i]->path) continue;
-        char *r = commit_record_path(afs[i]->path);
-        unlink(r);
-        (void)fdpo_fsync_parent(r, 0);
-        free(r);
-    }
-}
-
-/* the records of the set's opened files, each written whole and synced (fdpo_write_file_atomic) */
-static int commit_record_write(fdpo_atomic_file *const *afs, size_t n) {
-    char *text = NULL, num[32];
-    size_t len = 0;
-    text_add(&text, &len, COMMIT_MAGIC);
-    snprintf(num, sizeof num, "%ld", (long)getpid());
-    text_add(&text, &len, num);
-    int rc = 0;
-    for (size_t i = 0; i < n && !rc; i++) {
-        if (!afs[i]->path) continue;
-        struct stat st;
-        if (stat(afs[i]->tmp_path, &st) != 0) { rc = fdpo_error("%s: cannot stat: %s", afs[i]->tmp_path, strerror(errno)); break; }
-        char *abs = fdpo_path_absolute(afs[i]->path);
-        snprintf(num, sizeof num, "%llu", (unsigned long long)st.st_ino);
-        text_add(&text, &len, num);
-        text_add(&text, &len, abs);
-        free(abs);
-    }
-    for (size_t i = 0; i < n && !rc; i++) {
-        if (!afs[i]->path) continue;
-        char *r = commit_record_path(afs[i]->path);
-        rc = fdpo_write_file_atomic(r, text, len);
-        free(r);
-    }
-    if (rc) commit_record_remove(afs, n);   /* none is renamed yet: the old files stay, and no record */
-    free(text);
-    return rc;
-}
-
-int fdpo_commit_record_finish(const char *record) {
-    size_t len = 0;
-    char *text = fdpo_read_file(record, &len);
-    if (!text) { fdpo_clear_error(); return 0; }
-    /* the fields: magic, pid, then inode and path pairs */
-    const char *field[2 * 64 + 2];
-    size_t nf = 0;
-    for (size_t at = 0; at < len && nf < sizeof field / sizeof field[0]; at += strlen(text + at) + 1) field[nf++] = text + at;
-    long pid = nf >= 2 ? strtol(field[1], NULL, 10) : 0;
-    if (nf < 4 || nf % 2 || strcmp(field[0], COMMIT_MAGIC) || pid <= 0 || len == 0 || text[len - 1] ||
-        pid == (long)getpid() || fdpo_pid_alive(pid)) {
-        free(text);   /* not a record (a user's file), or its commit is still running */
-        return 0;
-    }
-    /* forward when every file can be completed (its new file in place, or waiting at its temp
-     * name); else the kill came while the records were written, before any rename: the old
-     * files stay and the temp files go */
-    size_t n = (nf - 2) / 2;
-    char **tmp = fdpo_calloc(n, sizeof *tmp);
-    int *in_place = fdpo_calloc(n, sizeof *in_place), *waiting = fdpo_calloc(n, sizeof *waiting), forward = 1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned long long ino = strtoull(field[2 + 2 * i], NULL, 10);
-        const char *final = field[3 + 2 * i];
-        size_t k = strlen(final) + 32;
-        tmp[i] = fdpo_malloc(k);
-        snprintf(tmp[i], k, "%s.tmp.%ld", final, pid);
-        struct stat st;
-        in_place[i] = lstat(final, &st) == 0 && S_ISREG(st.st_mode) && st.st_ino == ino;
-        waiting[i] = lstat(tmp[i], &st) == 0 && S_ISREG(st.st_mode) && st.st_ino == ino;
-        if (!in_place[i] && !waiting[i]) forward = 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const char *final = field[3 + 2 * i];
-        if (forward && waiting[i] && rename(tmp[i], final) != 0)
-            fdpo_log(FDPO_LOG_WARN, "%s: cannot finish its interrupted replacement: %s (the new file is at %s)", final,
-                     strerror(errno), tmp[i]);
-        else if (forward ? in_place[i] : waiting[i]) unlink(tmp[i]);   /* the old file the exchange left there; back: the new one */
-        (void)fdpo_fsync_parent(final, 0);
-    }
-    char *names = NULL;
-    size_t names_len = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i) names[names_len - 1] = ' ';   /* "A B C": each field's NUL becomes a blank */
-        text_add(&names, &names_len, field[3 + 2 * i]);
-    }
-    fdpo_log(FDPO_LOG_WARN, "process %ld was killed while it replaced %s together: %s", pid, names,
-             forward ? "its new files are put in place, all of them" : "the old files stay, all of them");
-    free(names);
-    for (size_t i = 0; i < n; i++) {
-        char *r = commit_record_path(field[3 + 2 * i]);
-        unlink(r);
-        (void)fdpo_fsync_parent(r, 0);
-        free(r);
-        free(tmp[i]);
-    }
-    free(tmp); free(in_place); free(waiting); free(text);
-    return 1;
-}
-
-/* Several outputs replaced together, all or nothing, across a failure and across a kill:
- *  1. every temp file is written out and synced (a full disk fails here, before any rename);
- *  2. a commit record naming the set (FINAL.fdpo-commit beside each file: the temp files'
- *     inodes and the final paths) is written and synced: from here the set goes forward;
- *  3. each file is exchanged with its old one (RENAME_EXCHANGE), which waits at the temp name
- *     until all are in; a rename that fails (an immutable file, a mount point, a directory
- *     made meanwhile) puts the earlier ones back, so the set is replaced whole or not at all;
- *  4. the old files and then the records are removed.
- * A process killed during 3 or 4 leaves the records: whoever next takes the lock of one of
- * those outputs (fdpo_out_file_claim, fdpo_remove_stale_tmp: fdpo_commit_record_finish)
- * puts every file still waiting at its temp name in place, before stale temp files are
- * removed, so the set is all new; killed during 2 (some records written, no rename yet) the
- * temp files are dropped and the set stays all old. One file alone needs no record. */
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) {
     int rc = 0;
-    size_t opened = 0;
-    for (size_t i = 0; i < n && !rc; i++) if (afs[i]->path) { rc = atomic_sync(afs[i]); opened++; }
-    if (!rc && opened > 1) rc = commit_record_write(afs, n);
+    for (size_t i = 0; i < n && !rc; i++) if (afs[i]->path) rc = atomic_sync(afs[i]);
     if (rc) {
         for (size_t i = 0; i < n; i++) if (afs[i]->path) fdpo_atomic_abort(afs[i]);
         return rc;
     }
+    /* Every file goes in by an exchange with its old one, which waits at the temp name until
+     * all are in: a rename that fails (an immutable file, a mount point, a directory made
+     * meanwhile) puts the earlier ones back, so the set is replaced whole or not at all. */
     int *state = fdpo_calloc(n ? n : 1, sizeof(int));
     size_t failed = n;
     for (size_t i = 0; i < n && failed == n; i++) {
@@ -305,11 +174,8 @@ int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) {
             (void)fdpo_fsync_parent(af->path, 0);
         }
         if (rc && state[k] == COMMIT_PENDING) unlink(af->tmp_path);
-    }
-    if (opened > 1) commit_record_remove(afs, n);
-    for (size_t k = 0; k < n; k++) {
-        free(afs[k]->path); free(afs[k]->tmp_path);
-        afs[k]->path = afs[k]->tmp_path = NULL;
+        free(af->path); free(af->tmp_path);
+        af->path = af->tmp_path = NULL;
     }
     free(state);
     return rc;

@@ -106,7 +106,7 @@ void fdpo_locks_release_unused(void) {
 }
 static void release_at_exit(void) { fdpo_locks_release_unused(); }
 
-int fdpo_pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
 
 /* The pid a held lock file records: > 0, 0 for none (an empty file), -1 for text that is no
  * pid (another tool's lock). Its holder writes it just after its flock succeeds, so a run
@@ -122,7 +122,7 @@ static long recorded_pid(int fd) {
         buf[got > 0 ? got : 0] = 0;
         pid = strtol(buf, &end, 10);
         if (pid <= 0 || end == buf || (*end != '\n' && *end != 0)) pid = got > 0 ? -1 : 0;
-        if (pid < 0 || fdpo_pid_alive(pid)) break;
+        if (pid < 0 || pid_alive(pid)) break;
         nanosleep(&(struct timespec){0, 2000000}, NULL);
     }
     return pid;
@@ -596,56 +596,17 @@ long fdpo_tmp_name_pid(const char *name) {
     return strtol(t + 5, NULL, 10);
 }
 
-/* The commit records (FDPO_COMMIT_SUFFIX) in dir of NAME prefix (every NAME when prefix is
- * NULL), each killed writer's set finished: the temp files they name are that set's new files,
- * which must go in place before stale temp files are removed. */
-static void finish_commit_records(const char *dir, const char *prefix) {
-    fdpo_strv records = {0};
-    if (prefix) {
-        char *name = fdpo_malloc(strlen(prefix) + sizeof FDPO_COMMIT_SUFFIX);
-        strcpy(name, prefix);
-        strcat(name, FDPO_COMMIT_SUFFIX);
-        fdpo_strv_push(&records, name);
-        free(name);
-    } else {
-        DIR *d = opendir(dir);
-        struct dirent *e;
-        const size_t ns = strlen(FDPO_COMMIT_SUFFIX);
-        while (d && (e = readdir(d))) {
-            size_t k = strlen(e->d_name);
-            if (k > ns && !strcmp(e->d_name + k - ns, FDPO_COMMIT_SUFFIX)) fdpo_strv_push(&records, e->d_name);
-        }
-        if (d) closedir(d);
-    }
-    for (size_t i = 0; i < records.n; i++) {
-        char *p = fdpo_path_join(dir, records.v[i]);
-        if (fdpo_file_exists(p)) (void)fdpo_commit_record_finish(p);   /* one set's records are removed together */
-        free(p);
-    }
-    fdpo_strv_free(&records);
-}
-
-/* the stale NAME.tmp.PID files in dir whose NAME is prefix (every NAME when prefix is NULL),
- * after the commit records of a killed set are finished; with prefix the record's own
- * NAME.fdpo-commit.tmp.PID too */
+/* the stale NAME.tmp.PID files in dir whose NAME is prefix (every NAME when prefix is NULL) */
 static long remove_stale_tmp_named(const char *dir, const char *prefix) {
-    finish_commit_records(dir, prefix);
-    long removed = 0;
-    if (prefix && !strstr(prefix, FDPO_COMMIT_SUFFIX)) {
-        char *record = fdpo_malloc(strlen(prefix) + sizeof FDPO_COMMIT_SUFFIX);
-        strcpy(record, prefix);
-        strcat(record, FDPO_COMMIT_SUFFIX);
-        removed = remove_stale_tmp_named(dir, record);
-        free(record);
-    }
     DIR *d = opendir(dir);
-    if (!d) return removed;
+    if (!d) return 0;
+    long removed = 0;
     struct dirent *e;
     size_t np = prefix ? strlen(prefix) : 0;
     while ((e = readdir(d))) {
         if (prefix && (strncmp(e->d_name, prefix, np) != 0 || strncmp(e->d_name + np, ".tmp.", 5) != 0)) continue;
         long pid = fdpo_tmp_name_pid(e->d_name);
-        if (pid <= 0 || pid == (long)getpid() || fdpo_pid_alive(pid)) continue;
+        if (pid <= 0 || pid == (long)getpid() || pid_alive(pid)) continue;
         char *p = fdpo_path_join(dir, e->d_name);
         struct stat st;
         if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0) {

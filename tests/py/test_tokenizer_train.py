@@ -310,34 +310,6 @@ def test_overwrite_removes_the_replaced_template(tmp_path):
     assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
 
 
-@pytest.mark.parametrize("when", [1, 2, 3])
-def test_a_save_killed_between_its_renames_is_finished_by_the_next_run(tmp_path, when):
-    """SIGKILL between the exchanges of vocab.json, merges.txt and tokenizer_config.json left a
-    new vocab.json beside the old merges.txt (which fails to load: "merge result 'st' is not in
-    the vocabulary") and their *.tmp.PID files for good (a hunt's find). The next run that
-    locks --out (here one refused for want of --overwrite) puts the whole new set in place
-    from the save's commit record and removes the temp files (docs/tokenizer.md)."""
-    import shutil
-    if not shutil.which("strace") or subprocess.run(["strace", "-o", os.devnull, "true"]).returncode:
-        pytest.skip("strace is missing or may not trace here (ptrace refused)")
-    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
-    a.write_text("north south river stone " * 200)
-    b.write_text("alpha beta gamma delta kappa " * 200)
-    train_cmd = [FDPO, "tokenizer", "train", "--vocab-size", 290, "--min-frequency", 1]
-    out, new = tmp_path / "tk", tmp_path / "want"
-    for o, src in ((out, a), (new, b)):
-        assert run(*train_cmd, "--out", o, src).returncode == 0
-    r = run("strace", "-f", "-qq", "-o", os.devnull, "-e", f"inject=renameat2:signal=SIGKILL:when={when}",
-            *train_cmd, "--out", out, "--overwrite", b)
-    assert r.returncode in (-9, 137), r.stderr.decode()
-    r = run(*train_cmd, "--out", out, a)   # refused: --out holds a tokenizer, --overwrite not given
-    assert r.returncode == 1 and "already holds vocab.json" in r.stderr.decode(), r.stderr.decode()
-    names = ["merges.txt", "tokenizer_config.json", "vocab.json"]
-    assert sorted(p.name for p in out.iterdir()) == names
-    for n in names:
-        assert (out / n).read_bytes() == (new / n).read_bytes(), n
-
-
 @pytest.mark.parametrize("case", ["byte-checkpoint", "tokenizer-json", "own-vocab", "own-merges"])
 def test_overwrite_that_cannot_succeed_changes_nothing(tmp_path, case):
     """--overwrite into a directory whose fdpo_tokenizer.json or tokenizer.json loads before
