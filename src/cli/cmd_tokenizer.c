@@ -47,6 +47,8 @@ static int tokenizer_train(int argc, char **argv) {
     /* one writer per --out, as for every run's OUT: the check below and the save under it */
     if (fdpo_dir_lock(out, "--out")) goto done;
     locked = 1;
+    /* under the lock: the temp files (NAME.tmp.PID) of a save that was killed, as every run's OUT */
+    fdpo_remove_stale_tmp(out);
     if (!overwrite) {
         /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
         static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "encoder.json",

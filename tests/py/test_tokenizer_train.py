@@ -310,6 +310,24 @@ def test_overwrite_removes_the_replaced_template(tmp_path):
     assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
 
 
+def test_a_killed_saves_temp_files_are_removed_by_the_next_run(tmp_path):
+    """A save killed between its temp files and its renames left vocab.json.tmp.PID and the like
+    in --out for good: no tokenizer run removed them (every training run's OUT does, under its
+    lock). A live process's temp file is left alone."""
+    src = tmp_path / "a.txt"
+    src.write_text("hello hello world")
+    out = tmp_path / "o"
+    out.mkdir()
+    dead = 4194304 + 7  # above Linux's pid_max: no such process
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (out / f"{name}.tmp.{dead}").write_text("half")
+    live = out / f"notes.txt.tmp.{os.getpid()}"
+    live.write_text("being written")
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 270, "--min-frequency", 1, "--out", out, "--overwrite", src)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == sorted(["merges.txt", "tokenizer_config.json", "vocab.json", live.name])
+
+
 @pytest.mark.parametrize("case", ["byte-checkpoint", "tokenizer-json", "own-vocab", "own-merges"])
 def test_overwrite_that_cannot_succeed_changes_nothing(tmp_path, case):
     """--overwrite into a directory whose fdpo_tokenizer.json or tokenizer.json loads before
