@@ -179,12 +179,14 @@ int fdpo_mkdir_p(const char *path);
 int fdpo_mkdir_p_made(const char *path, char ***made, size_t *n_made);
 /* An option's path given as "" (NULL is "not given" and passes): "FLAG: an empty path", as
  * the CLI says; the *_opts_check functions call it for each path they take (an empty path
- * failed later as ": cannot open", or after all the work as ": rename failed"). Refused too:
- * a path that is not valid UTF-8, as given or as the absolute path it resolves to
- * (fdpo_path_absolute: a relative path under a working directory with such a name): fdpo
- * records paths, and where they resolve, in its JSON files, which hold UTF-8 text only (a
- * lossy escape would not read back as the same path on --resume). */
+ * failed later as ": cannot open", or after all the work as ": rename failed"). */
 int fdpo_path_check(const char *flag, const char *path);
+/* fdpo_path_check for a path a run records (the training commands' training_state.json, with
+ * where it resolved): refused too when it is not valid UTF-8, as given or as the absolute path
+ * it resolves to (fdpo_path_absolute: a relative path under a working directory with such a
+ * name). JSON holds UTF-8 text only, and a lossy escape would not read back as the same path on
+ * --resume. Commands that record no path (score, merge, generate) take any path. */
+int fdpo_path_record_check(const char *flag, const char *path);
 /* fdpo_path_check's test of the path's own text only, for a path recorded as given (eval's
  * e.json, the CLI's check of every path flag): "FLAG: the path is not valid UTF-8 (...)" */
 int fdpo_path_utf8_check(const char *flag, const char *path);

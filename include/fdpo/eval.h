@@ -230,7 +230,7 @@ void fdpo_reward_spec_inputs(const char *spec, fdpo_strv *out);
  * malloc'd (NULL for NULL). Runs record it so that a rerun that spells the file another way
  * (./FILE, from another directory) is the same run. */
 char *fdpo_reward_spec_resolved(const char *spec);
-/* The file of a spec that reads one (lexicon:FILE, words:FILE, rm:DIR) as fdpo_path_check
+/* The file of a spec that reads one (lexicon:FILE, words:FILE, rm:DIR) as fdpo_path_record_check
  * says, under flag: runs record it resolved (fdpo_reward_spec_resolved), so its absolute
  * form must be valid UTF-8 too; 0 for any other spec */
 int fdpo_reward_spec_path_check(const char *flag, const char *spec);

@@ -121,14 +121,26 @@ static int is_output_path(const char *name) {
     return !strcmp(name, "out") || !strcmp(name, "samples-out") || !strncmp(name, "export-", 7);
 }
 
+/* The commands that record their paths in JSON files (training_state.json, sacpo.json, eval's
+ * e.json): their paths must be valid UTF-8. The others (generate, score, pairs, merge, tokenize,
+ * info, lab, report, tokenizer train) write no path, and take any. */
+static int command_records_paths(void) {
+    static const char *const RECORDING[] = {"pretrain", "sft", "dpo", "rm", "kto", "online", "rl", "sacpo", "eval"};
+    for (size_t i = 0; g_parsing && i < sizeof RECORDING / sizeof *RECORDING; i++)
+        if (!strcmp(g_parsing, RECORDING[i])) return 1;
+    return 0;
+}
+
 /* A text value given (not a default: fdpo's own text) is valid UTF-8: fdpo records its
- * settings and paths in JSON files, which hold UTF-8 text only (the library's option checks
- * refuse a path that resolves to bytes that are not: fdpo_path_check). An input path's ''
- * is refused here, an output's by its command. */
+ * settings in JSON files, which hold UTF-8 text only; so are the paths of a command that records
+ * them (command_records_paths; the library's option checks also refuse a path that resolves to
+ * bytes that are not: fdpo_path_record_check). An input path's '' is refused here, an output's
+ * by its command. */
 static int check_text_value(const fdpo_flag *f, const char *val, const char *where) {
     if (val == f->def || !strcmp(val, "-")) return 0;
     if (!*val && is_input_path(f->name)) return fdpo_error("%s: an empty path", where);
-    if (is_input_path(f->name) || is_output_path(f->name)) return fdpo_path_utf8_check(where, val);
+    if (is_input_path(f->name) || is_output_path(f->name))
+        return command_records_paths() ? fdpo_path_utf8_check(where, val) : 0;
     if (!fdpo_utf8_valid(val, strlen(val)))
         return fdpo_error("%s: not valid UTF-8 (fdpo records its settings in JSON files)", where);
     return 0;
@@ -646,7 +658,7 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         if (only_pos || a[0] != '-' || a[1] == 0) {
             /* a file or directory argument ('' failed later as ": cannot open", naming nothing) */
             if (!*a) { rc = fdpo_error("an empty argument (a path was expected)"); break; }
-            if (fdpo_path_utf8_check("a path argument", a)) { rc = FLAGS_ERROR; break; }
+            if (command_records_paths() && fdpo_path_utf8_check("a path argument", a)) { rc = FLAGS_ERROR; break; }
             p[np++] = a;
             order_add(NULL, a);
             continue;

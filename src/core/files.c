@@ -434,6 +434,10 @@ int fdpo_path_utf8_check(const char *flag, const char *path) {
 }
 
 int fdpo_path_check(const char *flag, const char *path) {
+    return path && !*path ? fdpo_error("%s: an empty path", flag) : 0;
+}
+
+int fdpo_path_record_check(const char *flag, const char *path) {
     if (!path) return 0;
     if (!*path) return fdpo_error("%s: an empty path", flag);
     if (fdpo_path_utf8_check(flag, path)) return -1;

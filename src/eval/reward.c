@@ -864,7 +864,7 @@ char *fdpo_reward_spec_resolved(const char *spec) {
 
 int fdpo_reward_spec_path_check(const char *flag, const char *spec) {
     size_t n = spec ? one_file_spec(spec) : 0;
-    return n && spec[n] ? fdpo_path_check(flag, spec + n) : 0;
+    return n && spec[n] ? fdpo_path_record_check(flag, spec + n) : 0;
 }
 
 int fdpo_reward_spec_same(const char *a, const char *b) {

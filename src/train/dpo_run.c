@@ -164,8 +164,8 @@ void fdpo_dpo_run_opts_default(fdpo_dpo_run_opts *o) {
 int fdpo_dpo_run_opts_check(const fdpo_dpo_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the checkpoint to align, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
-    if (fdpo_path_check("--data", o->data) || fdpo_path_check("--eval-file", o->eval_file) || fdpo_path_check("--ref", o->ref) ||
-        fdpo_path_check("--ref-cache-dir", o->ref_cache_dir))
+    if (fdpo_path_record_check("--data", o->data) || fdpo_path_record_check("--eval-file", o->eval_file) || fdpo_path_record_check("--ref", o->ref) ||
+        fdpo_path_record_check("--ref-cache-dir", o->ref_cache_dir))
         return -1;
     if (fdpo_train_opts_check(&o->train)) return -1;
     if (fdpo_pref_loss_check(&o->dpo.loss)) return -1;

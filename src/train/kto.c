@@ -187,7 +187,7 @@ void fdpo_kto_run_opts_default(fdpo_kto_run_opts *o) {
 int fdpo_kto_run_opts_check(const fdpo_kto_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the policy checkpoint, also the default reference)");
     if (!o->data) return fdpo_error("--data: required (unpaired JSONL {prompt, completion, label})");
-    if (fdpo_path_check("--data", o->data) || fdpo_path_check("--eval-file", o->eval_file) || fdpo_path_check("--ref", o->ref))
+    if (fdpo_path_record_check("--data", o->data) || fdpo_path_record_check("--eval-file", o->eval_file) || fdpo_path_record_check("--ref", o->ref))
         return -1;
     if (fdpo_train_opts_check(&o->train)) return -1;
     /* z0 pairs completion i with prompt (i+1) mod n of its micro-batch: with n = 1 that is the

@@ -605,8 +605,8 @@ int fdpo_online_opts_check(const fdpo_online_opts *o) {
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
     if (!o->out) return fdpo_error("--out: required (run directory)");
-    if (fdpo_path_check("--model", o->model) || fdpo_path_check("--data", o->prompts) || fdpo_path_check("--ref", o->ref) ||
-        fdpo_path_check("--lexicon", o->reward_opts.lexicon) || fdpo_reward_spec_path_check("--reward", o->reward))
+    if (fdpo_path_record_check("--model", o->model) || fdpo_path_record_check("--data", o->prompts) || fdpo_path_record_check("--ref", o->ref) ||
+        fdpo_path_record_check("--lexicon", o->reward_opts.lexicon) || fdpo_reward_spec_path_check("--reward", o->reward))
         return -1;
     if (o->dpo.dpo.loss.kind == FDPO_LOSS_SIMPO) return fdpo_error("--loss simpo: online f-DPO needs a reference");
     if (fdpo_pref_loss_check(&o->dpo.dpo.loss)) return -1;

@@ -405,8 +405,8 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
     if (!o->prompts) return fdpo_error("--data: required (prompt file)");
     if (!o->reward) return fdpo_error("--reward: required (afinn, length, cmd:PROG)");
     if (!o->train.out) return fdpo_error("--out: required (checkpoint directory)");
-    if (fdpo_path_check("--model", o->model) || fdpo_path_check("--ref", o->ref) || fdpo_path_check("--data", o->prompts) ||
-        fdpo_path_check("--lexicon", o->reward_opts.lexicon) || fdpo_reward_spec_path_check("--reward", o->reward))
+    if (fdpo_path_record_check("--model", o->model) || fdpo_path_record_check("--ref", o->ref) || fdpo_path_record_check("--data", o->prompts) ||
+        fdpo_path_record_check("--lexicon", o->reward_opts.lexicon) || fdpo_reward_spec_path_check("--reward", o->reward))
         return -1;
     if (o->train.steps < 1) return fdpo_error("--steps: must be >= 1 (got %ld)", o->train.steps);
     if (o->prompts_per_step < 1) return fdpo_error("--prompts-per-step: must be >= 1 (got %ld)", o->prompts_per_step);

@@ -176,7 +176,7 @@ void fdpo_rm_run_opts_default(fdpo_rm_run_opts *o) {
 int fdpo_rm_run_opts_check(const fdpo_rm_run_opts *o) {
     if (!o->train.init) return fdpo_error("--model: required (the backbone checkpoint)");
     if (!o->data) return fdpo_error("--data: required (preference JSONL)");
-    if (fdpo_path_check("--data", o->data) || fdpo_path_check("--eval-file", o->eval_file)) return -1;
+    if (fdpo_path_record_check("--data", o->data) || fdpo_path_record_check("--eval-file", o->eval_file)) return -1;
     if (fdpo_train_opts_check(&o->train) || fdpo_pref_data_check(&o->pref, o->train.resume)) return -1;
     if (!isfinite(o->center_rewards_coefficient) || o->center_rewards_coefficient < 0)
         return fdpo_error("--center-rewards-coefficient: must be a finite number >= 0 (got %g)", o->center_rewards_coefficient);

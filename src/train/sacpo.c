@@ -54,8 +54,8 @@ int fdpo_sacpo_opts_check(const fdpo_sacpo_opts *o) {
     } else if (o->online.prompts)
         return fdpo_error("--data: the prompts of online stages; with --reward-data and --safety-data no stage is online");
     if (!o->out) return fdpo_error("--out: required (the directory that receives every stage)");
-    if (fdpo_path_check("--out", o->out) || fdpo_path_check("--reward-data", o->reward_data) ||
-        fdpo_path_check("--safety-data", o->safety_data) || fdpo_path_check("--data", o->online.prompts))
+    if (fdpo_path_record_check("--out", o->out) || fdpo_path_record_check("--reward-data", o->reward_data) ||
+        fdpo_path_record_check("--safety-data", o->safety_data) || fdpo_path_record_check("--data", o->online.prompts))
         return -1;
     if (o->n_lambdas == 0) return fdpo_error("--lambda: at least one multiplier is required");
     if (fdpo_beta_check(o->dpo.dpo.loss.beta)) return -1;   /* before beta / lambda, which names --lambda */

@@ -379,8 +379,8 @@ void fdpo_sft_opts_default(fdpo_train_opts *o) {
 
 int fdpo_train_opts_check(const fdpo_train_opts *o) {
     if (!o->out) return fdpo_error("--out: required (the checkpoint directory to write)");
-    if (fdpo_path_check("--out", o->out) || fdpo_path_check("--model", o->init) || fdpo_path_check("--tokenizer", o->tokenizer) ||
-        fdpo_path_check("--data", o->data))
+    if (fdpo_path_record_check("--out", o->out) || fdpo_path_record_check("--model", o->init) || fdpo_path_record_check("--tokenizer", o->tokenizer) ||
+        fdpo_path_record_check("--data", o->data))
         return -1;
     if (o->resume && o->overwrite) return fdpo_error("--overwrite: cannot be combined with --resume");
     if (o->seq_len < 1) return fdpo_error("--seq-len: %ld must be >= 1", o->seq_len);

@@ -525,8 +525,7 @@ def run_bytes(*args, cwd=None):
                                       ("eval --model M --ref M --data D", "--out"),
                                       ("eval --model M --ref M --data D", "--samples-out"),
                                       ("eval --ref M --data D --out O", "--model"), ("eval --model M --ref M --out O", "--data"),
-                                      ("generate --model M --data D", "--out"), ("tokenizer train --data D", "--out"),
-                                      ("report", "--out"), ("rl --model M --data D --reward length", "--out")])
+                                      ("rl --model M --data D --reward length", "--out")])
 def test_a_path_that_is_not_utf8_is_refused_naming_its_flag(tmp_path, cmd, flag):
     """Such a path was copied raw into training_state.json, e.json and every line of
     --samples-out, which Python's json (and fdpo score) then could not read (a hunt's find)"""
@@ -545,11 +544,29 @@ def test_a_config_key_and_a_positional_that_are_not_utf8_are_refused(tmp_path):
     r = run_bytes("eval", "--config", str(cfg), "--model", "m", "--ref", "m", "--data", "d")
     assert r.returncode == 1 and r.stderr == (f"fdpo eval: {cfg}:1: key 'out': the path is not valid UTF-8 "
                                               "(obad\\xFF\\xFEutf; fdpo records paths in its JSON files)\n"), r.stderr
-    r = run_bytes("tokenize", "--tokenizer", "byte", b"t" + BAD)
-    assert r.returncode == 1 and r.stderr == ("fdpo tokenize: a path argument: the path is not valid UTF-8 "
+    r = run_bytes("sft", "--data", "d", "--out", "o", b"t" + BAD)
+    assert r.returncode == 1 and r.stderr == ("fdpo sft: a path argument: the path is not valid UTF-8 "
                                               "(tbad\\xFF\\xFEutf; fdpo records paths in its JSON files)\n"), r.stderr
     r = run_bytes("eval", "--model", "m", "--ref", "m", "--data", "d", "--stop", b"x" + BAD)   # e.json records --stop
     assert r.returncode == 1 and r.stderr == "fdpo eval: --stop: not valid UTF-8 (fdpo records its settings in JSON files)\n"
+
+
+def test_a_command_that_records_no_path_takes_one_that_is_not_utf8(tmp_path):
+    """tokenize, generate, score, pairs, merge, info, lab, report and tokenizer train write no
+    path into a JSON file: such a path (or a working directory with such a name) is the user's to
+    use, as before the refusal of the commands that record theirs (a review's find)"""
+    cwd = os.fsencode(str(tmp_path)) + b"/" + BAD
+    os.mkdir(cwd)
+    with open(cwd + b"/t" + BAD, "w") as f:
+        f.write("hi")
+    def run_raw(*args):
+        return subprocess.run([a if isinstance(a, bytes) else os.fsencode(a) for a in (FDPO, *args)], capture_output=True,
+                              timeout=60, cwd=cwd)
+    r = run_raw("tokenize", "--tokenizer", "byte", b"t" + BAD)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    r = run_raw("tokenizer", "train", "--vocab-size", "260", "--min-frequency", "1", "--out", b"tok" + BAD, b"t" + BAD)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(cwd + b"/tok" + BAD)) == [b"merges.txt", b"tokenizer_config.json", b"vocab.json"]
 
 
 def test_a_relative_path_that_resolves_to_bytes_not_utf8_is_refused(tmp_path):
