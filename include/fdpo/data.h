@@ -55,9 +55,10 @@ typedef struct {
     size_t dropped;   /* examples with no weighted target within seq_len + 1 tokens */
     size_t cut;       /* examples longer than seq_len + 1 tokens, cut at the end */
     size_t two_shapes;   /* lines with keys of two shapes: read as messages, else prompt/completion */
-    /* lines whose "text", "prompt" or "completion" string holds the eos token's text (data
-     * formatted for causal LM training): tokenized as text, not as the token, as every data
-     * string is (docs/training.md); eos is appended all the same */
+    /* lines whose trained text ("text", a "completion" string, the content of a trained
+     * assistant message of "messages" or of a "completion" list; not a prompt) holds the eos
+     * token's text (data formatted for causal LM training): tokenized as text, not as the
+     * token, as every data string is (docs/training.md); eos is appended all the same */
     size_t eos_text;
     /* "FILE:LINE" of the first; "" none. 4128: a path of PATH_MAX (4096 on Linux) and its line */
     char first_dropped[4128], first_cut[4128], first_two_shapes[4128], first_eos_text[4128];

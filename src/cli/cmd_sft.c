@@ -18,10 +18,10 @@ static int load_sft(char *const *files, size_t n_files, const fdpo_tokenizer *to
                  "\"completion\"}; the other keys are not read (%s first)", st.two_shapes, st.two_shapes == 1 ? "" : "s",
                  st.first_two_shapes);
     if (st.eos_text)   /* pre-formatted causal LM data: the model would learn to write the marker's text */
-        fdpo_log(FDPO_LOG_WARN, "%zu line%s hold the eos token's text in \"text\", \"prompt\" or \"completion\": it is "
-                 "trained as plain text, not as the token (every data string is text; fdpo appends the eos itself), so "
-                 "the model learns to write it; remove it from the data (%s first)", st.eos_text,
-                 st.eos_text == 1 ? "" : "s", st.first_eos_text);
+        fdpo_log(FDPO_LOG_WARN, "%zu %s the eos token's text in trained text (\"text\", \"completion\" or an "
+                 "assistant message's \"content\"): it is trained as plain text, not as the token (every data string "
+                 "is text; fdpo appends the eos itself), so the model learns to write it; remove it from the data "
+                 "(%s first)", st.eos_text, st.eos_text == 1 ? "line holds" : "lines hold", st.first_eos_text);
     if (st.cut)   /* as dpo and kto count their truncated pairs */
         fdpo_log(FDPO_LOG_INFO, "%zu example%s longer than --seq-len %ld + 1 tokens cut at the end: the rest of the "
                  "example and its <|endoftext|> are not trained (%s first)", st.cut, st.cut == 1 ? "" : "s", o->seq_len,

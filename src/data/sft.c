@@ -215,6 +215,19 @@ static void count_example(fdpo_sft_stats *st, const builder *b, int kept, const 
     if (kept == 1 && b->last_cut && !st->cut++) snprintf(st->first_cut, sizeof st->first_cut, "%s", where);
 }
 
+/* whether a trained message of msgs (an assistant message without "weight": 0) has s in its
+ * content: the messages' text that is learnt, as "text" and "completion" are */
+static int trained_message_holds(const cJSON *msgs, const char *s) {
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *w = cJSON_GetObjectItemCaseSensitive(m, "weight"),
+                    *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (cJSON_IsString(role) && !strcmp(role->valuestring, "assistant") && !(cJSON_IsNumber(w) && w->valuedouble == 0) &&
+            cJSON_IsString(content) && strstr(content->valuestring, s)) return 1;
+    }
+    return 0;
+}
+
 static int parse_text(const char *path, const char *buf, size_t len, builder *b, const fdpo_tokenizer *tok,
                       size_t seq_len, fdpo_sft_stats *st) {
     size_t line = 1, eos_len = 0;
@@ -235,6 +248,7 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
             if (fdpo_jsonl_check_nul(where, p, ll, obj)) { cJSON_Delete(obj); rc = -1; break; }
             int err = 0;
             const char *text = NULL, *prompt = NULL, *completion = NULL;
+            const cJSON *trained_msgs = NULL;   /* the messages whose assistant content is trained */
             /* a line with two shapes (ultrachat's "prompt" beside its "messages") reads one,
              * messages over prompt/completion over text, and is counted: the other is unread */
             const int pc = cJSON_GetObjectItemCaseSensitive(obj, "completion") || cJSON_GetObjectItemCaseSensitive(obj, "prompt"),
@@ -242,13 +256,15 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
                       ms = cJSON_GetObjectItemCaseSensitive(obj, "messages") != NULL;
             if (pc + tx + ms > 1 && !st->two_shapes++) snprintf(st->first_two_shapes, sizeof st->first_two_shapes, "%s", where);
             if (ms) {
-                int kept = add_messages(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "messages"), where, seq_len);
+                trained_msgs = cJSON_GetObjectItemCaseSensitive(obj, "messages");
+                int kept = add_messages(b, tok, trained_msgs, where, seq_len);
                 if (kept < 0) err = 1;
                 else count_example(st, b, kept, where);
             } else if (pc && (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(obj, "prompt")) ||
                               cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(obj, "completion")))) {
-                int kept = add_conversation(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "prompt"),
-                                            cJSON_GetObjectItemCaseSensitive(obj, "completion"), where, seq_len);
+                trained_msgs = cJSON_GetObjectItemCaseSensitive(obj, "completion");   /* the prompt's are context */
+                int kept = add_conversation(b, tok, cJSON_GetObjectItemCaseSensitive(obj, "prompt"), trained_msgs,
+                                            where, seq_len);
                 if (kept < 0) err = 1;
                 else count_example(st, b, kept, where);
             } else if (pc) {
@@ -260,8 +276,9 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
                 fdpo_error("%s: field 'completion' missing (expected {\"prompt\", \"completion\"}, {\"text\"} "
                            "or {\"messages\"})", where); err = 1;
             }
-            if (!err && eos_len && ((text && strstr(text, eos)) || (prompt && strstr(prompt, eos)) ||
-                                    (completion && strstr(completion, eos))) && !st->eos_text++)
+            /* only text that is trained: a prompt (weight 0) is context, its marker is not learnt */
+            if (!err && eos_len && ((text && strstr(text, eos)) || (completion && strstr(completion, eos)) ||
+                                    trained_message_holds(trained_msgs, eos)) && !st->eos_text++)
                 snprintf(st->first_eos_text, sizeof st->first_eos_text, "%s", where);
             if (!err && prompt && completion) {
                 int kept = add_sampled(b, tok, prompt, completion, where, seq_len);

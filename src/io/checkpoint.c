@@ -212,10 +212,11 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
 
 /* The token ids other tools read from config.json, kept as read when each is an integer, a
  * list of integers or an explicit null (anything else, or a set too long to keep, is left
- * out: no reader of fdpo's own needs them). A null is kept, not dropped: transformers fills
- * an absent key with the class's default (LlamaConfig's bos 1 / eos 2, GPT2Config's 50256),
- * so a model read with no end token would be saved as one that stops at token 2. A reward
- * model's pad_token_id is the head's (config_head). */
+ * out: no reader of fdpo's own needs them; they are only carried to the saved config). A
+ * null, an empty list and a negative id (the -1 pad of early LLaMA conversions) are kept,
+ * not dropped: transformers fills an absent key with the class's default (LlamaConfig's
+ * bos 1 / eos 2, GPT2Config's 50256), so a model read with no end token would be saved as
+ * one that stops at token 2. A reward model's pad_token_id is the head's (config_head). */
 static void config_special_ids(const cJSON *root, fdpo_gpt2_config *c) {
     static const char *const keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
     cJSON *kept = cJSON_CreateObject();
@@ -223,9 +224,10 @@ static void config_special_ids(const cJSON *root, fdpo_gpt2_config *c) {
         if (c->num_labels && !strcmp(keys[k], "pad_token_id")) continue;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
         if (cJSON_IsNull(v)) { cJSON_AddNullToObject(kept, keys[k]); continue; }
-        int ok = cJSON_IsNumber(v) || (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0);
+        int ok = cJSON_IsNumber(v) || cJSON_IsArray(v);
         for (const cJSON *e = cJSON_IsArray(v) ? v->child : v; ok && e; e = cJSON_IsArray(v) ? e->next : NULL)
-            ok = cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble <= INT32_MAX && e->valuedouble == floor(e->valuedouble);
+            ok = cJSON_IsNumber(e) && e->valuedouble >= INT32_MIN && e->valuedouble <= INT32_MAX &&
+                 e->valuedouble == floor(e->valuedouble);
         if (ok) cJSON_AddItemToObject(kept, keys[k], cJSON_Duplicate(v, 1));
     }
     char *js = cJSON_PrintUnformatted(kept);

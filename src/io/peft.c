@@ -255,9 +255,10 @@ int fdpo_lora_config_parse(const char *path, const char *text, size_t len, const
     }
     /* PEFT's LoraModel rebuilds model.layers from the base's by this map before it matches the
      * adapter's layer indices (replicate_layers, under `if config.layer_replication:`): the
-     * adapter belongs to another stack of layers. null and [] are no-ops. */
-    const cJSON *replication = cJSON_GetObjectItemCaseSensitive(j, "layer_replication");
-    if (replication && !cJSON_IsNull(replication) && !(cJSON_IsArray(replication) && !replication->child)) {
+     * adapter belongs to another stack of layers. Any falsy value (null, [], false, 0, "", {})
+     * is a no-op there; every other is refused, the identity map [[0, n_layer]] too (harmless,
+     * but not worth telling apart). */
+    if (json_truthy(cJSON_GetObjectItemCaseSensitive(j, "layer_replication"))) {
         fdpo_error("%s: layer_replication is not supported (PEFT would rebuild the base's layers by it before applying "
                    "the adapter; fdpo applies it to the base's layers as they are)", path);
         goto done;

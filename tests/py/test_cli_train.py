@@ -531,7 +531,9 @@ def test_sft_eos_text_in_data_is_text_and_warned_about(tmp_path):
     would match it as the eos id; fdpo keeps one rule for sft, dpo, rm, kto and prompts): the
     ids are gpt-3-encoder's for the string, which does not match specials, then the appended
     eos. Data formatted for causal LM training trains the marker's 7 text tokens, so the
-    lines are counted and warned about (nothing said before)."""
+    lines are counted and warned about (nothing said before). Only trained text counts:
+    "text", "completion" and trained assistant messages' content, not a prompt (weight 0) nor
+    another role's message (counted was the prompt, and no message at all)."""
     rows = [{"text": "Hello world<|endoftext|>"}, {"prompt": "Q:", "completion": " A<|endoftext|>"}, {"text": "plain"}]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -546,8 +548,24 @@ def test_sft_eos_text_in_data_is_text_and_warned_about(tmp_path):
     assert [q["tokens"] for q in got["sequences"]] == [ref[0] + [50256], ref[1] + ref[2] + [50256], ref[3] + [50256]]
     assert (got["eos_text"], got["first_eos_text"]) == (2, f"{data}:1")
     r = ok("sft", "--out", tmp_path / "o", *TINY, "--seq-len", "32", "--steps", "1", "--eval-fraction", "0", "--quiet", data)
-    assert ("2 lines hold the eos token's text in \"text\", \"prompt\" or \"completion\": it is trained as plain text, "
-            "not as the token") in r.stderr and f"({data}:1 first)" in r.stderr, r.stderr
+    assert ("2 lines hold the eos token's text in trained text (\"text\", \"completion\" or an assistant message's "
+            "\"content\"): it is trained as plain text, not as the token") in r.stderr and f"({data}:1 first)" in r.stderr, r.stderr
+    e, user, asst = "<|endoftext|>", (lambda c: {"role": "user", "content": c}), (lambda c: {"role": "assistant", "content": c})
+    rows = [{"prompt": "Q" + e + ":", "completion": " A"},                           # prompt: weight 0, not learnt
+            {"messages": [user("hi" + e), asst("yo")]},                              # a user turn: context
+            {"messages": [user("hi"), asst("yo" + e)]},                              # counted (line 3)
+            {"prompt": [user("hi")], "completion": [asst("yo" + e)]},                # counted
+            {"messages": [user("a"), {**asst("b" + e), "weight": 0}, user("c"), asst("d")]},   # weight 0
+            {"prompt": [user("a"), asst("b" + e), user("c")], "completion": [asst("d")]}]       # the prompt's: context
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = json.loads(subprocess.run([harness, "data-chat-sft", ENCODER_DIR, "auto", chat], capture_output=True,
+                                    text=True, timeout=60, check=True).stdout)
+    assert (got["eos_text"], got["first_eos_text"]) == (2, f"{chat}:3")
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(rows[2]) + "\n" + json.dumps(rows[0]) + "\n")
+    r = ok("sft", "--out", tmp_path / "o1", *TINY, "--seq-len", "32", "--steps", "1", "--eval-fraction", "0", "--quiet", one)
+    assert "1 line holds the eos token's text in trained text" in r.stderr and f"({one}:1 first)" in r.stderr, r.stderr
 
 
 def test_a_held_out_set_that_cannot_be_split_is_warned_about(tmp_path):

@@ -332,6 +332,26 @@ def test_written_checkpoints_keep_explicit_null_special_token_ids(tmp_path):
             assert {k: got.get(k, "absent") for k in nulls} == nulls, (out, got)
 
 
+def test_written_checkpoints_keep_empty_and_negative_special_token_ids(tmp_path):
+    """"eos_token_id": [] (a model with no end token: save_pretrained writes [] for
+    LlamaConfig(eos_token_id=[]), which differs from the default 2) and "pad_token_id": -1 (the
+    early LLaMA conversions' config) were dropped from the saved config.json like the nulls
+    above: transformers then reads the class defaults (eos 2 / 50256; pad None, so
+    nn.Embedding's padding_idx -1 is lost). Both are written back as read."""
+    from fdpo_ref.gpt2 import GPT2
+    ids = {"bos_token_id": 1, "eos_token_id": [], "pad_token_id": -1}
+    for name, make in (("llama", lambda d: Llama(**CFG, seed=23).save_hf(d)),
+                       ("gpt2", lambda d: GPT2(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_hf(d))):
+        src = tmp_path / name
+        make(str(src))
+        save_byte_tokenizer(str(src))
+        c = json.load(open(src / "config.json"))
+        json.dump({**c, **ids}, open(src / "config.json", "w"))
+        fdpo("merge", "--model", src, "--model", src, "--out", tmp_path / (name + "_avg"))
+        got = json.load(open(tmp_path / (name + "_avg") / "config.json"))
+        assert {k: got.get(k, "absent") for k in ids} == ids, got
+
+
 def test_written_checkpoints_keep_generation_config(llama, tmp_path):
     """generation_config.json (transformers' generate() defaults: an instruct model's
     end-of-turn ids among eos_token_id, its sampling settings) was left out of every

@@ -883,10 +883,12 @@ def test_peft_target_modules_forms_and_defaults(tmp_path):
     (no_alpha / "adapter_config.json").write_text(json.dumps(cfg))
     assert np.array_equal(logits(no_alpha), logits(eight))
     assert not np.array_equal(logits(eight), logits(listed))   # alpha 8 vs 6: the default is what makes them equal
-    # PEFT replicates layers only `if config.layer_replication:`, so an empty map is no map
-    no_replication = write_peft(tmp_path / "no_replication", 2, modules, dims, 3, 6, 0.0, short,
-                                extra={"layer_replication": []})
-    assert np.array_equal(logits(no_replication), logits(listed))
+    # PEFT replicates layers only `if config.layer_replication:`, so any value Python takes as
+    # false is no map (false, 0, "" and {} were refused as a map)
+    for i, falsy in enumerate([None, [], False, 0, "", {}]):
+        no_replication = write_peft(tmp_path / ("no_replication%d" % i), 2, modules, dims, 3, 6, 0.0, short,
+                                    extra={"layer_replication": falsy})
+        assert np.array_equal(logits(no_replication), logits(listed)), falsy
     for name, targets, extra, msg in [
         ("regex", r".*\.(q_proj|v_proj)", None, 'target_modules ".*\\.(q_proj|v_proj)" is a regular expression (PEFT '
          "matches a string against full module names): not supported; give a list of module names"),
