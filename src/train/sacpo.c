@@ -1073,20 +1073,46 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
     return online ? online_prompts_check(o) : 0;
 }
 
-/* The directories of the stages on files still to run, before any stage trains: one that holds
- * a checkpoint (or another run's files) with no training state of a stage to resume is
- * refused as its trainer would refuse it (fdpo_train_out_check), which found it only when
- * that stage started, after the stages before it had trained. */
+/* 1 when an online stage's directory dir holds its own final model: the stage's last round's
+ * model files (fdpo_hash_path), which run_online_stage copies there before it is recorded done
+ * (a run stopped in between left it); 0 for anything else, or nothing */
+static int online_stage_final_there(const fdpo_sacpo_opts *o, const char *dir) {
+    char *run = online_run_dir(dir), name[32];
+    snprintf(name, sizeof name, "round-%ld", o->online.rounds - 1);
+    char *last = fdpo_path_join(run, name);
+    uint64_t h_dir = FDPO_HASH_INIT, h_last = FDPO_HASH_INIT;
+    const int own = fdpo_file_exists(dir) && fdpo_file_exists(last) && !fdpo_hash_path(&h_dir, dir) &&
+                    !fdpo_hash_path(&h_last, last) && h_dir == h_last;
+    fdpo_clear_error();   /* unreadable: not its own, which the check below names */
+    free(last);
+    free(run);
+    return own;
+}
+
+/* The directories of the stages still to run, before any stage trains: one that holds a
+ * checkpoint (or another run's files) with no training state of a stage to resume is refused
+ * as its trainer would refuse it (fdpo_train_out_check), which found it only when that stage
+ * started, after the stages before it had trained. An online stage's directory receives its
+ * last round at its end, over whatever was there (a checkpoint there was replaced without a
+ * word), and may hold only that round's copy; its rounds' directory DIR.online may hold no
+ * checkpoint (fdpo online's own check, which refused it when the stage started). */
 static int stages_out_free(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        if (!s[i].data || stage_done(st, s[i].dir)) continue;
+        if (stage_done(st, s[i].dir)) continue;
         fdpo_train_opts t = o->dpo.train;
         char *state = fdpo_path_join(s[i].dir, "training_state.json");
         t.out = s[i].dir;
-        t.resume = fdpo_file_exists(state);
+        t.resume = s[i].data ? fdpo_file_exists(state) : online_stage_final_there(o, s[i].dir);
         t.occupied_how = SACPO_OCCUPIED;
         free(state);
         if (fdpo_train_out_check(&t)) return fdpo_error_context("sacpo %s", s[i].what);
+        if (s[i].data) continue;
+        char *run = online_run_dir(s[i].dir);
+        const char *held = fdpo_out_holds_run(run, FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER);   /* as fdpo_online_run */
+        int rc = held ? fdpo_error("sacpo %s: --out: %s already holds %s of another run (%s)", s[i].what, run, held,
+                                   SACPO_OCCUPIED) : 0;
+        free(run);
+        if (rc) return -1;
     }
     return 0;
 }

@@ -1344,6 +1344,40 @@ def test_a_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data
     assert (s / "lambda-2" / "model.safetensors").exists()
 
 
+def test_an_online_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data, tmp_path):
+    """The same for online stages, which the up-front check skipped (a reviewer's finding): a
+    checkpoint in OUT/lambda-2 was replaced by the stage's last round without a word, and one in
+    its rounds' OUT/lambda-2.online was refused by fdpo online only after the stages before it
+    had trained. Both are refused before any stage. OUT/lambda-1 holding the stage's own last
+    round, copied there by a run stopped before it recorded the stage done, is not."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    args = lambda out, lam: ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words",
+                             "--data", tmp_path / "p.txt", "--lambda", lam, "--out", out, *TINY_ONLINE]
+    occupied = "(not a stage this sacpo run started: move it away, or give sacpo another --out)\n"
+    for out, held, what in [(tmp_path / "f", "lambda-2", "a checkpoint "),
+                            (tmp_path / "o", "lambda-2.online", "a checkpoint (model.safetensors) of another run ")]:
+        out.mkdir()
+        shutil.copytree(data / "base", out / held)
+        r = fdpo(*args(out, "1,2"), check=False)
+        assert r.returncode == 1 and r.stderr == (
+            f"fdpo sacpo: sacpo safety stage (lambda 2): --out: {out / held} already holds {what}{occupied}"), r.stderr
+        assert sorted(p.name for p in out.iterdir()) == [held] and weights(out / held) == weights(data / "base")
+    s = tmp_path / "s"
+    fdpo(*args(s, 1))
+    state = json.loads((s / "sacpo.json").read_text())
+    state["stages_done"].remove("lambda-1")   # as a run stopped between the copy and its record
+    (s / "sacpo.json").write_text(json.dumps(state))
+    final = weights(s / "lambda-1")
+    r = fdpo(*args(s, 1))
+    assert "all 1 rounds already complete" in r.stderr and weights(s / "lambda-1") == final, r.stderr
+    (s / "sacpo.json").write_text(json.dumps(state))
+    shutil.rmtree(s / "lambda-1")
+    shutil.copytree(data / "base", s / "lambda-1")
+    r = fdpo(*args(s, 1), check=False)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo sacpo: sacpo safety stage (lambda 1): --out: {s / 'lambda-1'} already holds a checkpoint {occupied}"), r.stderr
+
+
 def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, tmp_path):
     """Wachi et al. 2024 (sec. 6-7.1): P-SACPO merges the reward-aligned model (lambda = 0) with one
     model realigned for safety at a conservatively large lambda, (1 - q) theta_r + q theta_lambda,
