@@ -310,8 +310,12 @@ if (safety) {
   const nSafetyPairs = nLines('safety_pairs.jsonl');
   const thr = safety.map((p) => p.safety_threshold).find(Number.isFinite);
   const b = Number.isFinite(thr) ? thr : 0;
-  const lamOf = (p) => { const m = /lambda-([0-9.eE+-]+)$/.exec(p.name); return m ? Number(m[1]) : null; };
-  const mergeOf = (p) => { const m = /merge-([0-9.eE+-]+)-([0-9.eE+-]+)-w([0-9.eE+-]+)$/.exec(p.name); return m ? m.slice(1).map(Number) : null; };
+  // a number in a stage's name as fdpo writes it (the shortest text that reads back: 0.03, 1e-05,
+  // 1e+20): a pattern that took '-' anywhere split merge-0-1e-05-w0.5 as 0-1e, 05 and dropped it
+  const num = '([0-9]+(?:\\.[0-9]+)?(?:e[-+][0-9]+)?)';
+  const lamRe = new RegExp(`lambda-${num}$`), mergeRe = new RegExp(`merge-${num}-${num}-w${num}$`);
+  const lamOf = (p) => { const m = lamRe.exec(p.name); return m ? Number(m[1]) : null; };
+  const mergeOf = (p) => { const m = mergeRe.exec(p.name); return m ? m.slice(1).map(Number) : null; };
   say();
   say(`## Safety: positive sentiment subject to a constraint on over-the-top language (SACPO, rkl, beta 0.1)`);
   say();

@@ -630,23 +630,96 @@ static int stage_done(const sacpo_state *st, const char *dir) {
     return 0;
 }
 
+/* a done list entry's stage name (malloc'd), NULL for an entry that is not a string */
+static char *entry_name(const cJSON *e) {
+    const char *name;
+    size_t n = cJSON_IsString(e) ? stage_name(e->valuestring, &name) : 0;
+    if (!n) return NULL;
+    char *rec = fdpo_malloc(n + 1);
+    memcpy(rec, name, n);
+    rec[n] = 0;
+    return rec;
+}
+
+/* 1 when the stage or merge named made was made from the one named from (names as fmt_dir
+ * writes them): lambda-L trains from reward (reward first) or safety-lambda-L (safety first),
+ * merge-A-B-wW reads lambda-A (reward for A = 0) and lambda-B */
+static int made_from(const char *made, const char *from) {
+    if (!strncmp(made, "lambda-", 7))
+        return !strcmp(from, "reward") || (!strncmp(from, "safety-", 7) && !strcmp(from + 7, made));
+    const char *a = made + 6, *a_end = strncmp(made, "merge-", 6) ? NULL : number_end(a);
+    const char *b = a_end && *a_end == '-' ? a_end + 1 : NULL, *b_end = b ? number_end(b) : NULL;
+    if (!b_end) return 0;
+    if (!strcmp(from, "reward")) return a_end - a == 1 && *a == '0';
+    if (strncmp(from, "lambda-", 7)) return 0;
+    const size_t n = strlen(from + 7);
+    return ((size_t)(a_end - a) == n && !strncmp(a, from + 7, n)) || ((size_t)(b_end - b) == n && !strncmp(b, from + 7, n));
+}
+
+/* adds to made the directories in out of the stages and merges listed done, and there, that
+ * were made from the one named from, or from one made from it (a merge of a lambda-L made from
+ * reward), each once */
+static void done_made_from_add(const sacpo_state *st, const char *out, const char *from, fdpo_strv *made) {
+    for (const cJSON *e = st->done->child; e; e = e->next) {
+        char *name = entry_name(e);
+        char *dir = name && made_from(name, from) ? fdpo_path_join(out, name) : NULL;
+        struct stat sb;
+        int seen = 0;
+        for (size_t i = 0; dir && i < made->n; i++) seen |= !strcmp(made->v[i], dir);
+        if (dir && !seen && !stat(dir, &sb)) fdpo_strv_push(made, dir);
+        if (dir) done_made_from_add(st, out, name, made);   /* stage -> lambda -> merge: no cycle */
+        free(dir); free(name);
+    }
+}
+
+/* done_made_from_add's directories as ", "-joined text in the order sacpo.json lists them
+ * (malloc'd), NULL for none */
+static char *done_made_from(const sacpo_state *st, const char *out, const char *from) {
+    fdpo_strv made = {0};
+    done_made_from_add(st, out, from, &made);
+    size_t len = 1;
+    for (size_t i = 0; i < made.n; i++) len += strlen(made.v[i]) + 2;
+    char *text = made.n ? fdpo_calloc(len, 1) : NULL;
+    for (const cJSON *e = st->done->child; text && e; e = e->next) {
+        char *name = entry_name(e);
+        char *dir = name ? fdpo_path_join(out, name) : NULL;
+        for (size_t i = 0; dir && i < made.n; i++)
+            if (!strcmp(made.v[i], dir)) {
+                if (*text) strcat(text, ", ");
+                strcat(text, dir);
+                made.v[i][0] = 0;   /* once, should sacpo.json list it twice */
+            }
+        free(dir); free(name);
+    }
+    fdpo_strv_free(&made);
+    return text;
+}
+
 /* The stages and merges sacpo.json lists done, as they are in OUT now: one not there (removed
- * or moved away by hand) is trained again from the plan, which fixes everything it is trained
- * from (it was reported "done before", and what read it next failed on its missing config.json,
- * on every rerun); one there that holds no model it can read is refused, naming it. */
+ * or moved away by hand) is trained again from the plan (it was reported "done before", and
+ * what read it next failed on its missing config.json, on every rerun), unless a stage or merge
+ * listed done and there was made from it: a retrain is the same model only where it is bit for
+ * bit (--threads, which a rerun may change, sums in another order), and those would stay made
+ * from the old one, mixed silently with the new, so it is refused, naming them. One there that
+ * holds no model it can read is refused, naming it. */
 static int stages_done_present(sacpo_state *st, const char *out) {
     cJSON *e = st->done->child;
     while (e) {
         cJSON *next = e->next;
-        const char *name;
-        size_t n = cJSON_IsString(e) ? stage_name(e->valuestring, &name) : 0;
-        char *rec = fdpo_malloc(n + 1);
-        if (n) memcpy(rec, name, n);
-        rec[n] = 0;
-        char *dir = n ? fdpo_path_join(out, rec) : NULL;
+        char *rec = entry_name(e);
+        char *dir = rec ? fdpo_path_join(out, rec) : NULL;
         struct stat sb;
+        const int missing = dir && stat(dir, &sb) != 0;
+        char *made = missing ? done_made_from(st, out, rec) : NULL;
         int rc = 0;
-        if (dir && stat(dir, &sb) != 0) {
+        if (made)
+            rc = fdpo_error("%s: listed done in %s but not there (removed or moved away), and %s, listed done there too, "
+                            "%s made from it; training it again would leave %s made from a model that may differ from "
+                            "the new one (another --threads or machine sums in another order): put %s back, or remove "
+                            "%s too, so that the rerun makes them again from it",
+                            dir, st->path, made, strchr(made, ',') ? "were" : "was", strchr(made, ',') ? "them" : "it",
+                            dir, made);
+        else if (missing) {
             fdpo_log(FDPO_LOG_INFO, "%s: listed done in %s but not there (removed or moved away): training it again",
                      dir, st->path);
             cJSON_DetachItemViaPointer(st->done, e);
@@ -666,7 +739,7 @@ static int stages_done_present(sacpo_state *st, const char *out) {
                                         "same fdpo sacpo command again to train it again, or give another --out",
                                         dir, st->path, dir);
         }
-        free(dir); free(rec);
+        free(made); free(dir); free(rec);
         if (rc) return -1;
         e = next;
     }
@@ -1000,20 +1073,46 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
     return online ? online_prompts_check(o) : 0;
 }
 
-/* The directories of the stages on files still to run, before any stage trains: one that holds
- * a checkpoint (or another run's files) with no training state of a stage to resume is
- * refused as its trainer would refuse it (fdpo_train_out_check), which found it only when
- * that stage started, after the stages before it had trained. */
+/* 1 when an online stage's directory dir holds its own final model: the stage's last round's
+ * model files (fdpo_hash_path), which run_online_stage copies there before it is recorded done
+ * (a run stopped in between left it); 0 for anything else, or nothing */
+static int online_stage_final_there(const fdpo_sacpo_opts *o, const char *dir) {
+    char *run = online_run_dir(dir), name[32];
+    snprintf(name, sizeof name, "round-%ld", o->online.rounds - 1);
+    char *last = fdpo_path_join(run, name);
+    uint64_t h_dir = FDPO_HASH_INIT, h_last = FDPO_HASH_INIT;
+    const int own = fdpo_file_exists(dir) && fdpo_file_exists(last) && !fdpo_hash_path(&h_dir, dir) &&
+                    !fdpo_hash_path(&h_last, last) && h_dir == h_last;
+    fdpo_clear_error();   /* unreadable: not its own, which the check below names */
+    free(last);
+    free(run);
+    return own;
+}
+
+/* The directories of the stages still to run, before any stage trains: one that holds a
+ * checkpoint (or another run's files) with no training state of a stage to resume is refused
+ * as its trainer would refuse it (fdpo_train_out_check), which found it only when that stage
+ * started, after the stages before it had trained. An online stage's directory receives its
+ * last round at its end, over whatever was there (a checkpoint there was replaced without a
+ * word), and may hold only that round's copy; its rounds' directory DIR.online may hold no
+ * checkpoint (fdpo online's own check, which refused it when the stage started). */
 static int stages_out_free(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        if (!s[i].data || stage_done(st, s[i].dir)) continue;
+        if (stage_done(st, s[i].dir)) continue;
         fdpo_train_opts t = o->dpo.train;
         char *state = fdpo_path_join(s[i].dir, "training_state.json");
         t.out = s[i].dir;
-        t.resume = fdpo_file_exists(state);
+        t.resume = s[i].data ? fdpo_file_exists(state) : online_stage_final_there(o, s[i].dir);
         t.occupied_how = SACPO_OCCUPIED;
         free(state);
         if (fdpo_train_out_check(&t)) return fdpo_error_context("sacpo %s", s[i].what);
+        if (s[i].data) continue;
+        char *run = online_run_dir(s[i].dir);
+        const char *held = fdpo_out_holds_run(run, FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER);   /* as fdpo_online_run */
+        int rc = held ? fdpo_error("sacpo %s: --out: %s already holds %s of another run (%s)", s[i].what, run, held,
+                                   SACPO_OCCUPIED) : 0;
+        free(run);
+        if (rc) return -1;
     }
     return 0;
 }

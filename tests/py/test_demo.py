@@ -293,6 +293,30 @@ def test_summarize_says_why_it_compares_at_the_same_beta(tmp_path, kls):
         assert line.startswith(f"At matched KL = {min(hi for _, hi in ranges):.3f} nats "), line
 
 
+def test_summarize_reads_merge_names_whose_lambda_has_an_exponent(tmp_path):
+    """fdpo names a merge merge-A-B-wW with each number the shortest text that reads back, so
+    `sacpo --lambda 1e-05,1e-4 --merge 0.5` makes merge-0-1e-05-w0.5 and merge-1e-05-0.0001-w0.5.
+    summarize.js's pattern took '-' inside a number and read them as 0-1e, 05: it dropped both
+    merges' lines without a word (a reviewer's finding)."""
+    pol = lambda name, g, r: {"name": str(tmp_path / name), "reward_mean": r, "reward_se": 0.01, "safety_mean": g,
+                              "safety_se": 0.01, "safety_frac_safe": 0.5, "kl_seq_mean": 1.0, "safety_threshold": -1}
+    base = {"name": str(tmp_path / "base"), "reward_mean": 0.05, "reward_se": 0.004, "reward_std": 0.1,
+            "kl_seq_mean": 0, "kl_seq_se": 0.2, "entropy": 3, "distinct_2_per_input": 0.9,
+            "self_bleu_4_per_input": 0.1, "word_rate": 0.9, "word_rate_se": 0.01, "len_tokens_mean": 24}
+    (tmp_path / "eval.json").write_text(json.dumps({"policies": [base]}))
+    (tmp_path / "eval_safety.json").write_text(json.dumps({"policies": [
+        pol("reward", -2.0, 0.5), pol("lambda-1e-05", -1.5, 0.4), pol("lambda-0.0001", -0.5, 0.3),
+        pol("merge-0-1e-05-w0.5", -1.7, 0.45), pol("merge-1e-05-0.0001-w0.5", -1.0, 0.35)]}))
+    r = subprocess.run(["node", os.path.join(ROOT, "examples/sentiment/summarize.js"), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    merges = [line for line in r.stdout.splitlines() if line.startswith("- Merge of ")]
+    # JavaScript prints the number 1e-05 as 0.00001 (Number.prototype.toString)
+    assert [m.split(" (P-SACPO")[0] for m in merges] == [
+        "- Merge of the reward stage (lambda 0) and lambda 0.00001 at weight 0.5",
+        "- Merge of lambda 0.00001 and lambda 0.0001 at weight 0.5"], r.stdout
+
+
 def check_demo_run(run, data, log):
     """The claims of a finished SCALE=tiny run (RUN dir, DATA dir, its stderr log)."""
     # every stage echoed its command so users can copy it

@@ -601,10 +601,10 @@ def test_sacpo_two_ranks_equal_one(work, tmp_path):
     mpi(2, *args, "--out", tmp_path / "two")
     assert close(params(tmp_path / "one" / "reward"), params(tmp_path / "two" / "reward"))
     # the second stage starts from the first's (already 2e-7 apart) and doubles the gap (measured 1.1e-6)
-    for d in ("lambda-1", "lambda-2", "merge-1-2-w0.5"):
+    for d in ("lambda-1", "lambda-2", "merge-0-1-w0.5", "merge-1-2-w0.5"):
         assert close(params(tmp_path / "one" / d), params(tmp_path / "two" / d), tol=3e-6), d
     # resume with another number of ranks: 2 ranks run the reward stage and lambda 1, then one
-    # process reruns with lambda 1,2 and the merge (only the new stages run)
+    # process reruns with lambda 1,2 and the merges (only the new stages and merges run)
     i = args.index("--lambda")
     split = args[:i] + ["--lambda", "1"] + args[i + 4:]   # without --merge
     mpi(2, *split, "--out", tmp_path / "split")
@@ -613,7 +613,7 @@ def test_sacpo_two_ranks_equal_one(work, tmp_path):
     fdpo(*args, "--out", tmp_path / "split")
     for d, t in written.items():   # the completed stages are not run again
         assert (tmp_path / "split" / d / "model.safetensors").stat().st_mtime_ns == t, d
-    for d in ("reward", "lambda-1", "lambda-2", "merge-1-2-w0.5"):
+    for d in ("reward", "lambda-1", "lambda-2", "merge-0-1-w0.5", "merge-1-2-w0.5"):
         assert close(params(tmp_path / "one" / d), params(tmp_path / "split" / d), tol=3e-6), d
 
 

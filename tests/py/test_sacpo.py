@@ -1189,9 +1189,9 @@ def test_a_signal_during_the_merges_stops_before_the_next_merge(data, tmp_path, 
 def test_a_stage_listed_done_but_removed_is_trained_again(data, tmp_path):
     """A stage directory listed done in sacpo.json but removed by hand was reported "done before",
     and what read it next (a merge, a new lambda's safety stage) failed on its config.json on every
-    rerun (a hunt's find). It is trained again from the plan, which pins what it trains on: the
-    same model as before, and a plain fdpo dpo run's. A directory that is there but holds no model
-    is refused, naming it and how to repair."""
+    rerun (a hunt's find). When nothing listed done and there was made from it, it is trained again
+    from the plan, which pins what it trains on: the same model as before, and a plain fdpo dpo
+    run's. A directory that is there but holds no model is refused, naming it and how to repair."""
     s = tmp_path / "s"
     sacpo(data, s, "--lambda", "1,3")
     before = {d: weights(s / d) for d in ("reward", "lambda-1", "lambda-3")}
@@ -1202,21 +1202,61 @@ def test_a_stage_listed_done_but_removed_is_trained_again(data, tmp_path):
     dpo(data, data / "base", "reward.jsonl", 0.2, tmp_path / "r")
     dpo(data, tmp_path / "r", "safety.jsonl", 0.2, tmp_path / "m1")
     assert weights(s / "lambda-1") == weights(tmp_path / "m1") == before["lambda-1"]
-    shutil.rmtree(s / "reward")
+    shutil.rmtree(s / "reward")   # the stages and merges made from it go too (or it is refused: the next test)
+    for d in ("lambda-1", "lambda-3", "merge-0-1-w0.5", "merge-1-3-w0.5"):
+        shutil.rmtree(s / d)
     r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5")
-    assert "reward stage: done before" not in r.stderr, r.stderr
+    assert "reward stage: done before" not in r.stderr and "(lambda 1): done before" not in r.stderr, r.stderr
+    assert weights(s / "lambda-1") == before["lambda-1"]
     assert weights(s / "reward") == before["reward"]
     dpo(data, tmp_path / "r", "safety.jsonl", 0.1, tmp_path / "m2")
     assert weights(s / "lambda-2") == weights(tmp_path / "m2")
     done = json.loads((s / "sacpo.json").read_text())["stages_done"]
-    assert sorted(done) == sorted(["reward", "lambda-1", "lambda-2", "lambda-3", "merge-0-1-w0.5", "merge-1-3-w0.5",
-                                   "merge-1-2-w0.5", "merge-2-3-w0.5"]), done
+    assert sorted(done) == sorted(["reward", "lambda-1", "lambda-2", "lambda-3", "merge-0-1-w0.5", "merge-1-2-w0.5",
+                                   "merge-2-3-w0.5"]), done   # merge-1-3 removed: no longer in the plan
     (s / "lambda-3" / "model.safetensors").unlink()
     r = sacpo(data, s, "--lambda", "1,2,3", "--merge", "0.5", check=False)
     assert r.returncode == 1 and r.stderr.endswith(
         f"fdpo sacpo: {s / 'lambda-3'}: listed done in {s / 'sacpo.json'} but holds no model it can read; remove "
         f"{s / 'lambda-3'} and run the same fdpo sacpo command again to train it again, or give another --out: no "
         "weights (model.safetensors or adapter_model.safetensors)\n"), r.stderr
+
+
+def test_a_removed_stage_that_done_stages_were_made_from_is_refused(data, tmp_path):
+    """A stage listed done and removed was trained again while the stages trained from it and the
+    merges that read it stayed "done": a rerun with another --threads (not part of the plan; fp32
+    sums in another order) made another reward model, and lambda-2 trained from it sat beside
+    lambda-1 and merge-0-1 made from the old one, without a word (a reviewer's finding). It is
+    refused before any stage trains, naming what was made from it (a merge of a lambda made from
+    it too) and what to do; the same for a lambda a merge read, and safety-first's safety stage."""
+    def refused(out, missing, made, *args):
+        plan = (out / "sacpo.json").read_text()
+        kept = {d: weights(out / d) for d in made}
+        r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
+                 data / "safety.jsonl", "--beta", "0.2", "--out", out, *COMMON[2:], "--threads", 2, *args, check=False)
+        them = ", ".join(str(out / d) for d in made)
+        assert r.returncode == 1 and r.stderr == (
+            f"fdpo sacpo: {out / missing}: listed done in {out / 'sacpo.json'} but not there (removed or moved away), "
+            f"and {them}, listed done there too, {'were' if len(made) > 1 else 'was'} made from it; training it again "
+            f"would leave {'them' if len(made) > 1 else 'it'} made from a model that may differ from the new one "
+            f"(another --threads or machine sums in another order): put {out / missing} back, or remove {them} too, so "
+            "that the rerun makes them again from it\n"), r.stderr
+        assert (out / "sacpo.json").read_text() == plan and not (out / missing).exists()
+        assert {d: weights(out / d) for d in made} == kept and not (out / "lambda-2").exists()
+
+    s = tmp_path / "s"
+    sacpo(data, s, "--lambda", "1,3", "--merge", "0.5")
+    shutil.rmtree(s / "lambda-1")
+    refused(s, "lambda-1", ["merge-0-1-w0.5", "merge-1-3-w0.5"], "--lambda", "1,3", "--merge", "0.5")
+    shutil.rmtree(s / "reward")   # a merge of lambda-1, made from reward, is named too
+    refused(s, "reward", ["lambda-3", "merge-0-1-w0.5", "merge-1-3-w0.5"], "--lambda", "1,2,3", "--merge", "0.5")
+    shutil.rmtree(s / "merge-0-1-w0.5")
+    shutil.rmtree(s / "lambda-3")
+    refused(s, "reward", ["merge-1-3-w0.5"], "--lambda", "1,3", "--merge", "0.5")
+    sf = tmp_path / "sf"
+    sacpo(data, sf, "--lambda", "1", "--order", "safety-first")
+    shutil.rmtree(sf / "safety-lambda-1")
+    refused(sf, "safety-lambda-1", ["lambda-1"], "--lambda", "1", "--order", "safety-first")
 
 
 @pytest.mark.parametrize("flag,order,what,kind", [("--safety-data", "reward-first", "dir", "a directory"),
@@ -1302,6 +1342,40 @@ def test_a_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data
     shutil.rmtree(s / "lambda-2")
     sacpo(data, s, "--lambda", "1,2")
     assert (s / "lambda-2" / "model.safetensors").exists()
+
+
+def test_an_online_stage_directory_holding_a_checkpoint_is_refused_before_any_stage(data, tmp_path):
+    """The same for online stages, which the up-front check skipped (a reviewer's finding): a
+    checkpoint in OUT/lambda-2 was replaced by the stage's last round without a word, and one in
+    its rounds' OUT/lambda-2.online was refused by fdpo online only after the stages before it
+    had trained. Both are refused before any stage. OUT/lambda-1 holding the stage's own last
+    round, copied there by a run stopped before it recorded the stage done, is not."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    args = lambda out, lam: ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words",
+                             "--data", tmp_path / "p.txt", "--lambda", lam, "--out", out, *TINY_ONLINE]
+    occupied = "(not a stage this sacpo run started: move it away, or give sacpo another --out)\n"
+    for out, held, what in [(tmp_path / "f", "lambda-2", "a checkpoint "),
+                            (tmp_path / "o", "lambda-2.online", "a checkpoint (model.safetensors) of another run ")]:
+        out.mkdir()
+        shutil.copytree(data / "base", out / held)
+        r = fdpo(*args(out, "1,2"), check=False)
+        assert r.returncode == 1 and r.stderr == (
+            f"fdpo sacpo: sacpo safety stage (lambda 2): --out: {out / held} already holds {what}{occupied}"), r.stderr
+        assert sorted(p.name for p in out.iterdir()) == [held] and weights(out / held) == weights(data / "base")
+    s = tmp_path / "s"
+    fdpo(*args(s, 1))
+    state = json.loads((s / "sacpo.json").read_text())
+    state["stages_done"].remove("lambda-1")   # as a run stopped between the copy and its record
+    (s / "sacpo.json").write_text(json.dumps(state))
+    final = weights(s / "lambda-1")
+    r = fdpo(*args(s, 1))
+    assert "all 1 rounds already complete" in r.stderr and weights(s / "lambda-1") == final, r.stderr
+    (s / "sacpo.json").write_text(json.dumps(state))
+    shutil.rmtree(s / "lambda-1")
+    shutil.copytree(data / "base", s / "lambda-1")
+    r = fdpo(*args(s, 1), check=False)
+    assert r.returncode == 1 and r.stderr == (
+        f"fdpo sacpo: sacpo safety stage (lambda 1): --out: {s / 'lambda-1'} already holds a checkpoint {occupied}"), r.stderr
 
 
 def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, tmp_path):
