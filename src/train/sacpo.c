@@ -157,7 +157,7 @@ static char *resolve_path(const char *path) {
     if (real) return real;
     const char *slash = strrchr(path, '/');
     char *dir = slash ? fdpo_strdup(path) : fdpo_strdup(".");
-    if (slash) dir[slash - path ? slash - path : 1] = 0;   /* "/x": the root */
+    if (slash) dir[slash > path ? (size_t)(slash - path) : 1] = 0;   /* "/x": the root */
     char *rd = realpath(dir, NULL);
     char *out = rd ? fdpo_path_join(rd, slash ? slash + 1 : path) : NULL;
     free(dir); free(rd);
