@@ -310,36 +310,17 @@ def test_written_checkpoints_keep_the_special_token_ids(llama, tmp_path):
         assert (got["bos_token_id"], got["eos_token_id"], "pad_token_id" in got) == (EOT, EOT, False), got
 
 
-def test_written_checkpoints_keep_explicit_null_special_token_ids(tmp_path):
+@pytest.mark.parametrize("ids", [{"bos_token_id": None, "eos_token_id": None, "pad_token_id": None},
+                                 {"bos_token_id": 1, "eos_token_id": [], "pad_token_id": -1}], ids=["null", "empty-negative"])
+def test_written_checkpoints_keep_special_token_ids_as_read(tmp_path, ids):
     """An explicit "bos_token_id": null / "eos_token_id": null (what save_pretrained writes for
-    LlamaConfig(bos_token_id=None, eos_token_id=None): None differs from the class defaults)
-    was dropped from the saved config.json, and transformers fills an absent key with the
-    class's default (LlamaConfig bos 1 / eos 2, GPT2Config 50256): the saved model stopped at
-    token 2 where the one read had no end token. The nulls are written back as read."""
+    LlamaConfig(bos_token_id=None, eos_token_id=None): None differs from the class defaults),
+    "eos_token_id": [] (a model with no end token) and "pad_token_id": -1 (the early LLaMA
+    conversions' config) were dropped from the saved config.json, and transformers fills an
+    absent key with the class's default (LlamaConfig bos 1 / eos 2, GPT2Config 50256; pad None,
+    so nn.Embedding's padding_idx -1 is lost): the saved model stopped at token 2 where the one
+    read had no end token. They are written back as read."""
     from fdpo_ref.gpt2 import GPT2
-    nulls = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    for name, make in (("llama", lambda d: Llama(**CFG, seed=23).save_hf(d)),
-                       ("gpt2", lambda d: GPT2(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_hf(d))):
-        src = tmp_path / name
-        make(str(src))
-        save_byte_tokenizer(str(src))
-        c = json.load(open(src / "config.json"))
-        json.dump({**c, **nulls}, open(src / "config.json", "w"))
-        fdpo("merge", "--model", src, "--model", src, "--out", tmp_path / (name + "_avg"))
-        harness("model-load", "--model", src, "--save", tmp_path / (name + "_saved"))
-        for out in (name + "_avg", name + "_saved"):
-            got = json.load(open(tmp_path / out / "config.json"))
-            assert {k: got.get(k, "absent") for k in nulls} == nulls, (out, got)
-
-
-def test_written_checkpoints_keep_empty_and_negative_special_token_ids(tmp_path):
-    """"eos_token_id": [] (a model with no end token: save_pretrained writes [] for
-    LlamaConfig(eos_token_id=[]), which differs from the default 2) and "pad_token_id": -1 (the
-    early LLaMA conversions' config) were dropped from the saved config.json like the nulls
-    above: transformers then reads the class defaults (eos 2 / 50256; pad None, so
-    nn.Embedding's padding_idx -1 is lost). Both are written back as read."""
-    from fdpo_ref.gpt2 import GPT2
-    ids = {"bos_token_id": 1, "eos_token_id": [], "pad_token_id": -1}
     for name, make in (("llama", lambda d: Llama(**CFG, seed=23).save_hf(d)),
                        ("gpt2", lambda d: GPT2(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_hf(d))):
         src = tmp_path / name
@@ -348,8 +329,10 @@ def test_written_checkpoints_keep_empty_and_negative_special_token_ids(tmp_path)
         c = json.load(open(src / "config.json"))
         json.dump({**c, **ids}, open(src / "config.json", "w"))
         fdpo("merge", "--model", src, "--model", src, "--out", tmp_path / (name + "_avg"))
-        got = json.load(open(tmp_path / (name + "_avg") / "config.json"))
-        assert {k: got.get(k, "absent") for k in ids} == ids, got
+        harness("model-load", "--model", src, "--save", tmp_path / (name + "_saved"))
+        for out in (name + "_avg", name + "_saved"):
+            got = json.load(open(tmp_path / out / "config.json"))
+            assert {k: got.get(k, "absent") for k in ids} == ids, (out, got)
 
 
 def test_written_checkpoints_keep_generation_config(llama, tmp_path):
