@@ -21,7 +21,7 @@ PKGS+=(libtcmalloc-minimal4)
 # test's time is one process: Python, a torch reference or one fdpo run).
 PKGS+=(python3-pytest-xdist)
 # strace: tests/py/test_online.py slows a round checkpoint's fsyncs to kill the run mid-save;
-# test_out_guard.py, test_out_file.py and test_tokenizer_train.py inject SIGKILL at a rename.
+# test_out_guard.py injects SIGKILL at a rename.
 PKGS+=(strace)
 # Node.js + npm for the reference tokenizer and data sets; any install that provides both.
 command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)

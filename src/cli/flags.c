@@ -121,26 +121,25 @@ static int is_output_path(const char *name) {
     return !strcmp(name, "out") || !strcmp(name, "samples-out") || !strncmp(name, "export-", 7);
 }
 
-/* The commands that record their paths in JSON files (training_state.json, sacpo.json, eval's
- * e.json): their paths must be valid UTF-8. The others (generate, score, pairs, merge, tokenize,
- * info, lab, report, tokenizer train) write no path, and take any. */
+/* The commands that record their paths and settings in JSON files (training_state.json,
+ * sacpo.json, eval's e.json, info --json): those must be valid UTF-8. The others (generate,
+ * score, pairs, merge, tokenize, lab, report, tokenizer train) write none, and take any text. */
 static int command_records_paths(void) {
-    static const char *const RECORDING[] = {"pretrain", "sft", "dpo", "rm", "kto", "online", "rl", "sacpo", "eval"};
+    static const char *const RECORDING[] = {"pretrain", "sft", "dpo", "rm", "kto", "online", "rl", "sacpo", "eval", "info"};
     for (size_t i = 0; g_parsing && i < sizeof RECORDING / sizeof *RECORDING; i++)
         if (!strcmp(g_parsing, RECORDING[i])) return 1;
     return 0;
 }
 
-/* A text value given (not a default: fdpo's own text) is valid UTF-8: fdpo records its
- * settings in JSON files, which hold UTF-8 text only; so are the paths of a command that records
- * them (command_records_paths; the library's option checks also refuse a path that resolves to
- * bytes that are not: fdpo_path_record_check). An input path's '' is refused here, an output's
- * by its command. */
+/* A text value given (not a default: fdpo's own text) of a command that records its paths and
+ * settings in JSON files (command_records_paths) is valid UTF-8, as JSON holds UTF-8 text only
+ * (the library's option checks also refuse a path that resolves to bytes that are not:
+ * fdpo_path_record_check). An input path's '' is refused here, an output's by its command. */
 static int check_text_value(const fdpo_flag *f, const char *val, const char *where) {
     if (val == f->def || !strcmp(val, "-")) return 0;
     if (!*val && is_input_path(f->name)) return fdpo_error("%s: an empty path", where);
-    if (is_input_path(f->name) || is_output_path(f->name))
-        return command_records_paths() ? fdpo_path_utf8_check(where, val) : 0;
+    if (!command_records_paths()) return 0;
+    if (is_input_path(f->name) || is_output_path(f->name)) return fdpo_path_utf8_check(where, val);
     if (!fdpo_utf8_valid(val, strlen(val)))
         return fdpo_error("%s: not valid UTF-8 (fdpo records its settings in JSON files)", where);
     return 0;

@@ -695,6 +695,15 @@ static char *done_made_from(const sacpo_state *st, const char *out, const char *
     return text;
 }
 
+/* where an online stage's rounds go: DIR.online (malloc'd) */
+static char *online_run_dir(const char *dir) {
+    size_t len = strlen(dir);
+    char *run = fdpo_malloc(len + 8);
+    memcpy(run, dir, len);
+    memcpy(run + len, ".online", 8);
+    return run;
+}
+
 /* The stages and merges sacpo.json lists done, as they are in OUT now: one not there (removed
  * or moved away by hand) is trained again from the plan (it was reported "done before", and
  * what read it next failed on its missing config.json, on every rerun), unless a stage or merge
@@ -710,7 +719,12 @@ static int stages_done_present(sacpo_state *st, const char *out) {
         char *dir = rec ? fdpo_path_join(out, rec) : NULL;
         struct stat sb;
         const int missing = dir && stat(dir, &sb) != 0;
-        char *made = missing ? done_made_from(st, out, rec) : NULL;
+        /* an online stage whose rounds are still in DIR.online: the rerun copies its last round
+         * back (or resumes its rounds), the model what was made from it read, not a new one */
+        char *rounds = missing ? online_run_dir(dir) : NULL;
+        const int restored = rounds && !stat(rounds, &sb) && S_ISDIR(sb.st_mode);
+        free(rounds);
+        char *made = missing && !restored ? done_made_from(st, out, rec) : NULL;
         int rc = 0;
         if (made)
             rc = fdpo_error("%s: listed done in %s but not there (removed or moved away), and %s, listed done there too, "
@@ -756,15 +770,6 @@ static int state_mark(sacpo_state *st, const char *dir) {
     free(rec);
     if (fdpo_dist_rank() > 0) return 0;   /* under MPI rank 0 alone writes */
     return fdpo_write_json_atomic(st->path, st->root, 1);
-}
-
-/* where an online stage's rounds go: DIR.online (malloc'd) */
-static char *online_run_dir(const char *dir) {
-    size_t len = strlen(dir);
-    char *run = fdpo_malloc(len + 8);
-    memcpy(run, dir, len);
-    memcpy(run + len, ".online", 8);
-    return run;
 }
 
 /* 1 if the online.json of the stage's rounds in run records a --lexicon: a stage of a run saved

@@ -525,7 +525,7 @@ def run_bytes(*args, cwd=None):
                                       ("eval --model M --ref M --data D", "--out"),
                                       ("eval --model M --ref M --data D", "--samples-out"),
                                       ("eval --ref M --data D --out O", "--model"), ("eval --model M --ref M --out O", "--data"),
-                                      ("rl --model M --data D --reward length", "--out")])
+                                      ("rl --model M --data D --reward length", "--out"), ("info --json", "--model")])
 def test_a_path_that_is_not_utf8_is_refused_naming_its_flag(tmp_path, cmd, flag):
     """Such a path was copied raw into training_state.json, e.json and every line of
     --samples-out, which Python's json (and fdpo score) then could not read (a hunt's find)"""

@@ -1400,3 +1400,24 @@ def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, 
     sf = tmp_path / "sf"
     sacpo(data, sf, "--lambda", "1,2", "--merge", "0.5", "--order", "safety-first")
     assert sorted(p.name for p in sf.iterdir() if p.is_dir() and p.name.startswith("merge-")) == ["merge-1-2-w0.5"]
+
+
+def test_a_removed_online_stage_with_its_rounds_kept_is_copied_back(data, tmp_path):
+    """An online stage whose directory was removed while its rounds (DIR.online) are kept is not
+    trained again: the rerun copies its last round back, the very model the merge made from it
+    read. The refusal of a retrain under stages made from it (another --threads would give
+    another model) refused this rerun too, though no training happens (a review's find)."""
+    (tmp_path / "p.txt").write_text("p 1:\np 2:\np 3:\np 4:\n")
+    s = tmp_path / "s"
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+            tmp_path / "p.txt", "--lambda", 1, "--merge", 0.5, "--out", s, *TINY_ONLINE]
+    fdpo(*args)
+    before = {d: weights(s / d) for d in ("lambda-1", "merge-0-1-w0.5")}
+    shutil.rmtree(s / "lambda-1")
+    r = fdpo(*args)
+    assert "training it again" in r.stderr and "already complete" in r.stderr, r.stderr
+    assert {d: weights(s / d) for d in before} == before
+    shutil.rmtree(s / "lambda-1")
+    shutil.rmtree(s / "lambda-1.online")   # no rounds: a retrain, under a merge made from the old model
+    r = fdpo(*args, check=False)
+    assert r.returncode == 1 and "listed done in" in r.stderr and "merge-0-1-w0.5" in r.stderr, r.stderr
