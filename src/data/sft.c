@@ -215,15 +215,18 @@ static void count_example(fdpo_sft_stats *st, const builder *b, int kept, const 
     if (kept == 1 && b->last_cut && !st->cut++) snprintf(st->first_cut, sizeof st->first_cut, "%s", where);
 }
 
-/* whether a trained message of msgs (an assistant message without "weight": 0) has s in its
- * content: the messages' text that is learnt, as "text" and "completion" are */
+/* whether a trained message of msgs (an assistant message message_weight trains) has s in its
+ * content: the messages' text that is learnt, as "text" and "completion" are. Called once the
+ * line has been added, so every weight has passed message_weight's checks (no error here). */
 static int trained_message_holds(const cJSON *msgs, const char *s) {
     const cJSON *m;
+    size_t i = 0;
     cJSON_ArrayForEach(m, msgs) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *w = cJSON_GetObjectItemCaseSensitive(m, "weight"),
-                    *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (cJSON_IsString(role) && !strcmp(role->valuestring, "assistant") && !(cJSON_IsNumber(w) && w->valuedouble == 0) &&
-            cJSON_IsString(content) && strstr(content->valuestring, s)) return 1;
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (cJSON_IsString(role) && !strcmp(role->valuestring, "assistant") &&
+            message_weight(m, "assistant", "", "messages", i) == 1 && cJSON_IsString(content) && strstr(content->valuestring, s))
+            return 1;
+        i++;
     }
     return 0;
 }
