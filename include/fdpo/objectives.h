@@ -35,13 +35,15 @@ double fdpo_f(const fdpo_divergence *d, double u);           /* f(u), u >= 0 */
  * (the table's (u^(1-A) - (1-A) u - A)/(A(A-1)) cancels to ~1e-16/(1-A) near A = 1 and to
  * ~1e-16/A near 0; a series in l near l = 0), js in a form without cancellation (its two terms
  * of size ~u left an absolute 1e-16 where f ~ l^2/4), finite up to l = 710.15 where e^l alone
- * overflows; l = -inf giving f(0); the other f as fdpo_f(d, e^l). fdpo_f, fdpo_f_over_u_log and
+ * overflows; l = -inf giving f(0); the others from l too (fkl -l, rkl l e^l, tv and chi2 in
+ * expm1(l), exact near u = 1), finite wherever the value is. fdpo_f, fdpo_f_over_u_log and
  * fdpo_qf_log share these forms. */
 double fdpo_f_log(const fdpo_divergence *d, double l);
 /* f(u)/u at u = e^l: one sample's estimate of D_f(pi || pi_ref) = E_pi[f(u)/u] from its
  * log-ratio l = log pi - log pi_ref (fdpo rl's objective/f_divergence, fdpo eval's fdiv_seq).
  * In log space: finite wherever the value is (js -> log 2, alpha -> 1/alpha, tv -> 1/2 as
- * l -> inf), where exp(l)/exp(l) was NaN past l = 709. */
+ * l -> inf), where exp(l)/exp(l) was NaN past l = 709; tv and chi2 in expm1, full precision
+ * near u = 1. */
 double fdpo_f_over_u_log(const fdpo_divergence *d, double l);
 /* pi_ref f(pi/pi_ref) from lp = log pi, lq = log pi_ref (finite): one vocabulary entry's
  * term of a token-level D_f (fdpo eval's fdiv_tok). Finite where the value is, also where pi_ref

@@ -192,8 +192,12 @@ static double js_h(double x) {
     return M_LN2 - log1p(t) - 2 * x * t / (1 + t);
 }
 
-/* f(e^l)/e^l = (1 + e^-l) h(l/2): -> log 2 as l -> inf, +inf at l = -inf (f(0)/0) */
-static double js_f_over_u(double l) { return (1 + exp(-l)) * js_h(l / 2); }
+/* f(e^l)/e^l = (1 + e^-l) h(l/2): -> log 2 as l -> inf, +inf at l = -inf (f(0)/0). For
+ * l < -700 the 1 is negligible and e^-l is split: it alone overflows past -l = 709.78, while
+ * the product ~ e^-l log 2 is finite up to -l = 710.15 */
+static double js_f_over_u(double l) {
+    return l > -700 ? (1 + exp(-l)) * js_h(l / 2) : exp(-l - 1) * (M_E * js_h(l / 2));   /* -l - 1 is exact there */
+}
 
 /* f(e^l); for l > 0 as e^l f(u)/u with e^l split where it alone overflows (past l = 709.78,
  * while f ~ u log 2 is finite up to l = 710.15) */
@@ -223,9 +227,18 @@ double fdpo_f(const fdpo_divergence *d, double u) {
 }
 
 double fdpo_f_log(const fdpo_divergence *d, double l) {
-    if (d->kind == FDPO_DIV_JS) return js_f_log(l);
-    if (d->kind != FDPO_DIV_ALPHA) return fdpo_f(d, exp(l));
-    return l <= 0 ? alpha_f_low(d->alpha, l) : exp(l) * alpha_f_over_u_high(d->alpha, l);
+    /* from l itself, not from e^l: e^l under- or overflows past |l| ~ 708 (fkl's -log(e^l) was
+     * inf at l = -800), and its rounding cost chi2 and tv a relative ~eps/|l| near u = 1 */
+    switch (d->kind) {
+    case FDPO_DIV_RKL: return l == -INFINITY ? 0.0 : l * exp(l);   /* 0 log 0 = 0 */
+    case FDPO_DIV_FKL: return -l;
+    case FDPO_DIV_JS: return js_f_log(l);
+    case FDPO_DIV_ALPHA: return l <= 0 ? alpha_f_low(d->alpha, l) : exp(l) * alpha_f_over_u_high(d->alpha, l);
+    case FDPO_DIV_TV:   /* e^l split past l = 700 as in js_f_log: e^l alone overflows before e^l / 2 */
+        return l < 700 ? 0.5 * fabs(expm1(l)) : exp(l - 1) * (0.5 * M_E);
+    case FDPO_DIV_CHI2: return expm1(l) * expm1(l);
+    }
+    return NAN;
 }
 
 double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
@@ -239,8 +252,10 @@ double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
     case FDPO_DIV_FKL: return -l * em;                             /* -log u / u */
     case FDPO_DIV_JS: return js_f_over_u(l);
     case FDPO_DIV_ALPHA: return l >= 0 ? alpha_f_over_u_high(d->alpha, l) : alpha_f_low(d->alpha, l) * em;
-    case FDPO_DIV_TV: return 0.5 * fabs(1 - em);
-    case FDPO_DIV_CHI2: return 1 / em - 2 + em;                    /* (u-1)^2/u = u - 2 + 1/u */
+    /* tv and chi2 in expm1: 1 - e^-l and u - 2 + 1/u cancelled near u = 1 to an absolute
+     * ~1e-16 (chi2 came out 0 at l = -1e-12, where it is 1e-24) */
+    case FDPO_DIV_TV: return 0.5 * fabs(expm1(-l));
+    case FDPO_DIV_CHI2: return expm1(l) * -expm1(-l);              /* (u-1)^2/u = (u-1)(1-1/u) */
     }
     return NAN;
 }
@@ -261,7 +276,7 @@ double fdpo_qf_log(const fdpo_divergence *d, double lp, double lq) {
         return l <= 0 ? exp(lq) * alpha_f_low(d->alpha, l) : exp(lp) * alpha_f_over_u_high(d->alpha, l);
     case FDPO_DIV_JS:     /* from l itself: e^l's rounding is an error of ~1e-16 in l, relative 1e-16/l in f ~ l^2/4 */
         return l <= 0 ? exp(lq) * js_f_log(l) : exp(lp) * js_f_over_u(l);
-    default: return l <= 0 ? exp(lq) * fdpo_f(d, exp(l)) : exp(lp) * fdpo_f_over_u_log(d, l);
+    default: return l <= 0 ? exp(lq) * fdpo_f_log(d, l) : exp(lp) * fdpo_f_over_u_log(d, l);
     }
 }
 

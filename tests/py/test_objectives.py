@@ -412,18 +412,23 @@ def test_alpha_f_and_f_over_u_keep_full_precision_for_every_alpha():
     assert out[alphas.index(0.3)]["f_over_u"][ls.index(800.0)] == pytest.approx(1 / 0.3, rel=1e-15)
 
 
-@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "alpha:0.9"])
+@pytest.mark.parametrize("div", ["js", "alpha:0.1", "alpha:0.5", "alpha:0.9", "tv", "chi2"])
 def test_f_log_f_over_u_and_qf_log_keep_full_precision_near_u_1_and_far_out(div):
     """f(e^l), f(e^l)/e^l and pi_ref f(pi/pi_ref) (eval's fdiv_tok term, fdiv_seq, rl's logged
     f_divergence) against mpmath at 400 digits, near the reference and far from it. js's two
     terms are each ~u and cancelled to the ~l^2/4 f is with an absolute 1e-16: f(e^1e-9) came out
     -1.1e-16 where it is 2.5e-19, negative where f >= 0; alpha's forms left a relative ~eps/|l|
     (7e-7 at l = 1e-9). Far out js's f(u) = u log 2 (1 + o(1)) was NaN at u = inf and past
-    l = 709.78 (inf * 0 and e^l's overflow), where it is finite up to l = 710.15 and +inf beyond."""
+    l = 709.78 (inf * 0 and e^l's overflow), where it is finite up to l = 710.15 and +inf beyond; its f(e^l)/e^l was +inf for
+    l in (-710.15, -709.78), where e^-l alone overflows. chi2's f(u)/u = u - 2 + 1/u and tv's
+    |1 - 1/u|/2 cancelled near u = 1 to an absolute ~1e-16 (chi2 0 at l = -1e-12 where it is 1e-24);
+    their f(e^l) rounded e^l first (a relative ~eps/|l|)."""
     import mpmath
     mpmath.mp.dps = 400
     ls = [-1e-12, 1e-12, -1e-9, 1e-9, -1e-6, 1e-6, -1e-3, 1e-3, -1.0, 1.0, -30.0, 30.0,
           -745.0, 700.0, 709.9, 710.0, 710.2, 745.0, 800.0]
+    if div == "js":
+        ls += [-709.7, -709.9, -710.1]
     lq = -1.0
     lps = [l + lq for l in ls]
     us = [math.exp(l) for l in ls if l < 709]   # f(inf) = inf: tests/c/test_objectives.c (JSON has no inf)
@@ -431,6 +436,10 @@ def test_f_log_f_over_u_and_qf_log_keep_full_precision_near_u_1_and_far_out(div)
     qf = run_ok({"divergences": [div], "l": lps, "lq": lq})["divergences"][0]["qf_log"]   # qf_log over lp = l
 
     def f(u):
+        if div == "tv":
+            return abs(u - 1) / 2
+        if div == "chi2":
+            return (u - 1) ** 2
         if u == 0:
             return mpmath.log(2) if div == "js" else 1 / (1 - mpmath.mpf(float(div[6:])))
         if div == "js":
@@ -453,3 +462,21 @@ def test_f_log_f_over_u_and_qf_log_keep_full_precision_near_u_1_and_far_out(div)
         check(got, q * f(mpmath.exp(mpmath.mpf(lp)) / q), ("qf_log", lp))
     for u, got in zip(us, d["f"]):
         check(got, f(mpmath.mpf(u)), ("f", u))
+
+
+def test_kl_f_log_is_taken_from_l_itself_far_out():
+    """fkl's f(e^l) = -l and rkl's l e^l exactly (the table's -log u, u log u): computed from
+    e^l, fkl's came out inf at l = -800, 744.44 at l = -745 and -inf at l = 710.5, where e^l
+    under- or overflows."""
+    import mpmath
+    mpmath.mp.dps = 100
+    ls = [-800.0, -745.0, -720.0, -1e-9, 0.5, 710.5, 800.0]
+    out = run_ok({"divergences": ["fkl", "rkl"], "l": ls})["divergences"]
+    for l, got in zip(ls, out[0]["f_log"]):
+        assert got == -l, ("fkl", l, got)
+    for l, got in zip(ls, out[1]["f_log"]):
+        want = mpmath.mpf(l) * mpmath.exp(mpmath.mpf(l))
+        if want > 1.7976931348623157e308:
+            assert got == math.inf, ("rkl", l, got)
+        else:   # e^l is subnormal below l = -708: its rounding is an absolute ~2^-1075 |l|
+            assert abs(mpmath.mpf(got) - want) <= 1e-15 * abs(want) + 1e-320, ("rkl", l, got, mpmath.nstr(want, 17))
