@@ -1095,6 +1095,12 @@ size_t fdpo_rp_runs_with_rows(const rp_ctx *c) {
     return n;
 }
 
+size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i) {
+    size_t n = 0;
+    for (size_t j = 0; j < i && j < c->n_runs; j++) n += c->runs[j].rows->child != NULL;
+    return n;
+}
+
 void fdpo_rp_ctx_free(rp_ctx *c) {
     for (size_t i = 0; i < c->n_runs; i++) {
         rp_run *r = &c->runs[i];

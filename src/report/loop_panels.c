@@ -104,7 +104,7 @@ static void loop_panel(rp_ctx *c, rp_charts *ch, loop_kind k, const char *title,
             if (kn && !strncmp(kn, "online", 6) && kn[6]) kn += 7;   /* "(fixed ref)", "(iterative)", "(per step)" */
             else kn = NULL;
             snprintf(label, sizeof label, "%s%s%s%s", r->label, kn ? " " : "", kn ? kn : "", pass ? dsuffix : "");
-            cJSON *s = fdpo_rp_series_new(series, label, fdpo_rp_run_color(i), 1, pass);
+            cJSON *s = fdpo_rp_series_new(series, label, fdpo_rp_run_color(c, i), 1, pass);
             size_t n = 0, j = 0;
             const cJSON *row;
             cJSON_ArrayForEach(row, r->rows) { double v, x; n += row_num(row, key, &v) && fdpo_rp_get_num(row, xkey, &x); }

@@ -121,7 +121,9 @@ int fdpo_rp_chart_emit(rp_charts *ch, cJSON *series, const char *title, const ch
                        const char *ylabel, int xlog) {
     return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
 }
-const char *fdpo_rp_run_color(size_t i) { return run_color(i); }
+/* A directory with no metrics rows is no run (not in the table, not counted), so it takes no colour:
+ * the same run keeps the same colour whether or not such a directory is listed before it. */
+const char *fdpo_rp_run_color(const rp_ctx *c, size_t i) { return run_color(fdpo_rp_run_slot(c, i)); }
 
 /* ---------------------------------------------------------------- training ---- */
 
@@ -160,7 +162,7 @@ static void training_panel(charts *ch, const char *title, const char *explain, c
             char label[700];
             const char *sfx = pass == 0 ? suffix : suffix2;
             snprintf(label, sizeof label, "%s%s", r->label, sfx ? sfx : "");
-            cJSON *s = series_new(series, label, run_color(i), 1, pass == 1);
+            cJSON *s = series_new(series, label, fdpo_rp_run_color(c, i), 1, pass == 1);
             /* same colour as the solid line, whose legend entry stands for both; a run with no solid
              * line in this panel keeps the dashed one's entry, or nothing would say whose it is */
             if (pass == 1 && run_has(r, key)) cJSON_AddBoolToObject(s, "nolegend", 1);
@@ -208,7 +210,8 @@ static void training_table(rp_ctx *c, rp_buf *b) {
     fdpo_rp_puts(b, "<th>settings from</th></tr></thead><tbody>\n");
     for (size_t i = 0; i < c->n_runs; i++) {
         const rp_run *r = &c->runs[i];
-        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", run_color(i));
+        if (!r->rows->child) continue;   /* no rows, no run: as fdpo_rp_runs_with_rows counts them */
+        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", fdpo_rp_run_color(c, i));
         fdpo_rp_html(b, r->name);
         fdpo_rp_puts(b, "</td>");
         td_text(b, fdpo_rp_loop_kind_name(r));

@@ -72,6 +72,7 @@ int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 onl
 rp_lab *fdpo_rp_lab_read_before(rp_ctx *c, const char *path);          /* the table read from path's file, or NULL */
 void fdpo_rp_ctx_free(rp_ctx *c);
 size_t fdpo_rp_runs_with_rows(const rp_ctx *c);   /* the runs counted on the page and stdout */
+size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i);   /* runs with rows before run i: its place among those */
 
 /* Render the page into b; returns the number of charts it draws. */
 size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf *b);
@@ -94,7 +95,7 @@ static inline int fdpo_rp_thin_keep(fdpo_rp_thin *t, size_t j) {
 /* Emits a panel if any series has a point (takes ownership of series); returns 1 if drawn. */
 int fdpo_rp_chart_emit(rp_charts *ch, cJSON *series, const char *title, const char *explain, const char *xlabel,
                        const char *ylabel, int xlog);
-const char *fdpo_rp_run_color(size_t i);
+const char *fdpo_rp_run_color(const rp_ctx *c, size_t i);   /* of run i, by its slot */
 
 /* loop_panels.c: rm, online and rl runs */
 void fdpo_rp_loop_discover(rp_ctx *c, rp_run *r);          /* load time: online run dirs' settings and kind */

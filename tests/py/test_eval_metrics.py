@@ -796,6 +796,65 @@ def test_eval_statistics_of_extreme_finite_rewards(byte_models, tmp_path, case):
         assert col[key] == pytest.approx(float(corr), rel=1e-12, abs=1e-15), (key, col[key], corr)
 
 
+
+# a constant reward, and rewards an ulp apart (by completion-length parity; for 3.0 no double
+# lies between the two values)
+NEAR_CONSTANT_REWARDS = {
+    "const-0.1": "[0.1 for c in comps]",
+    "const-0.7": "[0.7 for c in comps]",
+    "const-1e300": "[1e300 for c in comps]",
+    "const-1e-300": "[1e-300 for c in comps]",
+    "ulp-0.1": "[math.nextafter(0.1, math.inf) if len(c) % 2 else 0.1 for c in comps]",
+    "ulp-1e300": "[math.nextafter(1e300, math.inf) if len(c) % 2 else 1e300 for c in comps]",
+    "ulp-3.0": "[math.nextafter(3.0, math.inf) if len(c) % 2 else 3.0 for c in comps]",
+}
+
+
+@pytest.mark.parametrize("case", list(NEAR_CONSTANT_REWARDS))
+def test_eval_statistics_of_constant_and_near_constant_rewards(byte_models, tmp_path, case):
+    """the mean was a plain sum / n, a few ulps off a constant (16 x 0.1: 0.10000000000000002), so
+    a reward that never varies got reward_std 1.4e-17 (1e300: 3e284), and rewards an ulp apart got
+    deviations from a centre outside them: std and reward_length_corr wrong by up to 9x (0.0168
+    for 0.0966). Against Python's statistics (constant: std exactly 0) and mpmath."""
+    import mpmath
+    import statistics
+    mpmath.mp.dps = 80
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nOnce upon\nabc\nx\n")
+    rw = tmp_path / "rw.py"
+    rw.write_text("import sys, json, math\ncomps = [json.loads(l)['completion'] for l in sys.stdin]\n"
+                  f"for v in {NEAR_CONSTANT_REWARDS[case]}:\n    print(repr(v))\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 6,
+            "--max-new-tokens", 10, "--seed", 5, "--threads", 1, "--reward", f"cmd:{sys.executable} {rw}",
+            "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    col = json.loads(out.read_text())["policies"][0]
+    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    rewards = [s["reward"] for s in ss]
+    n = len(rewards)
+    if case.startswith("const"):
+        assert len(set(rewards)) == 1
+        assert col["reward_mean"] == statistics.mean(rewards) == rewards[0]   # exact (Fractions)
+        assert col["reward_std"] == statistics.stdev(rewards) == 0.0
+        assert col["reward_se"] == 0.0
+        assert col["reward_length_corr"] is None and col["reward_words_corr"] is None
+        return
+    assert len(set(rewards)) == 2 and len({s["n_tokens"] for s in ss}) > 1
+    x = [mpmath.mpf(v) for v in rewards]
+    mean = sum(x) / n
+    sxx = sum((a - mean) ** 2 for a in x)
+    assert min(rewards) <= col["reward_mean"] <= max(rewards)
+    assert col["reward_mean"] == pytest.approx(float(mean), rel=1e-15, abs=0)
+    assert col["reward_std"] == pytest.approx(float(mpmath.sqrt(sxx / (n - 1))), rel=1e-12, abs=0)
+    assert col["reward_se"] == pytest.approx(float(mpmath.sqrt(sxx / (n - 1) / n)), rel=1e-12, abs=0)
+    for key, field in [("reward_words_corr", "n_words"), ("reward_length_corr", "n_tokens")]:
+        y = [mpmath.mpf(s[field]) for s in ss]
+        my = sum(y) / n
+        corr = sum((a - mean) * (b - my) for a, b in zip(x, y)) / mpmath.sqrt(sxx * sum((b - my) ** 2 for b in y))
+        assert col[key] == pytest.approx(float(corr), rel=1e-12, abs=1e-15), (key, col[key], corr)
+
+
 def s_score(name, l):
     """s(l) of DESIGN.md §2 (f'(e^l) without additive constants), written with numpy."""
     if name == "rkl":

@@ -222,6 +222,23 @@ def test_a_directory_without_metrics_rows_is_no_run_on_the_page(tmp_path):
     meta = re.search(r'<p class="meta">(.*?)</p>', page, re.S).group(1)
     assert meta.startswith(f"{n_runs} runs, 1 evaluated policy"), meta
     assert f"({n_runs} runs, 1 policy" in r.stdout + r.stderr
+    # with a real run after them: the runs table listed "evals" and "empty" too (kind -, 0 logged
+    # rows), and they took colour slots, so "real" was drawn in the third colour instead of the first
+    os.makedirs(tmp_path / "real")
+    (tmp_path / "real/metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n')
+    r = report(tmp_path, "evals", "empty", "real", "--out", "r2.html")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r2.html").read_text()
+    rows = table_rows(page, "runs-table")
+    assert [row[0] for row in rows[1:]] == ["real"], rows
+    assert "(1 run, 1 policy" in r.stdout + r.stderr
+    alone = report(tmp_path, "real", "--out", "r3.html")
+    assert alone.returncode == 0, alone.stderr
+    alone_page = (tmp_path / "r3.html").read_text()
+    swatch = re.compile(r'<table id="runs-table".*?class="swatch" style="background:([^"]+)"', re.S)
+    assert swatch.search(page).group(1) == swatch.search(alone_page).group(1) == "#1f77b4"   # the first colour
+    loss = [next(c for c in charts(p) if c["title"] == "Training loss") for p in (page, alone_page)]
+    assert json.dumps(loss[0], sort_keys=True) == json.dumps(loss[1], sort_keys=True)
 
 
 def test_overoptimisation_tooltips_give_the_standard_error_the_file_has(tmp_path):
