@@ -1515,24 +1515,25 @@ static int regex_next(const struct fdpo_bpe *b, const pcre2_code *re, const unsi
 static int encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
                         const unsigned char *s, size_t n, idvec *o) {
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-    size_t off = 0;
+    size_t off = 0, gap = 0; /* off: where the search resumes; gap: start of the text not yet encoded */
     while (off < n) {
         int rc = regex_next(b, b->re, s, n, off, md);
         if (rc < 0) return -1;
-        size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
-        if (start > off) encode_gap(b, c, s + off, start - off, o);
         if (rc == 0) break;
-        if (end == start) { /* an empty match covers nothing: step over one code point */
-            if (start >= n) break;
+        size_t start = ov[0], end = ov[1];
+        if (start > gap) encode_gap(b, c, s + gap, start - gap, o);
+        gap = start;
+        if (end == start) { /* an empty match is only a boundary (as in Oniguruma's and Python's */
+            if (start >= n) break;   /* finditer): search again one code point on, the gap goes on */
             size_t k = 1;
             while (start + k < n && (s[start + k] & 0xC0) == 0x80) k++;
-            encode_gap(b, c, s + start, k, o);
-            end = start + k;
-        } else {
-            encode_word(b, c, s + start, end - start, o);
+            off = start + k;
+            continue;
         }
-        off = end;
+        encode_word(b, c, s + start, end - start, o);
+        gap = off = end;
     }
+    if (gap < n) encode_gap(b, c, s + gap, n - gap, o);
     return 0;
 }
 

@@ -952,6 +952,24 @@ def test_a_negated_class_escape_inside_a_class_is_refused(neg, tmp_path):
     assert r.returncode == 1 and f"\\{neg} inside a character class is not supported" in r.stderr.decode(), r.stderr
 
 
+@pytest.mark.parametrize("pat", [r"(?=\p{Lu})", r"\b", r"(?=\p{Lu})|\d+", r"a*"])
+def test_an_empty_match_is_only_a_boundary(pat, tmp_path):
+    r"""A Split regex that can match empty (a lookahead, \b): Oniguruma's find_iter (Hugging Face
+    tokenizers) and Python's finditer use an empty match as a boundary only and search on one
+    code point later, so that code point stays in the text up to the next match. fdpo made it a
+    piece of its own (`HelloWorld` was H|ello|W|orld; HF gives Hello|World). Pieces from `regex`."""
+    from tok_ref import pieces
+    assert pieces(r"(?=\p{Lu})", "HelloWorld") == ["Hello", "World"]
+    texts = ["HelloWorld", "hello world. 123", "the the.the", "aXbYc12Zd", "\u00e9t\u00e9 \u00c9T\u00c9", "bab aab", ""]
+    merges = train_merges([t for t in texts if t] * 3, ".+", 60)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
+    texts = texts[:-1]
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
 # transformers < 4.34's save of GPT-2 with a pad set (tokenizer.pad_token = tokenizer.eos_token):
 # the pad only in special_tokens_map.json
 LEGACY_PAD_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
