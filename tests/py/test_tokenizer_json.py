@@ -659,7 +659,7 @@ def test_added_tokens_decoder_key_is_a_decimal_integer(toks, form, tmp_path):
 
 # ---- a POSIX bracket class inside a class ----
 
-@pytest.mark.parametrize("pattern", [r"[[:digit:]\s]+|.", r"[^[:digit:]\s]{1,2}|[[:digit:]]+|\s+", r"[[:punct:]\s]+|\w+|."])
+@pytest.mark.parametrize("pattern", [r"[[:digit:]\s]+|.", r"[^[:digit:]\s]{1,2}|[[:digit:]]+|\s+", r"[[:cntrl:][:xdigit:]]+|\w+|."])
 def test_posix_class_inside_a_class(toks, pattern, tmp_path):
     r"""A Split regex with a POSIX class ([:digit:], which Oniguruma and PCRE2 have) in a bracket
     class beside \s: its ']' closed the outer class in fdpo's \s rewriting, so `[[:digit:]\s]+`
@@ -968,6 +968,42 @@ def test_an_empty_match_is_only_a_boundary(pat, tmp_path):
     ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
     texts = texts[:-1]
     assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
+@pytest.mark.parametrize("pat,ref_pat", [(r"[[:word:]]+|.", f"[{ONIG_W_RANGE}]+|."),
+                                         (r"[[:space:]x]+|.", r"[\p{White_Space}x]+|.")])
+def test_posix_word_and_space_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
+    r"""Oniguruma's [:word:] is its [\w] (\p{Alphabetic}\p{M}\p{Nd}\p{Pc}, measured over every code
+    point through libonig 6.9.8, see ONIG_W) and [:space:] is White_Space, as its \s; PCRE2's
+    have no marks but No numbers (x² whole, e+U+0301 split) and U+180E."""
+    texts = ["e\u0301 x\u00b2 \u2160a_b", "a \u180e b \u180e c \u180e\u3000d\u0085e", "\u24b6\u24b7 \u2460 \u0663\u0664"]
+    merges = train_merges(texts * 3, ".+", 60)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
+@pytest.mark.parametrize("pat,msg", [
+    (r"[\p{L}&&[^\p{Lu}]]+|.", "a class intersection '&&' inside a character class"),
+    (r"[\p{L}&&\p{Ll}]+|.", "a class intersection '&&' inside a character class"),
+    (r"[a[bc]]+|.", "a nested class '[' inside a character class"),
+    (r"[[:alpha:]]+|.", "the POSIX class [:alpha:]"),
+    (r"[[:punct:]\s]+|.", "the POSIX class [:punct:]"),
+    (r"[[:^word:]]+|.", "the POSIX class [:^word:]"),
+])
+def test_an_oniguruma_class_pcre2_reads_otherwise_is_refused(pat, msg, tmp_path):
+    """Oniguruma's class intersection and nested classes are literals to PCRE2, and these POSIX
+    classes are other sets there (libonig 6.9.8: [:alpha:] has the marks, [:punct:] not $ + <):
+    refused, naming the file, the field and the pattern, rather than silently other ids."""
+    merges = train_merges(CORPUS, GPT2_PAT, 10)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and msg in err and "tokenizer.json" in err and pat in err, err
 
 
 # transformers < 4.34's save of GPT-2 with a pad set (tokenizer.pad_token = tokenizer.eos_token):
