@@ -1046,8 +1046,12 @@ static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, cons
         return fdpo_error("%s: %s.behavior '%s' is not supported (Isolated is)", p, field,
                           cJSON_IsString(beh) ? beh->valuestring : "(missing)");
     if (b->pattern) return fdpo_error("%s: %s: a second Split is not supported", p, field);
-    if (cJSON_IsString(re) && *re->valuestring) b->pattern = fdpo_strdup(re->valuestring);
-    else if (cJSON_IsString(str) && *str->valuestring) { /* a literal: metacharacters escaped */
+    /* An empty Regex matches empty everywhere: every code point is a piece, as in Hugging Face.
+     * An empty String splits nothing there (its Pattern for "" is the whole text, unmatched):
+     * a regex that never matches. */
+    if (cJSON_IsString(re)) b->pattern = fdpo_strdup(re->valuestring);
+    else if (cJSON_IsString(str) && !*str->valuestring) b->pattern = fdpo_strdup("(?!)");
+    else if (cJSON_IsString(str)) { /* a literal: metacharacters escaped */
         const char *t = str->valuestring;
         char *q = b->pattern = fdpo_malloc(2 * strlen(t) + 1);
         for (; *t; t++) {

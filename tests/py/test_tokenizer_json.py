@@ -970,6 +970,26 @@ def test_an_empty_match_is_only_a_boundary(pat, tmp_path):
     assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
 
 
+@pytest.mark.parametrize("kind,ref_pat", [("Regex", ""), ("String", r"(?!)")])
+def test_an_empty_split_pattern_loads_as_in_hugging_face(kind, ref_pat, tmp_path):
+    """An empty Split pattern was refused as "must be {"Regex": string} ...", which it is.
+    Hugging Face tokenizers (0.23.2) loads it: an empty Regex matches empty everywhere, so every
+    code point is a piece ("ab c" -> a, b, space, c); an empty String splits nothing (its
+    Pattern impl for "" returns the whole text unmatched). Pieces from Python's `regex`."""
+    from tok_ref import pieces
+    assert pieces("", "ab c") == ["a", "b", " ", "c"]
+    texts = ["ab c", "hello hello world", "\u00e9t\u00e9 x"]
+    merges = train_merges(texts * 3, ".+", 40)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", "", vocab, merges, GPT2_ADDED, None, None)
+    tj = json.load(open(d / "tokenizer.json", encoding="utf-8"))
+    tj["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {kind: ""}
+    json.dump(tj, open(d / "tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts]
+
+
 @pytest.mark.parametrize("pat,ref_pat", [(r"[[:word:]]+|.", f"[{ONIG_W_RANGE}]+|."),
                                          (r"[[:space:]x]+|.", r"[\p{White_Space}x]+|.")])
 def test_posix_word_and_space_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
