@@ -1016,7 +1016,7 @@ def test_posix_word_and_space_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
 def test_an_oniguruma_class_pcre2_reads_otherwise_is_refused(pat, msg, tmp_path):
     """Oniguruma's class intersection and nested classes are literals to PCRE2, and these POSIX
     classes are other sets there (libonig 6.9.8: [:alpha:] has the marks, [:punct:] not $ + <):
-    refused, naming the file, the field and the pattern, rather than silently other ids."""
+    refused, naming the file and the pattern, rather than silently other ids."""
     merges = train_merges(CORPUS, GPT2_PAT, 10)
     vocab = build_vocab(merges, GPT2_ADDED)
     d = tmp_path / "t"
