@@ -741,15 +741,36 @@ static char *pattern_rewrite(const char *pat, const char *where) {
             if (i + 1 < n && pat[i + 1] == ']') out[k++] = pat[++i]; /* a leading ] is literal */
             continue;
         }
-        if (c == '[' && in_class && pat[i + 1] == ':') { /* a POSIX class [:digit:] (Oniguruma and PCRE2 have them): */
-            size_t j = i + 2 + (pat[i + 2] == '^');   /* its ] does not end the outer class */
+        if (c == '[' && in_class && pat[i + 1] == ':') { /* a POSIX class [:digit:]: its ] does not end the outer class */
+            int negated = pat[i + 2] == '^';
+            size_t name = i + 2 + negated, j = name;
             while ((pat[j] >= 'a' && pat[j] <= 'z') || (pat[j] >= 'A' && pat[j] <= 'Z')) j++;
             if (pat[j] == ':' && pat[j + 1] == ']') {
-                while (k + (j + 2 - i) + 1 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
-                memcpy(out + k, pat + i, j + 2 - i); k += j + 2 - i;
+                int len = (int)(j - name);
+                #define POSIX_IS(s) (len == (int)strlen(s) && !strncmp(pat + name, s, (size_t)len))
+                /* PCRE2 with UCP has Oniguruma's sets for these three (measured over every code
+                 * point against libonig 6.9.8); [:word:] and [:space:] are Oniguruma's [\w] and \s */
+                if (POSIX_IS("digit") || POSIX_IS("xdigit") || POSIX_IS("cntrl")) {
+                    while (k + (j + 2 - i) + 1 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
+                    memcpy(out + k, pat + i, j + 2 - i); k += j + 2 - i;
+                } else if (!negated && (POSIX_IS("word") || POSIX_IS("space"))) {
+                    k += (size_t)sprintf(out + k, "%s", POSIX_IS("word") ? WORD_CLASS_IN_BRACKETS : WS_CLASS);
+                } else {
+                    free(out);
+                    fdpo_error("%s: the POSIX class [:%s%.*s:] in the regex '%.200s' is not supported "
+                               "(PCRE2's set differs from Oniguruma's)", where, negated ? "^" : "", len, pat + name, pat);
+                    return NULL;
+                }
+                #undef POSIX_IS
                 i = j + 1;
                 continue;
             }
+        }
+        if ((c == '[' || (c == '&' && pat[i + 1] == '&')) && in_class) { /* Oniguruma's nested class or */
+            free(out);                                                 /* intersection: PCRE2 reads literals */
+            fdpo_error("%s: %s inside a character class in the regex '%.200s' is not supported", where,
+                       c == '[' ? "a nested class '['" : "a class intersection '&&'", pat);
+            return NULL;
         }
         if (c == ']' && in_class) in_class = 0;
         out[k++] = c;
@@ -1025,8 +1046,12 @@ static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, cons
         return fdpo_error("%s: %s.behavior '%s' is not supported (Isolated is)", p, field,
                           cJSON_IsString(beh) ? beh->valuestring : "(missing)");
     if (b->pattern) return fdpo_error("%s: %s: a second Split is not supported", p, field);
-    if (cJSON_IsString(re) && *re->valuestring) b->pattern = fdpo_strdup(re->valuestring);
-    else if (cJSON_IsString(str) && *str->valuestring) { /* a literal: metacharacters escaped */
+    /* An empty Regex matches empty everywhere: every code point is a piece, as in Hugging Face.
+     * An empty String splits nothing there (its Pattern for "" is the whole text, unmatched):
+     * a regex that never matches. */
+    if (cJSON_IsString(re)) b->pattern = fdpo_strdup(re->valuestring);
+    else if (cJSON_IsString(str) && !*str->valuestring) b->pattern = fdpo_strdup("(?!)");
+    else if (cJSON_IsString(str)) { /* a literal: metacharacters escaped */
         const char *t = str->valuestring;
         char *q = b->pattern = fdpo_malloc(2 * strlen(t) + 1);
         for (; *t; t++) {
@@ -1515,24 +1540,25 @@ static int regex_next(const struct fdpo_bpe *b, const pcre2_code *re, const unsi
 static int encode_regex(const struct fdpo_bpe *b, word_cache *c, pcre2_match_data *md,
                         const unsigned char *s, size_t n, idvec *o) {
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-    size_t off = 0;
+    size_t off = 0, gap = 0; /* off: where the search resumes; gap: start of the text not yet encoded */
     while (off < n) {
         int rc = regex_next(b, b->re, s, n, off, md);
         if (rc < 0) return -1;
-        size_t start = rc > 0 ? ov[0] : n, end = rc > 0 ? ov[1] : n;
-        if (start > off) encode_gap(b, c, s + off, start - off, o);
         if (rc == 0) break;
-        if (end == start) { /* an empty match covers nothing: step over one code point */
-            if (start >= n) break;
+        size_t start = ov[0], end = ov[1];
+        if (start > gap) encode_gap(b, c, s + gap, start - gap, o);
+        gap = start;
+        if (end == start) { /* an empty match is only a boundary (as in Oniguruma's and Python's */
+            if (start >= n) break;   /* finditer): search again one code point on, the gap goes on */
             size_t k = 1;
             while (start + k < n && (s[start + k] & 0xC0) == 0x80) k++;
-            encode_gap(b, c, s + start, k, o);
-            end = start + k;
-        } else {
-            encode_word(b, c, s + start, end - start, o);
+            off = start + k;
+            continue;
         }
-        off = end;
+        encode_word(b, c, s + start, end - start, o);
+        gap = off = end;
     }
+    if (gap < n) encode_gap(b, c, s + gap, n - gap, o);
     return 0;
 }
 

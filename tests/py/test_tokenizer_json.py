@@ -659,7 +659,7 @@ def test_added_tokens_decoder_key_is_a_decimal_integer(toks, form, tmp_path):
 
 # ---- a POSIX bracket class inside a class ----
 
-@pytest.mark.parametrize("pattern", [r"[[:digit:]\s]+|.", r"[^[:digit:]\s]{1,2}|[[:digit:]]+|\s+", r"[[:punct:]\s]+|\w+|."])
+@pytest.mark.parametrize("pattern", [r"[[:digit:]\s]+|.", r"[^[:digit:]\s]{1,2}|[[:digit:]]+|\s+", r"[[:cntrl:][:xdigit:]]+|\w+|."])
 def test_posix_class_inside_a_class(toks, pattern, tmp_path):
     r"""A Split regex with a POSIX class ([:digit:], which Oniguruma and PCRE2 have) in a bracket
     class beside \s: its ']' closed the outer class in fdpo's \s rewriting, so `[[:digit:]\s]+`
@@ -950,6 +950,80 @@ def test_a_negated_class_escape_inside_a_class_is_refused(neg, tmp_path):
     write_tokenizer(str(d), "split", rf"[\{neg}x]+", vocab, merges, GPT2_ADDED, None, None)
     r = run("tokenize", "--tokenizer", str(d), input=b"x")
     assert r.returncode == 1 and f"\\{neg} inside a character class is not supported" in r.stderr.decode(), r.stderr
+
+
+@pytest.mark.parametrize("pat", [r"(?=\p{Lu})", r"\b", r"(?=\p{Lu})|\d+", r"a*"])
+def test_an_empty_match_is_only_a_boundary(pat, tmp_path):
+    r"""A Split regex that can match empty (a lookahead, \b): Oniguruma's find_iter (Hugging Face
+    tokenizers) and Python's finditer use an empty match as a boundary only and search on one
+    code point later, so that code point stays in the text up to the next match. fdpo made it a
+    piece of its own (`HelloWorld` was H|ello|W|orld; HF gives Hello|World). Pieces from `regex`."""
+    from tok_ref import pieces
+    assert pieces(r"(?=\p{Lu})", "HelloWorld") == ["Hello", "World"]
+    texts = ["HelloWorld", "hello world. 123", "the the.the", "aXbYc12Zd", "\u00e9t\u00e9 \u00c9T\u00c9", "bab aab", ""]
+    merges = train_merges([t for t in texts if t] * 3, ".+", 60)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
+    texts = texts[:-1]
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
+@pytest.mark.parametrize("kind,ref_pat", [("Regex", ""), ("String", r"(?!)")])
+def test_an_empty_split_pattern_loads_as_in_hugging_face(kind, ref_pat, tmp_path):
+    """An empty Split pattern was refused as "must be {"Regex": string} ...", which it is.
+    Hugging Face tokenizers (0.23.2) loads it: an empty Regex matches empty everywhere, so every
+    code point is a piece ("ab c" -> a, b, space, c); an empty String splits nothing (its
+    Pattern impl for "" returns the whole text unmatched). Pieces from Python's `regex`."""
+    from tok_ref import pieces
+    assert pieces("", "ab c") == ["a", "b", " ", "c"]
+    texts = ["ab c", "hello hello world", "\u00e9t\u00e9 x"]
+    merges = train_merges(texts * 3, ".+", 40)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", "", vocab, merges, GPT2_ADDED, None, None)
+    tj = json.load(open(d / "tokenizer.json", encoding="utf-8"))
+    tj["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {kind: ""}
+    json.dump(tj, open(d / "tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts]
+
+
+@pytest.mark.parametrize("pat,ref_pat", [(r"[[:word:]]+|.", f"[{ONIG_W_RANGE}]+|."),
+                                         (r"[[:space:]x]+|.", r"[\p{White_Space}x]+|.")])
+def test_posix_word_and_space_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
+    r"""Oniguruma's [:word:] is its [\w] (\p{Alphabetic}\p{M}\p{Nd}\p{Pc}, measured over every code
+    point through libonig 6.9.8, see ONIG_W) and [:space:] is White_Space, as its \s; PCRE2's
+    have no marks but No numbers (x² whole, e+U+0301 split) and U+180E."""
+    texts = ["e\u0301 x\u00b2 \u2160a_b", "a \u180e b \u180e c \u180e\u3000d\u0085e", "\u24b6\u24b7 \u2460 \u0663\u0664"]
+    merges = train_merges(texts * 3, ".+", 60)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
+@pytest.mark.parametrize("pat,msg", [
+    (r"[\p{L}&&[^\p{Lu}]]+|.", "a class intersection '&&' inside a character class"),
+    (r"[\p{L}&&\p{Ll}]+|.", "a class intersection '&&' inside a character class"),
+    (r"[a[bc]]+|.", "a nested class '[' inside a character class"),
+    (r"[[:alpha:]]+|.", "the POSIX class [:alpha:]"),
+    (r"[[:punct:]\s]+|.", "the POSIX class [:punct:]"),
+    (r"[[:^word:]]+|.", "the POSIX class [:^word:]"),
+])
+def test_an_oniguruma_class_pcre2_reads_otherwise_is_refused(pat, msg, tmp_path):
+    """Oniguruma's class intersection and nested classes are literals to PCRE2, and these POSIX
+    classes are other sets there (libonig 6.9.8: [:alpha:] has the marks, [:punct:] not $ + <):
+    refused, naming the file and the pattern, rather than silently other ids."""
+    merges = train_merges(CORPUS, GPT2_PAT, 10)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    r = run("tokenize", "--tokenizer", str(d), input=b"x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and msg in err and "tokenizer.json" in err and pat in err, err
 
 
 # transformers < 4.34's save of GPT-2 with a pad set (tokenizer.pad_token = tokenizer.eos_token):
