@@ -210,3 +210,21 @@ def test_length_flags_are_listed_only_where_they_work(sub):
         assert len(rows(r.stdout)) == 1
     else:
         assert listed == []
+
+
+# ---- wave 45: gap's bound where pi* underflows, tv on a pi_ref kept within 1e-9, safety ~1e308 ----
+
+def test_gap_bound_keeps_the_term_of_a_pi_star_that_underflows(tmp_path):
+    """rkl, pi_ref (1/2, 1/2), r (1, 0), r_hat (1, 1): the bound is pi*(1) e^(1/beta) * 1 =
+    e^(1/beta)/(1 + e^(1/beta)) ~ 1 (mpmath), and the gap 1/2 is within it. pi*(1) = e^-1000 underflows
+    at beta 0.001 (the term was dropped: bound 0, bound_held 0) and is subnormal at 0.0014 (inf)."""
+    p = tmp_path / "gb.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "reward_hat": [1, 1]})
+    out = rows(lab("gap", "--data", p, "--divergence", "rkl", "--betas", "0.001,0.0014,0.002,0.01", "--threads", 1).stdout)
+    mp.mp.dps = 50
+    assert len(out) == 4
+    for row in out:
+        e = mp.exp(1 / mp.mpf(row["beta"]))
+        assert float(row["bound"]) == pytest.approx(float(e / (1 + e)), rel=1e-12)
+        assert row["bound_held"] == "1"
+
