@@ -245,3 +245,30 @@ def test_tv_optimum_is_a_distribution_when_pi_ref_sums_to_1_within_1e9(tmp_path)
     assert float(row["kl"]) == pytest.approx(float(mp.log(2)), abs=1e-9)
     assert float(row["kl"]) == pytest.approx(float(mp.log(mp.mpf("1.0000000009") / mp.mpf("0.5"))), abs=1e-9)
 
+
+@pytest.mark.parametrize("g1,b,divs", [(-1e308, 9e307, "rkl,js"), (-1e307, 9e307, "rkl,js"), (-1e307, 8e307, "rkl")])
+def test_constrained_with_a_safety_of_scale_1e308(tmp_path, g1, b, divs):
+    """Two responses, pi_ref (1/2, 1/2), r (1, 0), g (1e308, g1): the active constraint fixes
+    pi*(0) = p = (b - g1)/(g0 - g1) for every f, so E[r] = p, E[g] = b and KL = p log 2p + (1-p) log 2(1-p);
+    rkl's lambda* = (logit p - 1)/(g0 - g1) (beta 1), subnormal here (mpmath, 40 digits). g0 - g1 = inf hung
+    the bracket (g1 = -1e308); a lambda* below brent's old 1e-300 floor came back unrefined (E[g] 9% over b).
+    (js at b = 8e307 is inactive: its pi*_0 already meets b.)"""
+    import subprocess
+    from test_lab import FDPO
+    p = tmp_path / "sf.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "safety": [1e308, g1]})
+    r = subprocess.run([FDPO, "lab", "constrained", "--data", str(p), "--min-safety", repr(b), "--divergence", divs,
+                        "--beta", "1", "--threads", "1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    mp.mp.dps = 40
+    G0, G1, B = mp.mpf(1e308), mp.mpf(g1), mp.mpf(b)
+    P = (B - G1) / (G0 - G1)
+    kl = P * mp.log(2 * P) + (1 - P) * mp.log(2 * (1 - P))
+    out = {row["divergence"]: row for row in rows(r.stdout)}
+    for div, row in out.items():
+        assert row["active"] == "1"
+        assert float(row["expected_reward"]) == pytest.approx(float(P), rel=1e-12), div
+        assert float(row["expected_safety"]) == pytest.approx(b, rel=1e-12), div
+        assert float(row["kl"]) == pytest.approx(float(kl), rel=1e-11), div
+    lam = (mp.log(P / (1 - P)) - 1) / (G0 - G1)
+    assert float(out["rkl"]["lambda"]) == pytest.approx(float(lam), rel=1e-9)
