@@ -146,9 +146,11 @@ int fdpo_lab_check_validate(const fdpo_pref_loss *L, double label_noise, size_t 
 
 /* pi* (solved with reward) against pi_hat (solved with reward_hat), both judged with the true
  * reward. bound = sum_y pi*(y) exp(eps(y)/beta) eps(y), eps = |reward - reward_hat|: the
- * reward-gap bound of DESIGN.md §4 (proved for rkl; reported for every f). */
+ * reward-gap bound of DESIGN.md §4 (proved for rkl; reported for every f). log_pistar (or NULL):
+ * log pi*, for the terms where pi* is below DBL_MIN and exp(eps/beta) huge. */
 typedef struct { double reward_gap, objective_gap, bound; } fdpo_lab_gap_row;
-double fdpo_lab_gap_bound(const double *pistar, const double *reward, const double *reward_hat, size_t n, double beta);
+double fdpo_lab_gap_bound(const double *pistar, const double *log_pistar, const double *reward,
+                          const double *reward_hat, size_t n, double beta);
 /* `fdpo lab gap`'s noisy reward model: reward_hat[x] = P[x].reward + noise * N(0, 1) for each
  * of the prompts problems (reward_hat[x]: P[x].n doubles), drawn from a stream seeded by
  * (seed, noise_index) alone, so a row does not depend on the other noise levels or on the

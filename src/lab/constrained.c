@@ -87,7 +87,9 @@ static int brent(dual *x, double bsafe, double *pi, double a, double fa, double 
     for (int it = 0; it < 200; it++) {
         if ((fb > 0 && fc > 0) || (fb < 0 && fc < 0)) { c = a; fc = fa; d = e = b - a; }
         if (fabs(fc) < fabs(fb)) { a = b; b = c; c = a; fa = fb; fb = fc; fc = fa; }
-        double tol = 2 * DBL_EPSILON * fabs(b) + 1e-300, m = 0.5 * (c - b);
+        /* the floor is the smallest double: a safety of scale ~1e308 puts lambda* near 1e-308,
+         * and a floor of 1e-300 returned the bracket's end unrefined (E[g] 9% above b) */
+        double tol = 2 * DBL_EPSILON * fabs(b) + DBL_TRUE_MIN, m = 0.5 * (c - b);
         /* done when the bracket is a few ulps wide, or when E[g] meets b from above to
          * rounding (a flat E[g](lambda) would otherwise need every bisection down to ulps) */
         if (fabs(m) <= tol || (fb >= 0 && fb <= 4 * DBL_EPSILON * (1 + fabs(bsafe)))) { *root = fb >= 0 ? b : c; return 0; }
@@ -176,7 +178,10 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
         double lo = 0, flo = bs->e0 - b, fhi;
         if (hint && hint[0] > 0 && hint[1] <= b) { lo = hint[0]; flo = hint[1] - b; }
         /* lambda's scale is reward per unit of safety: steps from beta / range(g), doubling */
-        double step = lo > 0 ? fmax(hint[2], 1e-6 * lo) : x->beta / (bs->gmax - bs->gmin), hi = lo + step;
+        /* range(g) in halves: gmax - gmin overflows to inf for 1e308, -1e308, the step was 0 and
+         * the doubling never moved hi (a hang); floored at the smallest double for the same reason */
+        double step = lo > 0 ? fmax(hint[2], 1e-6 * lo) : fmax(0.5 * x->beta / (bs->gmax / 2 - bs->gmin / 2), DBL_TRUE_MIN),
+               hi = lo + step;
         for (;;) {
             if (excess(x, hi, b, pi, &fhi)) return ST_SOLVE;
             if (fhi >= 0) break;

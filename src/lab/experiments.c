@@ -1,5 +1,6 @@
 /* The rows of `fdpo lab gap`, `bias` and `frontier` (DESIGN.md §4): a reward model's error
  * turned into a gap in the true reward, and the reward / entropy / divergence frontier. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,12 +8,18 @@
 #include "fdpo/lab.h"
 
 /* sum_y pi*(y) exp(eps/beta) eps with eps = |r - r_hat|: the price of moving pi* towards
- * responses whose reward is overstated by eps, at most exp(eps/beta) times their pi* mass */
-double fdpo_lab_gap_bound(const double *pistar, const double *reward, const double *reward_hat, size_t n, double beta) {
+ * responses whose reward is overstated by eps, at most exp(eps/beta) times their pi* mass.
+ * Where pi* is tiny (below DBL_MIN, 0 once e^-745 underflows) and exp(eps/beta) huge, the term
+ * is their product, ~1 and maybe the whole bound: formed from log pi* (log_pistar, or NULL)
+ * as exp(log pi* + eps/beta) eps (dropping it read 0, multiplying read inf) */
+double fdpo_lab_gap_bound(const double *pistar, const double *log_pistar, const double *reward,
+                          const double *reward_hat, size_t n, double beta) {
     double bound = 0;
     for (size_t i = 0; i < n; i++) {
         double eps = fabs(reward[i] - reward_hat[i]);
-        if (pistar[i] > 0 && eps > 0) bound += pistar[i] * exp(eps / beta) * eps;
+        if (!(eps > 0)) continue;
+        if (pistar[i] >= DBL_MIN || !log_pistar) { if (pistar[i] > 0) bound += pistar[i] * exp(eps / beta) * eps; }
+        else if (log_pistar[i] > -INFINITY) bound += exp(log_pistar[i] + eps / beta) * eps;
     }
     return bound;
 }
@@ -33,17 +40,19 @@ int fdpo_lab_gap(const fdpo_divergence *d, double beta, const double *pi_ref, co
     fdpo_lab_result rs, rh, eh;
     fdpo_lab_prepare(&a, pi_ref, reward, n);
     fdpo_lab_prepare(&b, pi_ref, reward_hat, n);
-    int rc = fdpo_lab_solve(&a, d, beta, pistar, &rs);
+    double *log_pistar = fdpo_malloc(n * sizeof(double));
+    int rc = fdpo_lab_solve_log(&a, d, beta, pistar, log_pistar, &rs);
     if (!rc) rc = fdpo_lab_solve(&b, d, beta, pihat, &rh);
     fdpo_lab_prepared_free(&a);
     fdpo_lab_prepared_free(&b);
-    if (rc) return rc;
+    if (rc) { free(log_pistar); return rc; }
     fdpo_lab_evaluate(d, beta, pi_ref, reward, pihat, n, &eh); /* pi_hat judged by the true reward */
     row->reward_gap = rs.expected_reward - eh.expected_reward;
     /* both policies in the same sums: rs.objective (the solver's) against eh's differed by
      * their roundings, ~1e-16 beta, which was the whole gap at a large beta */
     row->objective_gap = fdpo_lab_objective_gap(d, beta, pi_ref, reward, pistar, pihat, n);
-    row->bound = fdpo_lab_gap_bound(pistar, reward, reward_hat, n, beta);
+    row->bound = fdpo_lab_gap_bound(pistar, log_pistar, reward, reward_hat, n, beta);
+    free(log_pistar);
     return 0;
 }
 

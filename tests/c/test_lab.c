@@ -49,7 +49,7 @@ END_TEST
 START_TEST(gap_bound_and_zero_gap) {
     /* bound = sum pi* e^{eps/beta} eps: pi* = (0.25, 0.75), eps = (0.5, 0), beta = 0.5 */
     double ps[2] = {0.25, 0.75}, r[2] = {1, 2}, rh[2] = {1.5, 2};
-    ck_assert_double_eq_tol(fdpo_lab_gap_bound(ps, r, rh, 2, 0.5), 0.25 * exp(1.0) * 0.5, 1e-15);
+    ck_assert_double_eq_tol(fdpo_lab_gap_bound(ps, NULL, r, rh, 2, 0.5), 0.25 * exp(1.0) * 0.5, 1e-15);
     /* r_hat = r: pi_hat = pi*, every gap is 0 */
     double q[3] = {0.2, 0.3, 0.5}, rr[3] = {0.1, -1, 2}, a[3], b[3];
     fdpo_divergence d;

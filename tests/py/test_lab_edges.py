@@ -210,3 +210,65 @@ def test_length_flags_are_listed_only_where_they_work(sub):
         assert len(rows(r.stdout)) == 1
     else:
         assert listed == []
+
+
+# ---- wave 45: gap's bound where pi* underflows, tv on a pi_ref kept within 1e-9, safety ~1e308 ----
+
+def test_gap_bound_keeps_the_term_of_a_pi_star_that_underflows(tmp_path):
+    """rkl, pi_ref (1/2, 1/2), r (1, 0), r_hat (1, 1): the bound is pi*(1) e^(1/beta) * 1 =
+    e^(1/beta)/(1 + e^(1/beta)) ~ 1 (mpmath), and the gap 1/2 is within it. pi*(1) = e^-1000 underflows
+    at beta 0.001 (the term was dropped: bound 0, bound_held 0) and is subnormal at 0.0014 (inf)."""
+    p = tmp_path / "gb.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "reward_hat": [1, 1]})
+    out = rows(lab("gap", "--data", p, "--divergence", "rkl", "--betas", "0.001,0.0014,0.002,0.01", "--threads", 1).stdout)
+    mp.mp.dps = 50
+    assert len(out) == 4
+    for row in out:
+        e = mp.exp(1 / mp.mpf(row["beta"]))
+        assert float(row["bound"]) == pytest.approx(float(e / (1 + e)), rel=1e-12)
+        assert row["bound_held"] == "1"
+
+
+def test_tv_optimum_is_a_distribution_when_pi_ref_sums_to_1_within_1e9(tmp_path):
+    """pi_ref (0.5, 0.5000000009) is kept as given (its sum is within the loader's 1e-9); tv at beta 1
+    moves all mass onto the best response (gap 6 > beta; the LP rule of docs/lab.md): pi* = (1, 0), E[r] = 1,
+    entropy 0, KL = log(1/pi_ref0) with pi_ref0 = 0.5 (as given) or 0.5/1.0000000009 (renormalised),
+    which differ by 9e-10. fdpo gave pi_tv = 1.0000000009, E[r] > max r and entropy -9e-10."""
+    p, o = tmp_path / "a.csv", tmp_path / "pi.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5000000009], "reward": [1, -5]})
+    row = rows(lab("solve", "--data", p, "--divergence", "tv", "--beta", 1, "--threads", 1, "--out", o).stdout)[0]
+    pi = [float(r["pi"]) for r in rows(o.read_text())]
+    assert pi == [1.0, 0.0]
+    assert float(row["expected_reward"]) == 1.0
+    assert abs(float(row["entropy"])) <= 1e-15
+    mp.mp.dps = 30
+    assert float(row["kl"]) == pytest.approx(float(mp.log(2)), abs=1e-9)
+    assert float(row["kl"]) == pytest.approx(float(mp.log(mp.mpf("1.0000000009") / mp.mpf("0.5"))), abs=1e-9)
+
+
+@pytest.mark.parametrize("g1,b,divs", [(-1e308, 9e307, "rkl,js"), (-1e307, 9e307, "rkl,js"), (-1e307, 8e307, "rkl")])
+def test_constrained_with_a_safety_of_scale_1e308(tmp_path, g1, b, divs):
+    """Two responses, pi_ref (1/2, 1/2), r (1, 0), g (1e308, g1): the active constraint fixes
+    pi*(0) = p = (b - g1)/(g0 - g1) for every f, so E[r] = p, E[g] = b and KL = p log 2p + (1-p) log 2(1-p);
+    rkl's lambda* = (logit p - 1)/(g0 - g1) (beta 1), subnormal here (mpmath, 40 digits). g0 - g1 = inf hung
+    the bracket (g1 = -1e308); a lambda* below brent's old 1e-300 floor came back unrefined (E[g] 9% over b).
+    (js at b = 8e307 is inactive: its pi*_0 already meets b.)"""
+    import subprocess
+    from test_lab import FDPO
+    p = tmp_path / "sf.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "safety": [1e308, g1]})
+    r = subprocess.run([FDPO, "lab", "constrained", "--data", str(p), "--min-safety", repr(b), "--divergence", divs,
+                        "--beta", "1", "--threads", "1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    mp.mp.dps = 40
+    G0, G1, B = mp.mpf(1e308), mp.mpf(g1), mp.mpf(b)
+    P = (B - G1) / (G0 - G1)
+    kl = P * mp.log(2 * P) + (1 - P) * mp.log(2 * (1 - P))
+    out = {row["divergence"]: row for row in rows(r.stdout)}
+    for div, row in out.items():
+        assert row["active"] == "1"
+        assert float(row["expected_reward"]) == pytest.approx(float(P), rel=1e-12), div
+        assert float(row["expected_safety"]) == pytest.approx(b, rel=1e-12), div
+        assert float(row["kl"]) == pytest.approx(float(kl), rel=1e-11), div
+    lam = (mp.log(P / (1 - P)) - 1) / (G0 - G1)
+    assert float(out["rkl"]["lambda"]) == pytest.approx(float(lam), rel=1e-9)
