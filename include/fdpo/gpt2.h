@@ -55,8 +55,9 @@ typedef struct {
      * back unchanged. transformers' generate() takes its end token from these when a
      * checkpoint has no generation_config.json; its defaults (GPT-2 50256, Llama 2) would
      * be other tokens. A model fdpo creates gets its tokenizer's bos and end token
-     * (fdpo_config_set_special_ids). */
-    char special_token_ids[192];
+     * (fdpo_config_set_special_ids). Room for ~500 seven-digit ids; a config.json whose
+     * ids need more is refused naming them, never saved without them. */
+    char special_token_ids[4096];
 } fdpo_gpt2_config;
 
 /* Parameter tensors, carved from one allocation in this order. Linear weights are stored

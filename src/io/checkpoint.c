@@ -211,13 +211,14 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
 }
 
 /* The token ids other tools read from config.json, kept as read when each is an integer, a
- * list of integers or an explicit null (anything else, or a set too long to keep, is left
- * out: no reader of fdpo's own needs them; they are only carried to the saved config). A
+ * list of integers or an explicit null (anything else is left out: no reader of fdpo's own
+ * needs them; they are only carried to the saved config; a set too long to keep is refused,
+ * as saving without it would change the model's end token). A
  * null, an empty list and a negative id (the -1 pad of early LLaMA conversions) are kept,
  * not dropped: transformers fills an absent key with the class's default (LlamaConfig's
  * bos 1 / eos 2, GPT2Config's 50256), so a model read with no end token would be saved as
  * one that stops at token 2. A reward model's pad_token_id is the head's (config_head). */
-static void config_special_ids(const cJSON *root, fdpo_gpt2_config *c) {
+static int config_special_ids(const char *path, const cJSON *root, fdpo_gpt2_config *c) {
     static const char *const keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
     cJSON *kept = cJSON_CreateObject();
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
@@ -231,11 +232,16 @@ static void config_special_ids(const cJSON *root, fdpo_gpt2_config *c) {
         if (ok) cJSON_AddItemToObject(kept, keys[k], cJSON_Duplicate(v, 1));
     }
     char *js = cJSON_PrintUnformatted(kept);
+    int rc = 0;
     c->special_token_ids[0] = 0;
-    if (js && cJSON_GetArraySize(kept) > 0 && strlen(js) < sizeof c->special_token_ids)
-        memcpy(c->special_token_ids, js, strlen(js) + 1);
+    if (!js) rc = fdpo_error("%s: out of memory", path);
+    else if (strlen(js) >= sizeof c->special_token_ids)
+        rc = fdpo_error("%s: bos_token_id, eos_token_id and pad_token_id take %zu characters written compactly; "
+                        "fdpo keeps at most %zu to write them back", path, strlen(js), sizeof c->special_token_ids - 1);
+    else if (cJSON_GetArraySize(kept) > 0) memcpy(c->special_token_ids, js, strlen(js) + 1);
     cJSON_free(js);
     cJSON_Delete(kept);
+    return rc;
 }
 
 /* the kept ids into root, after the keys it has (a head's pad_token_id stays the head's) */
@@ -278,7 +284,7 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     else if (cJSON_IsString(mt) && (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2"))) {
         rc = config_load_llama(path, root, mt->valuestring, c);
         if (!rc) rc = config_head(path, root, c);
-        if (!rc) config_special_ids(root, c);
+        if (!rc) rc = config_special_ids(path, root, c);
         cJSON_Delete(root);
         if (!rc && fdpo_gpt2_config_check(c)) rc = fdpo_error_context("%s", path);
         return rc;
@@ -312,7 +318,7 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
             rc = fdpo_error("%s: layer_norm_epsilon must be a positive number", path);
         else c->layer_norm_epsilon = (float)eps->valuedouble;
     }
-    if (!rc) config_special_ids(root, c);
+    if (!rc) rc = config_special_ids(path, root, c);
     cJSON_Delete(root);
     if (!rc && fdpo_gpt2_config_check(c)) rc = fdpo_error_context("%s", path);
     return rc;

@@ -45,25 +45,33 @@ static int cmp_offsets(const void *a, const void *b) {
  * data_offsets holds a number not written as a plain integer (8.0, 8e0, -0), or -1. The
  * format reads both as unsigned integers (the safetensors crate deserializes them as usize,
  * which refuses 8.0); cJSON keeps only the double, so the text is looked at. The header is
- * valid JSON here. */
-static long first_non_integer_size(const char *s, size_t n) {
+ * valid JSON here, root its parse. Keys are named by root's decoded strings, walked in step
+ * with the text: "sh\u0061pe" is shape to serde_json too. */
+static long first_non_integer_size(const char *s, size_t n, const cJSON *root) {
     long member = -1;
     int depth = 0, in_sizes = 0;   /* in_sizes: inside a member's "shape" / "data_offsets" array */
-    char key[16] = "";             /* the last key read inside a member (depth 2) */
+    const cJSON *member_item = NULL, *key_item = NULL;   /* root's current member, and its key last read */
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '"') {
-            size_t start = ++i;
+            ++i;
             for (; i < n && s[i] != '"'; i++) if (s[i] == '\\') i++;
             size_t j = i + 1;
             while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n')) j++;
             if (j < n && s[j] == ':') {
-                if (depth == 1) member++;
-                else if (depth == 2) snprintf(key, sizeof key, "%.*s", (int)(i - start < sizeof key ? i - start : 0), s + start);
+                if (depth == 1) {
+                    member++;
+                    member_item = member_item ? member_item->next : root->child;
+                    key_item = NULL;
+                } else if (depth == 2 && member_item) {
+                    key_item = key_item ? key_item->next : member_item->child;
+                }
             }
         } else if (c == '{' || c == '[') {
             depth++;
-            if (c == '[' && depth == 3) in_sizes = !strcmp(key, "shape") || !strcmp(key, "data_offsets");
+            if (c == '[' && depth == 3)
+                in_sizes = key_item && key_item->string &&
+                           (!strcmp(key_item->string, "shape") || !strcmp(key_item->string, "data_offsets"));
         } else if (c == '}' || c == ']') {
             if (depth-- == 3) in_sizes = 0;
         } else if (in_sizes && (c == '-' || (c >= '0' && c <= '9'))) {
@@ -95,7 +103,7 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
         return fdpo_error("%s: malformed header: text after its JSON object at byte %zu of the header", st->path, used);
     }
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); return fdpo_error("%s: header JSON is not an object", st->path); }
-    long bad_size = first_non_integer_size(json, len);
+    long bad_size = first_non_integer_size(json, len, root);
     if (bad_size >= 0) {
         const cJSON *e = cJSON_GetArrayItem(root, (int)bad_size);
         int rc = fdpo_error("%s: tensor '%s': shape and data_offsets must be written as integers (a number like 8.0 "

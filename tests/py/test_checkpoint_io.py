@@ -277,6 +277,20 @@ BAD = {
     "shape_written_as_float": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
                                    dict(h, **{QKV: dict(h[QKV], shape=[32, 96.0])}), body))(*raw_header(d))),
                                ["model.safetensors", f"tensor '{QKV}'", "must be written as integers"]),
+    # the same with the key written with a JSON escape: Python's json and serde_json decode
+    # "sh\u0061pe" to shape (the float was accepted when the raw key text was compared)
+    "escaped_shape_key_written_as_float": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                               json.dumps(dict(h, **{QKV: dict(h[QKV], shape=[32, 96.0])})).encode()
+                                               .replace(b'"shape": [32, 96.0]', b'"sh\\u0061pe": [32, 96.0]'),
+                                               body))(*raw_header(d))),
+                                           ["model.safetensors", f"tensor '{QKV}'", "must be written as integers"]),
+    "escaped_offsets_key_written_as_floats": (lambda d: write_header(d / "model.safetensors", *(lambda h, body: (
+                                                  json.dumps({k: v if k == "__metadata__" else
+                                                              dict(v, data_offsets=[float(o) for o in v["data_offsets"]])
+                                                              for k, v in h.items()}).encode()
+                                                  .replace(b'"data_offsets"', b'"data_\\u006fffsets"'),
+                                                  body))(*raw_header(d))),
+                                              ["model.safetensors", "tensor '", "must be written as integers"]),
     "wrong_dtype": (lambda d: edit_tensors(d, lambda t: t.__setitem__(QKV, t[QKV].astype(np.int32))),
                     ["model.safetensors", QKV, "I32", "not a floating-point"]),
     "wrong_shape": (lambda d: edit_tensors(d, lambda t: t.__setitem__(QKV, t[QKV][:, :64].copy())),

@@ -311,7 +311,9 @@ def test_written_checkpoints_keep_the_special_token_ids(llama, tmp_path):
 
 
 @pytest.mark.parametrize("ids", [{"bos_token_id": None, "eos_token_id": None, "pad_token_id": None},
-                                 {"bos_token_id": 1, "eos_token_id": [], "pad_token_id": -1}], ids=["null", "empty-negative"])
+                                 {"bos_token_id": 1, "eos_token_id": [], "pad_token_id": -1},
+                                 {"bos_token_id": 128000, "eos_token_id": list(range(128000, 128256)), "pad_token_id": 128004}],
+                         ids=["null", "empty-negative", "llama3-size-list"])
 def test_written_checkpoints_keep_special_token_ids_as_read(tmp_path, ids):
     """An explicit "bos_token_id": null / "eos_token_id": null (what save_pretrained writes for
     LlamaConfig(bos_token_id=None, eos_token_id=None): None differs from the class defaults),
@@ -319,7 +321,8 @@ def test_written_checkpoints_keep_special_token_ids_as_read(tmp_path, ids):
     conversions' config) were dropped from the saved config.json, and transformers fills an
     absent key with the class's default (LlamaConfig bos 1 / eos 2, GPT2Config 50256; pad None,
     so nn.Embedding's padding_idx -1 is lost): the saved model stopped at token 2 where the one
-    read had no end token. They are written back as read."""
+    read had no end token. They are written back as read, and so is a list of Llama 3's 256
+    special ids (1.8 KB of JSON; all three keys were dropped once the ids took 192 characters)."""
     from fdpo_ref.gpt2 import GPT2
     for name, make in (("llama", lambda d: Llama(**CFG, seed=23).save_hf(d)),
                        ("gpt2", lambda d: GPT2(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_hf(d))):
@@ -333,6 +336,20 @@ def test_written_checkpoints_keep_special_token_ids_as_read(tmp_path, ids):
         for out in (name + "_avg", name + "_saved"):
             got = json.load(open(tmp_path / out / "config.json"))
             assert {k: got.get(k, "absent") for k in ids} == ids, (out, got)
+
+
+def test_special_token_ids_too_long_to_keep_are_refused(tmp_path):
+    """Ids whose JSON is longer than fdpo keeps (4095 characters) were dropped from the saved
+    config.json silently (the saved model then ends on LlamaConfig's eos 2); the config is
+    refused, naming the file and the keys, and nothing is written."""
+    src = tmp_path / "src"
+    Llama(**CFG, seed=23).save_hf(str(src))
+    save_byte_tokenizer(str(src))
+    c = json.load(open(src / "config.json"))
+    json.dump({**c, "eos_token_id": list(range(100000, 100700))}, open(src / "config.json", "w"))
+    r = fdpo("merge", "--model", src, "--model", src, "--out", tmp_path / "avg", check=False)
+    assert r.returncode != 0 and "config.json" in r.stderr and "eos_token_id" in r.stderr, r.stderr
+    assert not (tmp_path / "avg").exists()
 
 
 def test_written_checkpoints_keep_generation_config(llama, tmp_path):
