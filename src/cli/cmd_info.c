@@ -28,6 +28,8 @@ int cmd_info(int argc, char **argv) {
     if (n_pos + (model != NULL) != 1) { free(pos); return fdpo_error("--model: expected one checkpoint directory (usage: %s)", usage); }
     const char *dir = model ? model : pos[0];
     free(pos);
+    /* --json prints the path inside a JSON object, which holds UTF-8 text only */
+    if (as_json && fdpo_path_utf8_check(model ? "--model" : "a path argument", dir)) return -1;
 
     fdpo_checkpoint_info info;
     if (fdpo_checkpoint_info_read(dir, &info)) return -1;

@@ -122,10 +122,11 @@ static int is_output_path(const char *name) {
 }
 
 /* The commands that record their paths and settings in JSON files (training_state.json,
- * sacpo.json, eval's e.json, info --json): those must be valid UTF-8. The others (generate,
- * score, pairs, merge, tokenize, lab, report, tokenizer train) write none, and take any text. */
+ * sacpo.json, eval's e.json): those must be valid UTF-8. The others (generate, score, pairs,
+ * merge, tokenize, lab, report, tokenizer train) write none, and take any text; info records its
+ * checkpoint path only with --json, so cmd_info checks that path itself once --json is known. */
 static int command_records_paths(void) {
-    static const char *const RECORDING[] = {"pretrain", "sft", "dpo", "rm", "kto", "online", "rl", "sacpo", "eval", "info"};
+    static const char *const RECORDING[] = {"pretrain", "sft", "dpo", "rm", "kto", "online", "rl", "sacpo", "eval"};
     for (size_t i = 0; g_parsing && i < sizeof RECORDING / sizeof *RECORDING; i++)
         if (!strcmp(g_parsing, RECORDING[i])) return 1;
     return 0;

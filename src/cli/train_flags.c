@@ -7,6 +7,7 @@
 #include "cli/train_flags.h"
 #include "fdpo/core.h"
 #include "fdpo/io.h"
+#include "fdpo/lora.h"
 #include "fdpo/tokenizer.h"
 
 static const char *precision_flag; /* --precision: applied by train_flags_finish */
@@ -219,17 +220,29 @@ static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *
     }
     int shape_given = flags_was_set(flags, n, "arch");
     for (size_t i = 0; i < sizeof SHAPE / sizeof SHAPE[0]; i++) shape_given |= flags_was_set(flags, n, SHAPE[i]);
-    if (shape_given) {
-        char *path = fdpo_path_join(dir, "config.json");
-        fdpo_gpt2_config c;
-        int rc = fdpo_config_load(path, &c);
-        free(path);
-        if (rc) return 0;   /* not a checkpoint: the trainer's load says so */
+    /* a LoRA checkpoint (a LoRA run's OUT, or a PEFT adapter given as --model) holds no
+     * config.json: the model is its base's (base_model_name_or_path), as the trainer loads it */
+    char *lora_base = fdpo_lora_is_checkpoint(dir) ? fdpo_lora_peft_base(dir) : NULL;
+    char *path = shape_given ? fdpo_path_join(lora_base ? lora_base : dir, "config.json") : NULL;
+    free(lora_base);
+    fdpo_gpt2_config c;
+    /* not a checkpoint: the trainer's load says so, after the --tokenizer check below */
+    const int have_config = path && !fdpo_config_load(path, &c);
+    free(path);
+    if (have_config) {
         const int llama = c.arch == FDPO_ARCH_LLAMA;
-        /* on --resume --arch and a Llama run's shapes are saved settings, which the library
-         * compares (fdpo_trainer_open: "differs from the saved run's") */
-        const int saved_llama_shape = o->resume && llama;
-        if (!o->resume && flags_was_set(flags, n, "arch") && o->arch && strcmp(o->arch, llama ? "llama" : "gpt2"))
+        /* on --resume of a random init --arch and a Llama run's shapes are saved settings,
+         * which the library compares (fdpo_trainer_open: "differs from the saved run's"); a run
+         * from --model records none of them, so they are compared here as for a fresh run */
+        int arch_saved = 0;
+        fdpo_settings saved;
+        size_t step = 0;
+        if (o->resume && !fdpo_train_state_read_settings(dir, &saved, &step)) {
+            arch_saved = fdpo_settings_find(&saved, "arch") != NULL;
+            fdpo_settings_free(&saved);
+        }
+        const int saved_llama_shape = arch_saved && llama;
+        if (!arch_saved && flags_was_set(flags, n, "arch") && o->arch && strcmp(o->arch, llama ? "llama" : "gpt2"))
             return fdpo_error("--arch %s: %s %s is %s (its config.json says the family; drop the flag)", o->arch, source,
                               dir, fdpo_gpt2_architecture(&c, 0));
         const struct { const char *name; double given, has; int applies; } v[] = {

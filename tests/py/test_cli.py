@@ -1022,3 +1022,20 @@ def test_every_reward_flag_lists_every_reward(cmd):
     assert len(line) == 1, line
     for spec in specs:
         assert spec in line[0], (spec, line[0])
+
+
+def test_info_takes_a_path_that_is_not_utf8_and_info_json_refuses_it(tmp_path):
+    """plain info prints key: value lines and records nothing, so it reads such a checkpoint as
+    before; only --json puts the path in JSON (docs/cli.md: "info in its --json"; a review's find)"""
+    (tmp_path / "cfg.json").write_text(json.dumps({"vocab_size": 257, "n_positions": 16, "n_embd": 16, "n_layer": 2,
+                                                   "n_head": 2, "model_type": "gpt2"}))
+    ckpt = os.fsencode(str(tmp_path)) + b"/c" + BAD
+    r = subprocess.run([HARNESS, "model-init", "--config", str(tmp_path / "cfg.json"), "--seed", "1", "--out", ckpt],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([os.fsencode(FDPO), b"info", ckpt], capture_output=True, timeout=60)   # prints the raw bytes
+    assert r.returncode == 0 and b"checkpoint: " + ckpt + b"\n" in r.stdout and b"model_type: gpt2\n" in r.stdout, r.stderr
+    r = run_bytes("info", "--json", ckpt)
+    assert r.returncode == 1 and r.stdout == "" and r.stderr == (
+        f"fdpo info: a path argument: the path is not valid UTF-8 ({tmp_path}/cbad\\xFF\\xFEutf; "
+        "fdpo records paths in its JSON files)\n"), r.stderr

@@ -1122,6 +1122,37 @@ def test_shape_flags_must_agree_with_a_loaded_model(tmp_path, corpus):
     assert json.loads((out / "training_state.json").read_text())["step"] == 3   # nothing ran
 
 
+def test_shape_flags_are_checked_on_a_lora_resume_an_adapter_model_and_a_resume_from_model(tmp_path, corpus):
+    """A LoRA OUT and a PEFT adapter --model hold no config.json: every shape flag and --arch
+    were accepted (and ignored) there, and the --tokenizer check was then skipped; a resumed
+    run from --model took another --arch (only a random init saves it). Each is now refused
+    as a fresh run from the same model refuses it (a hunt's find)."""
+    base = tmp_path / "b"
+    ok("pretrain", "--out", base, *TINY, "--batch-size", "2", "--steps", "1", "--quiet", *corpus)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i} ", "completion": f"a{i}"}) + "\n" for i in range(8)))
+    sft = ["sft", "--model", base, "--seq-len", "24", "--steps", "4", "--batch-size", "2", "--quiet", "--data", data]
+    lora = tmp_path / "l"
+    ok(*sft, "--lora-r", "2", "--out", lora, "--stop-at", "2")
+    r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--n-layer", "3")
+    assert r.returncode == 1, r.stderr
+    assert f"--n-layer 3: the run saved in {lora} has 2 (shape flags only shape a random init; drop the flag)" in r.stderr
+    r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--arch", "llama")
+    assert r.returncode == 1 and f"--arch llama: the run saved in {lora} is GPT2LMHeadModel (its config.json" in r.stderr
+    ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
+    r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--n-layer", "2", "--tokenizer", tmp_path / "tok")
+    assert r.returncode == 1
+    assert f"--tokenizer {tmp_path / 'tok'}: differs from the tokenizer of the run saved in {lora}" in r.stderr, r.stderr
+    assert json.loads((lora / "training_state.json").read_text())["step"] == 2   # nothing ran
+    r = fdpo(*sft, "--model", lora, "--n-embd", "32", "--out", tmp_path / "m")   # the last --model: the adapter
+    assert r.returncode == 1 and f"--n-embd 32: --model {lora} has 16 (shape flags" in r.stderr, r.stderr
+    full = tmp_path / "f"
+    ok(*sft, "--out", full, "--stop-at", "2")
+    r = fdpo(*sft, "--out", full, "--resume", "--arch", "llama")
+    assert r.returncode == 1 and f"--arch llama: the run saved in {full} is GPT2LMHeadModel (its config.json" in r.stderr
+    assert json.loads((full / "training_state.json").read_text())["step"] == 2
+
+
 def test_overwrite_keeps_none_of_the_replaced_runs_tokenizer_or_summaries(tmp_path, corpus):
     """The directory swap carries over what a save does not write. A BPE run written over a
     byte-level run's OUT (--overwrite) kept fdpo_tokenizer.json, which loads before vocab.json:
