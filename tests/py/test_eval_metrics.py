@@ -742,6 +742,37 @@ def test_eval_end_to_end(byte_models, tmp_path):
 
 # rewards by completion length, scaled: squares overflow (1e300), underflow (1e-300), the sum
 # itself overflows (near DBL_MAX), and signs alternate around DBL_MAX (std past DBL_MAX, se not)
+def eval_with_cmd_rewards(byte_models, tmp_path, rewards, prompts, n, max_new_tokens, seed):
+    """fdpo eval of the byte models' policy with a cmd: reward that prints the Python expression
+    rewards (over comps, the completions in order): the policy's column of --out and the rows
+    of --samples-out"""
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text(prompts)
+    rw = tmp_path / "rw.py"
+    rw.write_text("import sys, json, math\ncomps = [json.loads(l)['completion'] for l in sys.stdin]\n"
+                  f"for v in {rewards}:\n    print(repr(v))\n")
+    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", n,
+            "--max-new-tokens", max_new_tokens, "--seed", seed, "--threads", 1,
+            "--reward", f"cmd:{sys.executable} {rw}", "--out", out, "--samples-out", smp)
+    assert r.returncode == 0, r.stderr
+    return json.loads(out.read_text())["policies"][0], [json.loads(l) for l in smp.read_text().splitlines()]
+
+
+def check_length_correlations(col, ss, x):
+    """reward_words_corr and reward_length_corr against mpmath's Pearson r of the rewards x
+    (mpf) with each sample's n_words and n_tokens"""
+    import mpmath
+    n = len(x)
+    mean = sum(x) / n
+    sxx = sum((a - mean) ** 2 for a in x)
+    for key, field in [("reward_words_corr", "n_words"), ("reward_length_corr", "n_tokens")]:
+        y = [mpmath.mpf(s[field]) for s in ss]
+        my = sum(y) / n
+        corr = sum((a - mean) * (b - my) for a, b in zip(x, y)) / mpmath.sqrt(sxx * sum((b - my) ** 2 for b in y))
+        assert col[key] == pytest.approx(float(corr), rel=1e-12, abs=1e-15), (key, col[key], corr)
+
+
 EXTREME_REWARDS = {
     "1e300": "[(len(c) + 1) * 1e300 for c in comps]",
     "1e-300": "[(len(c) + 1) * 1e-300 for c in comps]",
@@ -759,18 +790,8 @@ def test_eval_statistics_of_extreme_finite_rewards(byte_models, tmp_path, case):
     from --samples-out; null only where the exact value is past DBL_MAX."""
     import mpmath
     mpmath.mp.dps = 50
-    d, _, _ = byte_models
-    (tmp_path / "p.txt").write_text("Hi\nOnce upon\nabc\n")
-    rw = tmp_path / "rw.py"
-    rw.write_text("import sys, json\ncomps = [json.loads(l)['completion'] for l in sys.stdin]\n"
-                  f"for v in {EXTREME_REWARDS[case]}:\n    print(repr(v))\n")
-    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
-    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 4,
-            "--max-new-tokens", 12, "--seed", 3, "--threads", 1, "--reward", f"cmd:{sys.executable} {rw}",
-            "--out", out, "--samples-out", smp)
-    assert r.returncode == 0, r.stderr
-    col = json.loads(out.read_text())["policies"][0]
-    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    col, ss = eval_with_cmd_rewards(byte_models, tmp_path, EXTREME_REWARDS[case], "Hi\nOnce upon\nabc\n",
+                                    n=4, max_new_tokens=12, seed=3)
     x = [mpmath.mpf(s["reward"]) for s in ss]
     n = len(x)
     assert len(set(x)) > 1 and len({s["n_words"] for s in ss}) > 1 and len({s["n_tokens"] for s in ss}) > 1
@@ -789,11 +810,7 @@ def test_eval_statistics_of_extreme_finite_rewards(byte_models, tmp_path, case):
     check("reward_mean", finite_or_none(mean))
     check("reward_std", finite_or_none(mpmath.sqrt(sxx / (n - 1))))
     check("reward_se", finite_or_none(mpmath.sqrt(sxx / (n - 1) / n)))
-    for key, field in [("reward_words_corr", "n_words"), ("reward_length_corr", "n_tokens")]:
-        y = [mpmath.mpf(s[field]) for s in ss]
-        my = sum(y) / n
-        corr = sum((a - mean) * (b - my) for a, b in zip(x, y)) / mpmath.sqrt(sxx * sum((b - my) ** 2 for b in y))
-        assert col[key] == pytest.approx(float(corr), rel=1e-12, abs=1e-15), (key, col[key], corr)
+    check_length_correlations(col, ss, x)
 
 
 
@@ -819,18 +836,8 @@ def test_eval_statistics_of_constant_and_near_constant_rewards(byte_models, tmp_
     import mpmath
     import statistics
     mpmath.mp.dps = 80
-    d, _, _ = byte_models
-    (tmp_path / "p.txt").write_text("Hi\nOnce upon\nabc\nx\n")
-    rw = tmp_path / "rw.py"
-    rw.write_text("import sys, json, math\ncomps = [json.loads(l)['completion'] for l in sys.stdin]\n"
-                  f"for v in {NEAR_CONSTANT_REWARDS[case]}:\n    print(repr(v))\n")
-    out, smp = tmp_path / "m.json", tmp_path / "s.jsonl"
-    r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 6,
-            "--max-new-tokens", 10, "--seed", 5, "--threads", 1, "--reward", f"cmd:{sys.executable} {rw}",
-            "--out", out, "--samples-out", smp)
-    assert r.returncode == 0, r.stderr
-    col = json.loads(out.read_text())["policies"][0]
-    ss = [json.loads(l) for l in smp.read_text().splitlines()]
+    col, ss = eval_with_cmd_rewards(byte_models, tmp_path, NEAR_CONSTANT_REWARDS[case], "Hi\nOnce upon\nabc\nx\n",
+                                    n=6, max_new_tokens=10, seed=5)
     rewards = [s["reward"] for s in ss]
     n = len(rewards)
     if case.startswith("const"):
@@ -848,11 +855,7 @@ def test_eval_statistics_of_constant_and_near_constant_rewards(byte_models, tmp_
     assert col["reward_mean"] == pytest.approx(float(mean), rel=1e-15, abs=0)
     assert col["reward_std"] == pytest.approx(float(mpmath.sqrt(sxx / (n - 1))), rel=1e-12, abs=0)
     assert col["reward_se"] == pytest.approx(float(mpmath.sqrt(sxx / (n - 1) / n)), rel=1e-12, abs=0)
-    for key, field in [("reward_words_corr", "n_words"), ("reward_length_corr", "n_tokens")]:
-        y = [mpmath.mpf(s[field]) for s in ss]
-        my = sum(y) / n
-        corr = sum((a - mean) * (b - my) for a, b in zip(x, y)) / mpmath.sqrt(sxx * sum((b - my) ** 2 for b in y))
-        assert col[key] == pytest.approx(float(corr), rel=1e-12, abs=1e-15), (key, col[key], corr)
+    check_length_correlations(col, ss, x)
 
 
 def s_score(name, l):
