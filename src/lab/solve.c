@@ -518,13 +518,8 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             if (r[i] == rmax) qtop += q[i];
         }
         res->lambda = rmax - beta / 2;
-        /* normalised explicitly, as chi2's: sum p = sum q, which the loader leaves within 1e-9
-         * of 1, and the best response then got more than 1 (E[r] > max r, entropy < 0) */
-        double s = 0;
-        for (size_t i = 0; i < n; i++)
-            s += rmax - r[i] > beta ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
         for (size_t i = 0; i < n; i++) {
-            double p = (rmax - r[i] > beta ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i]) / s;
+            double p = rmax - r[i] > beta ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
             if (pi) pi[i] = p;
             if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);
