@@ -9,16 +9,18 @@
 
 /* sum_y pi*(y) exp(eps/beta) eps with eps = |r - r_hat|: the price of moving pi* towards
  * responses whose reward is overstated by eps, at most exp(eps/beta) times their pi* mass.
- * Where pi* is tiny (below DBL_MIN, 0 once e^-745 underflows) and exp(eps/beta) huge, the term
- * is their product, ~1 and maybe the whole bound: formed from log pi* (log_pistar, or NULL)
- * as exp(log pi* + eps/beta) eps (dropping it read 0, multiplying read inf) */
+ * Where pi* is tiny (below DBL_MIN, 0 once e^-745 underflows) or exp(eps/beta) overflows (past
+ * eps/beta ~ 709) while their product may be ~1 and the whole bound, the term is formed from
+ * log pi* (log_pistar, or NULL) as exp(log pi* + eps/beta) eps (dropping it read 0,
+ * multiplying read inf: pi* = e^-400 at eps/beta = 800 is 1e174) */
 double fdpo_lab_gap_bound(const double *pistar, const double *log_pistar, const double *reward,
                           const double *reward_hat, size_t n, double beta) {
     double bound = 0;
     for (size_t i = 0; i < n; i++) {
         double eps = fabs(reward[i] - reward_hat[i]);
         if (!(eps > 0)) continue;
-        if (pistar[i] >= DBL_MIN || !log_pistar) { if (pistar[i] > 0) bound += pistar[i] * exp(eps / beta) * eps; }
+        const int from_log = log_pistar && (pistar[i] < DBL_MIN || eps / beta > 700);
+        if (!from_log) { if (pistar[i] > 0) bound += pistar[i] * exp(eps / beta) * eps; }
         else if (log_pistar[i] > -INFINITY) bound += exp(log_pistar[i] + eps / beta) * eps;
     }
     return bound;

@@ -229,6 +229,20 @@ def test_gap_bound_keeps_the_term_of_a_pi_star_that_underflows(tmp_path):
         assert row["bound_held"] == "1"
 
 
+def test_gap_bound_keeps_the_term_whose_exp_overflows_alone(tmp_path):
+    """rkl, pi_ref (1/2, 1/2), r (1, 0), r_hat (1, 2) at beta 1/400: pi*(1) = 1/(1 + e^400) is a normal
+    double but e^(eps/beta) = e^800 overflows; the bound pi*(1) e^800 * 2 = 2 e^800/(1 + e^400) ~ 1e174
+    (mpmath) read inf (review of wave 45)."""
+    p = tmp_path / "gb.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "reward_hat": [1, 2]})
+    out = rows(lab("gap", "--data", p, "--divergence", "rkl", "--betas", "0.0025", "--threads", 1).stdout)
+    mp.mp.dps = 50
+    beta = mp.mpf(out[0]["beta"])
+    want = 2 * mp.exp(2 / beta) / (1 + mp.exp(1 / beta))
+    assert float(out[0]["bound"]) == pytest.approx(float(want), rel=1e-12)
+    assert out[0]["bound_held"] == "1"
+
+
 @pytest.mark.parametrize("g1,b,divs", [(-1e308, 9e307, "rkl,js"), (-1e307, 9e307, "rkl,js"), (-1e307, 8e307, "rkl")])
 def test_constrained_with_a_safety_of_scale_1e308(tmp_path, g1, b, divs):
     """Two responses, pi_ref (1/2, 1/2), r (1, 0), g (1e308, g1): the active constraint fixes
