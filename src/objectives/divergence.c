@@ -254,7 +254,8 @@ double fdpo_f_over_u_log(const fdpo_divergence *d, double l) {
     case FDPO_DIV_ALPHA: return l >= 0 ? alpha_f_over_u_high(d->alpha, l) : alpha_f_low(d->alpha, l) * em;
     /* tv and chi2 in expm1: 1 - e^-l and u - 2 + 1/u cancelled near u = 1 to an absolute
      * ~1e-16 (chi2 came out 0 at l = -1e-12, where it is 1e-24) */
-    case FDPO_DIV_TV: return 0.5 * fabs(expm1(-l));
+    case FDPO_DIV_TV:   /* e^-l split past -l = 700 as in js_f_over_u: e^-l alone overflows before e^-l / 2 */
+        return l > -700 ? 0.5 * fabs(expm1(-l)) : exp(-l - 1) * (0.5 * M_E);
     case FDPO_DIV_CHI2: return expm1(l) * -expm1(-l);              /* (u-1)^2/u = (u-1)(1-1/u) */
     }
     return NAN;
