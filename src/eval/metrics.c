@@ -302,8 +302,9 @@ fdpo_stats fdpo_stats_of(const double *x, size_t n) {
     const int e = scale_exponent(x, n);   /* the sums below are of x * 2^-e */
     const double x0 = ldexp(x[0], -e), md = centred_mean(x, n, e);
     /* x0 + md is within an ulp or so of the data's scale; one correction pass gives back
-     * the digits of a mean much smaller than the values (1, -1, 1e-20), and adds 0 for a
-     * constant column, whose mean stays x[0] exactly. */
+     * the digits of a mean much smaller than the values in cases like (1, -1, 1e-20), and adds
+     * 0 for a constant column, whose mean stays x[0] exactly. A sum cancelling across many
+     * scales, (1, 1e300, -1e300), still comes out rounded to the largest one's ulp. */
     double m = x0 + md, r = 0, plain = 0;
     for (size_t i = 0; i < n; i++) { r += ldexp(x[i], -e) - m; plain += ldexp(x[i], -e); }
     /* an inf or NaN in x keeps the plain mean (inf stays inf, not inf - inf) */
