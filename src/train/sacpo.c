@@ -473,7 +473,6 @@ static int training_same(const cJSON *then, const cJSON *now, const char *path) 
 }
 
 static size_t stage_name(const char *dir, const char **name);
-static int stages_done_read(const fdpo_sacpo_opts *o, const sacpo_state *st, const char *flag);
 
 /* Which kinds of training stage the saved state records done: an online one (OUT/<stage>.online
  * holds its rounds) and one on a file (any other, merges aside). */
@@ -575,12 +574,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             cJSON *pa = plan_hash_parent(a, PLAN_HASHES[i].parent), *pb = plan_hash_parent(b, PLAN_HASHES[i].parent);
             const cJSON *ha = cJSON_GetObjectItemCaseSensitive(pa, PLAN_HASHES[i].key);
             const cJSON *hb = cJSON_GetObjectItemCaseSensitive(pb, PLAN_HASHES[i].key);
-            /* a pairs file no done stage read pins nothing: the plan takes its content now (a
-             * --safety-data refused by the safety stage after the reward stage was done, then
-             * corrected, was refused as other content than its stages trained on) */
-            const int unread = !PLAN_HASHES[i].parent && strstr(PLAN_HASHES[i].key, "_data_hash") &&
-                               !stages_done_read(o, st, PLAN_HASHES[i].flag);
-            if (!edited && !unread && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
+            if (!edited && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
                 edited = PLAN_HASHES[i].flag;
                 snprintf(was_hash, sizeof was_hash, "%s", ha->valuestring);
                 snprintf(now_hash, sizeof now_hash, "%s", hb->valuestring);
@@ -1020,17 +1014,6 @@ static void stages_free(sacpo_stage *s, size_t n) {
     free(s);
 }
 
-/* 1 when a stage the state records done trained on the pairs file of flag ("safety-data") */
-static int stages_done_read(const fdpo_sacpo_opts *o, const sacpo_state *st, const char *flag) {
-    size_t n;
-    sacpo_stage *s = plan_stages(o, &n);
-    int read = 0;
-    for (size_t i = 0; !read && i < n; i++)
-        read = s[i].data && !strcmp(s[i].data_flag + 2, flag) && stage_done(st, s[i].dir);
-    stages_free(s, n);
-    return read;
-}
-
 /* Every online stage's options as its run takes them (online_stage_opts), by fdpo online's
  * own check of a rounds run (fdpo_online_rounds_opts_check), before any stage runs: --bt-scale
  * 0 or --min-lr-ratio under online's constant schedule failed only when the stage started,
@@ -1073,50 +1056,25 @@ static int online_prompts_check(const fdpo_sacpo_opts *o) {
     return rc;
 }
 
-/* A stage's pairs file read as its trainer will read it (fdpo_dpo_train: --model's tokenizer
- * and chat template, --max-length at most its n_positions, the pairs settings): a line the
- * reader refuses, or no usable pair, failed the run only when that stage started, after the
- * stages before it had trained. *tok: --model's tokenizer, loaded by the first call. */
-static int pairs_file_check(const fdpo_sacpo_opts *o, const char *path, const char *flag, fdpo_tokenizer **tok) {
-    fdpo_train_opts t = o->dpo.train;
-    t.resume = 0;   /* every stage starts from a model of --model's shape and tokenizer */
-    fdpo_gpt2_config c;
-    if (fdpo_checkpoint_load_config(t.init, &c)) return fdpo_error_context("--model %s", t.init);
-    if (!*tok && !(*tok = fdpo_trainer_load_tokenizer(&t))) return -1;
-    fdpo_pref_options popt = o->dpo.pref;
-    if (popt.max_length == 0) popt.max_length = c.n_positions;
-    fdpo_pref_set set;
-    if (fdpo_pref_load(path, *tok, &popt, &set)) return fdpo_error_context("%s", flag);
-    fdpo_pref_free(&set);
-    return 0;
-}
-
 /* the inputs of the stages still to run, before any of them trains: their pairs files open (a
  * rerun that adds a lambda needs both files in safety-first order, and the second was found
- * missing only after the first had trained) and read, and the online stages' prompts fit */
+ * missing only after the first had trained) and the online stages' prompts fit */
 static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
-    int online = 0, rc = 0;
-    const char *read[2] = {NULL, NULL};   /* the flags of the files read: each once, however many stages */
-    fdpo_tokenizer *tok = NULL;
-    for (size_t i = 0; !rc && i < n; i++) {
+    int online = 0;
+    for (size_t i = 0; i < n; i++) {
         if (st && stage_done(st, s[i].dir)) continue;
         online |= !s[i].data;
-        if (!s[i].data || (read[0] && !strcmp(read[0], s[i].data_flag)) || (read[1] && !strcmp(read[1], s[i].data_flag))) continue;
+        if (!s[i].data) continue;
         /* the pairs reader's own check (fdpo_open_regular): a directory or a device opened with
          * fopen, and the stage reading it refused it only after the stages before it trained */
         FILE *f = fdpo_open_regular(s[i].data);
         if (!f) {
             char why[1024];
             snprintf(why, sizeof why, "%s", fdpo_last_error());
-            rc = fdpo_error("%s %s", s[i].data_flag, why);
-            break;
+            return fdpo_error("%s %s", s[i].data_flag, why);
         }
         fclose(f);
-        rc = pairs_file_check(o, s[i].data, s[i].data_flag, &tok);
-        read[read[0] ? 1 : 0] = s[i].data_flag;
     }
-    if (tok) fdpo_tokenizer_free(tok);
-    if (rc) return -1;
     return online ? online_prompts_check(o) : 0;
 }
 

@@ -485,50 +485,6 @@ def test_rerun_opens_the_files_of_the_stages_still_to_run_first(data, tmp_path):
     assert r.returncode == 0 and (tmp_path / "sf" / "lambda-2" / "model.safetensors").exists(), r.stderr
 
 
-@pytest.mark.parametrize("flag,order,content,why", [
-    ("--safety-data", [], '{"prompt": "a", "chosen": "x"}\n', ":1: missing field 'rejected'"),
-    ("--safety-data", [], "", ": no usable preference pairs (0 lines read"),
-    ("--reward-data", ["--order", "safety-first"], "\n\n", ": no usable preference pairs (0 lines read")])
-def test_a_pairs_file_the_stage_would_refuse_is_refused_before_any_stage(data, tmp_path, flag, order, content, why):
-    """A --safety-data the pairs reader refuses (a line without "rejected", an empty file) was
-    found by the safety stage, after the reward stage had trained. Each stage's file is now
-    read as its stage reads it before any stage trains, and OUT is not created."""
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(content)
-    args = {"--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl", flag: bad}
-    r = fdpo("sacpo", "--model", data / "base", *[x for kv in args.items() for x in kv], "--lambda", "1", *order,
-             "--out", tmp_path / "s", *COMMON, check=False)
-    assert r.returncode == 1 and f"fdpo sacpo: {flag}: {bad}{why}" in r.stderr, r.stderr
-    assert "sacpo reward stage" not in r.stderr and "sacpo safety stage" not in r.stderr, r.stderr
-    assert not (tmp_path / "s").exists()
-
-
-def test_a_rerun_takes_a_safety_file_no_done_stage_trained_on(data, tmp_path):
-    """An OUT whose reward stage is done and whose safety stage never trained (an earlier fdpo
-    refused its --safety-data only then): the corrected file was refused for good as content
-    that "differs from what the stages trained on". A file no done stage read pins nothing; one
-    a done stage read still does."""
-    safety = tmp_path / "safety.jsonl"
-    safety.write_bytes((data / "safety.jsonl").read_bytes())
-    s = tmp_path / "s"
-    run = lambda: fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--safety-data",
-                       safety, "--beta", "0.2", "--out", s, "--lambda", "1", *COMMON, check=False)
-    assert run().returncode == 0
-    state = json.loads((s / "sacpo.json").read_text())
-    state["stages_done"] = [e for e in state["stages_done"] if "lambda" not in e]   # the reward stage alone done
-    assert len(state["stages_done"]) == 1
-    (s / "sacpo.json").write_text(json.dumps(state))
-    shutil.rmtree(s / "lambda-1")
-    safety.write_text(safety.read_text().replace("!", "?"))
-    r = run()
-    assert r.returncode == 0 and "reward stage: done before" in r.stderr, r.stderr
-    assert (s / "lambda-1" / "model.safetensors").exists()
-    # now a done stage trained on it: an edit is refused
-    safety.write_bytes((data / "safety.jsonl").read_bytes())
-    r = run()
-    assert r.returncode == 1 and "--safety-data: the content it reads differs from what" in r.stderr, r.stderr
-
-
 def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     """The plan named --model by path only: a base retrained into the same directory trained
     the new lambda's stages from it while the done ones came from the old base, and the merges
