@@ -748,9 +748,12 @@ static char *pattern_rewrite(const char *pat, const char *where) {
             if (pat[j] == ':' && pat[j + 1] == ']') {
                 int len = (int)(j - name);
                 #define POSIX_IS(s) (len == (int)strlen(s) && !strncmp(pat + name, s, (size_t)len))
-                /* PCRE2 with UCP has Oniguruma's sets for these three (measured over every code
-                 * point against libonig 6.9.8); [:word:] and [:space:] are Oniguruma's [\w] and \s */
-                if (POSIX_IS("digit") || POSIX_IS("xdigit") || POSIX_IS("cntrl")) {
+                /* PCRE2 with UCP has Hugging Face's Oniguruma sets for these (digit, xdigit, cntrl
+                 * measured over every code point against libonig 6.9.8; punct, graph, print, ascii
+                 * against tokenizers 0.23.2, whose bundled Oniguruma's punct has $ + < as PCRE2's);
+                 * [:word:] and [:space:] are Oniguruma's [\w] and \s */
+                if (POSIX_IS("digit") || POSIX_IS("xdigit") || POSIX_IS("cntrl") || POSIX_IS("punct") ||
+                    POSIX_IS("graph") || POSIX_IS("print") || POSIX_IS("ascii")) {
                     while (k + (j + 2 - i) + 1 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
                     memcpy(out + k, pat + i, j + 2 - i); k += j + 2 - i;
                 } else if (!negated && (POSIX_IS("word") || POSIX_IS("space"))) {
@@ -1046,11 +1049,9 @@ static int split_pattern(struct fdpo_bpe *b, const char *p, const cJSON *e, cons
         return fdpo_error("%s: %s.behavior '%s' is not supported (Isolated is)", p, field,
                           cJSON_IsString(beh) ? beh->valuestring : "(missing)");
     if (b->pattern) return fdpo_error("%s: %s: a second Split is not supported", p, field);
-    /* An empty Regex matches empty everywhere: every code point is a piece, as in Hugging Face.
-     * An empty String splits nothing there (its Pattern for "" is the whole text, unmatched):
-     * a regex that never matches. */
+    /* An empty pattern matches empty everywhere: every code point is a piece, as in Hugging
+     * Face, which escapes a String into a regex ("" stays "") */
     if (cJSON_IsString(re)) b->pattern = fdpo_strdup(re->valuestring);
-    else if (cJSON_IsString(str) && !*str->valuestring) b->pattern = fdpo_strdup("(?!)");
     else if (cJSON_IsString(str)) { /* a literal: metacharacters escaped */
         const char *t = str->valuestring;
         char *q = b->pattern = fdpo_malloc(2 * strlen(t) + 1);
