@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include "fdpo/core.h"
 #include "fdpo/data.h"
+#include "fdpo/eval.h"
 #include "fdpo/gpt2.h"
 #include "fdpo/tokenizer.h"
 #include "fdpo/train.h"
@@ -524,6 +525,28 @@ fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_
  * accumulation. */
 fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const char *model, const char *prompts,
                                              long per_step, const char *step_flag);
+/* What a run over prompts (rl, online --mode step) opens before fdpo_trainer_open: the
+ * prompts of PROMPTS (--data; none is an error), the reward of REWARD (--reward, refused
+ * where MPI ranks disagree), t's tokenizer (fdpo_trainer_load_tokenizer) and the reference:
+ * --ref REF, else --model MODEL (fdpo_trainer_load_ref), or none (ref NULL, ref_is_base 1)
+ * when t trains LoRA adapters without --ref on a MODEL that is no LoRA checkpoint: then the
+ * reference is the policy with its adapters off. The reference and the reward are recorded on
+ * t (ref_flag, ref_dir, ref_hash; reward_spec, reward_lexicon, reward_hash) so that --resume
+ * refuses other files. 0 when all opened; -1 with the error of the first that failed (the
+ * rest is not tried). Either way fdpo_prompt_run_close(pr, t, trainer_opened) frees what
+ * opened, and OUT's lock when the trainer was never opened (a refused resume: the tokenizer's
+ * load took it). */
+typedef struct {
+    char **prompts;
+    size_t n_prompts, *prompt_lines;
+    fdpo_reward *reward;
+    fdpo_tokenizer *tok;
+    fdpo_gpt2 *ref;
+    int ref_is_base;
+} fdpo_prompt_run;
+int fdpo_prompt_run_open(fdpo_prompt_run *pr, fdpo_train_opts *t, const char *prompts, const char *reward,
+                         const fdpo_reward_options *reward_opts, const char *ref, const char *model);
+void fdpo_prompt_run_close(fdpo_prompt_run *pr, const fdpo_train_opts *t, int trainer_opened);
 /* Set threads, recover/prepare OUT, build the model (resume: OUT; init: CKPT; else random
  * with the shape options and the tokenizer's vocab), the optimizer, the state (resume:
  * loaded and checked against data_hash, n_items and the fixed settings), open metrics and

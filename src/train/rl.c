@@ -434,32 +434,18 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
                  "biased (docs/rl.md)");
     /* an fdpo_trainer run whose items are the prompts */
     fdpo_train_opts t = rl_train_opts(o);
-    char **prompts = NULL;
-    size_t n_prompts = 0, *prompt_lines = NULL;
-    if (fdpo_read_prompts(o->prompts, &prompts, &prompt_lines, &n_prompts)) return fdpo_error_context("--data");   /* the error names the file */
-    if (n_prompts == 0) { fdpo_free_strings(prompts, 0); free(prompt_lines); return fdpo_error("--data %s: no prompts", o->prompts); }
-    fdpo_reward *reward = fdpo_reward_create(o->reward, &o->reward_opts);
-    if (reward && fdpo_reward_check_agree(reward)) { fdpo_reward_free(reward); reward = NULL; }
-    fdpo_tokenizer *tok = reward ? fdpo_trainer_load_tokenizer(&t) : NULL;
-    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy),
-     * unless --model is a LoRA checkpoint this run continues: then the reference is that
-     * checkpoint (base + its adapter, a second copy), not its base, as in dpo, kto and rounds */
-    const int ref_is_base = t.lora_r > 0 && !o->ref && !fdpo_lora_is_checkpoint(o->model);
-    /* with no --ref the reference is --model: refused as a reward model under that name */
-    fdpo_gpt2 *ref = tok && !ref_is_base ? fdpo_trainer_load_ref(o->ref, o->model, tok, 0, t.lora_r <= 0, &t.ref_hash) : NULL;
-    if (ref) {   /* recorded: a resume refuses other reference weights */
-        t.ref_flag = o->ref ? "--ref" : "--model";
-        t.ref_dir = o->ref ? o->ref : o->model;
-    }
-    /* recorded: a resume refuses a reward whose files changed in place (rm:DIR, word lists) */
-    t.reward_spec = o->reward;
-    t.reward_lexicon = o->reward_opts.lexicon;
-    if (reward && tok && (ref || ref_is_base))   /* after a failed load: its error stands (hashing clears it) */
-        t.reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &t.has_reward_hash);
+    fdpo_prompt_run pr;
+    int rc = fdpo_prompt_run_open(&pr, &t, o->prompts, o->reward, &o->reward_opts, o->ref, o->model);
+    char **prompts = pr.prompts;
+    const size_t n_prompts = pr.n_prompts, *prompt_lines = pr.prompt_lines;
+    fdpo_reward *reward = pr.reward;
+    fdpo_tokenizer *tok = pr.tok;
+    fdpo_gpt2 *ref = pr.ref;
+    const int ref_is_base = pr.ref_is_base;
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;
-    int rc = reward && tok && (ref || ref_is_base) ? 0 : -1, tr_ok = 0;
+    int tr_ok = 0;
     if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "rl", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
     fdpo_settings_free(&extra);
     if (!rc && ref_is_base) ref = tr.model;
@@ -578,12 +564,7 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     }
     fdpo_sampler_free(sampler);
     if (tr_ok && fdpo_trainer_close(&tr, rc == 0)) rc = -1;
-    if (!tr_ok && !t.out_claimed) fdpo_dir_unlock(t.out);   /* a refused resume: fdpo_trainer_load_tokenizer took OUT */
     free(ps); free(pp); free(cc); free(np); free(ny); free(pi); free(yi); free(r); free(lref); free(mb);
-    if (tok) fdpo_tokenizer_free(tok);
-    if (ref && !ref_is_base) fdpo_gpt2_free(ref);
-    if (reward) fdpo_reward_free(reward);
-    fdpo_free_strings(prompts, n_prompts);
-    free(prompt_lines);
+    fdpo_prompt_run_close(&pr, &t, tr_ok);
     return rc;
 }

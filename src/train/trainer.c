@@ -315,6 +315,43 @@ fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const 
     return t;
 }
 
+int fdpo_prompt_run_open(fdpo_prompt_run *pr, fdpo_train_opts *t, const char *prompts, const char *reward,
+                         const fdpo_reward_options *reward_opts, const char *ref, const char *model) {
+    memset(pr, 0, sizeof *pr);
+    if (fdpo_read_prompts(prompts, &pr->prompts, &pr->prompt_lines, &pr->n_prompts))
+        return fdpo_error_context("--data");   /* the error names the file */
+    if (pr->n_prompts == 0) return fdpo_error("--data %s: no prompts", prompts);
+    pr->reward = fdpo_reward_create(reward, reward_opts);
+    if (pr->reward && fdpo_reward_check_agree(pr->reward)) { fdpo_reward_free(pr->reward); pr->reward = NULL; }
+    if (!pr->reward) return -1;   /* the message names --reward */
+    if (!(pr->tok = fdpo_trainer_load_tokenizer(t))) return -1;
+    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy),
+     * unless --model is a LoRA checkpoint this run continues: then the reference is that
+     * checkpoint (base + its adapter, a second copy), not its base, as in dpo, kto and rounds */
+    pr->ref_is_base = t->lora_r > 0 && !ref && !fdpo_lora_is_checkpoint(model);
+    if (!pr->ref_is_base) {
+        /* with no --ref the reference is --model: refused as a reward model under that name */
+        if (!(pr->ref = fdpo_trainer_load_ref(ref, model, pr->tok, 0, t->lora_r <= 0, &t->ref_hash))) return -1;
+        t->ref_flag = ref ? "--ref" : "--model";   /* recorded: a resume refuses other reference weights */
+        t->ref_dir = ref ? ref : model;
+    }
+    /* recorded: a resume refuses a reward whose files changed in place (rm:DIR, word lists) */
+    t->reward_spec = reward;
+    t->reward_lexicon = reward_opts->lexicon;
+    t->reward_hash = fdpo_reward_content_hash1(reward, reward_opts->lexicon, &t->has_reward_hash);
+    return 0;
+}
+
+void fdpo_prompt_run_close(fdpo_prompt_run *pr, const fdpo_train_opts *t, int trainer_opened) {
+    if (!trainer_opened && t->out && !t->out_claimed) fdpo_dir_unlock(t->out);   /* a refused resume: the tokenizer's load took OUT */
+    if (pr->tok) fdpo_tokenizer_free(pr->tok);
+    fdpo_gpt2_free(pr->ref);
+    if (pr->reward) fdpo_reward_free(pr->reward);
+    fdpo_free_strings(pr->prompts, pr->n_prompts);
+    free(pr->prompt_lines);
+    memset(pr, 0, sizeof *pr);
+}
+
 fdpo_gpt2 *fdpo_trainer_load_ref(const char *ref, const char *model, const fdpo_tokenizer *tok, size_t policy_vocab,
                                  int fold_lora, uint64_t *weights_hash) {
     const char *flag = ref ? "--ref" : "--model", *dir = ref ? ref : model;
