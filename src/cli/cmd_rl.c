@@ -37,7 +37,7 @@ int cmd_rl(int argc, char **argv) {
         {"divergence", FLAG_STR, &divergence, "rkl", "penalty D_f(pi || pi_ref): rkl, fkl, js, alpha:A", 0},
         {"beta", FLAG_FLOAT, &o.rl.beta, "0.05", "penalty strength (> 0); shaped reward r - beta f'(pi/pi_ref)", 0},
         {"n", FLAG_COUNT, &k, "4", "samples per prompt (the RLOO/GRPO group, >= 2)", 0},
-        {"prompts-per-step", FLAG_INT, &o.prompts_per_step, "8", "prompts sampled each step (cycling through the file)", 0},
+        {"prompts-per-step", FLAG_INT, &o.prompts_per_step, "8", "prompts sampled each step (cycling through the file; at most the file's count)", 0},
         {"grpo-eps", FLAG_FLOAT, &o.rl.grpo_eps, "1e-4", "GRPO: advantage = (x - mean)/(std + eps)", 0},
         {"temperature", FLAG_FLOAT, &temperature, "1", "sampling temperature, > 0 (1 = the policy being trained; greedy decoding gives a group one text)", 0},
         {"top-k", FLAG_COUNT, &top_k, "0", "sample among the k most probable tokens (0 = off)", 0},

