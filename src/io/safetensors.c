@@ -103,6 +103,25 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
         return fdpo_error("%s: malformed header: text after its JSON object at byte %zu of the header", st->path, used);
     }
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); return fdpo_error("%s: header JSON is not an object", st->path); }
+    /* A NUL in a string (a \u0000 escape or a raw 0 byte): cJSON's decoded string ends there, so
+     * "x.bias\u0000junk" was read as tensor x.bias and a key "shape\u0000x" as shape, where the
+     * safetensors library and Python's json keep the whole string (another tensor, an unknown
+     * key). Refused, naming the member by its text as the header writes it. */
+    size_t nul = fdpo_json_find_nul(json, len);
+    if (nul < len) {
+        size_t count = 0, k = 0, *at = fdpo_json_member_offsets(json, len, &count);
+        while (k < count && at[k] < nul) k++;   /* the member whose key or entry holds it: k - 1 */
+        size_t from = k ? at[k - 1] + 1 : 0, to = from;
+        for (; k && to < len && json[to] != '"'; to++) if (json[to] == '\\') to++;
+        free(at);
+        int meta = to - from == 12 && !memcmp(json + from, "__metadata__", 12);
+        int rc = fdpo_error("%s: %s%.*s%s: a NUL character (\\u0000) in a string of the header at byte %zu (fdpo would "
+                            "read the text before it only, where the safetensors library and Python's json keep it all)",
+                            st->path, meta ? "" : "tensor '", (int)(to - from > 200 ? 200 : to - from), json + from,
+                            meta ? "" : "'", nul);
+        cJSON_Delete(root);
+        return rc;
+    }
     long bad_size = first_non_integer_size(json, len, root);
     if (bad_size >= 0) {
         const cJSON *e = cJSON_GetArrayItem(root, (int)bad_size);
@@ -115,10 +134,17 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
     size_t n = 0;
     for (cJSON *e = root->child; e; e = e->next) n++;
     st->tensors = fdpo_calloc(n ? n : 1, sizeof(fdpo_st_tensor));
-    int rc = 0;
+    int rc = 0, seen_meta = 0;
     for (cJSON *e = root->child; e && !rc; e = e->next) {
         if (!strcmp(e->string, "__metadata__")) {
             if (!cJSON_IsObject(e)) { rc = fdpo_error("%s: __metadata__ is not an object", st->path); break; }
+            /* readers differ on which copy counts (Python's json takes the last, fdpo took the first) */
+            const char *twice = seen_meta++ ? "__metadata__" : fdpo_json_duplicate_key(e);
+            if (twice) {
+                rc = fdpo_error("%s: %s%s%s appears twice in the header", st->path, seen_meta > 1 ? "" : "__metadata__ key '",
+                                twice, seen_meta > 1 ? "" : "'");
+                break;
+            }
             for (cJSON *kv = e->child; kv; kv = kv->next) {
                 if (!cJSON_IsString(kv)) { rc = fdpo_error("%s: __metadata__ '%s' is not a string", st->path, kv->string); break; }
                 st->meta_keys = fdpo_realloc(st->meta_keys, (st->n_meta + 1) * sizeof(char *));
@@ -135,6 +161,16 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
         fdpo_st_tensor *t = &st->tensors[st->n_tensors];
         t->name = fdpo_strdup(e->string);
         st->n_tensors++;
+        /* a field written twice: the safetensors library (serde's derive) refuses the file, Python's
+         * json takes the last copy, cJSON's look-up the first */
+        static const char *const FIELDS[] = {"dtype", "shape", "data_offsets"};
+        int seen[3] = {0, 0, 0};
+        for (const cJSON *kv = cJSON_IsObject(e) ? e->child : NULL; kv && !rc; kv = kv->next)
+            for (int f = 0; f < 3 && !rc; f++)
+                if (!strcmp(kv->string, FIELDS[f]) && seen[f]++)
+                    rc = fdpo_error("%s: tensor '%s': its header entry writes \"%s\" twice (the safetensors library refuses "
+                                    "a duplicate field)", st->path, t->name, FIELDS[f]);
+        if (rc) break;
         const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
         const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
         const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");

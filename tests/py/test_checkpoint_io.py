@@ -370,6 +370,108 @@ def test_bad_checkpoint_is_refused(tmp_path, case):
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
 
 
+# ---- header strings and fields that cJSON reads differently from serde and Python's json ----
+
+ST_FIELDS = ("dtype", "shape", "data_offsets")   # the safetensors crate's TensorInfo fields
+
+
+def st_header_fault(text):
+    """The reference: Python's json, every object read as its list of pairs. The first header
+    member (name, what) whose name or any string in it holds a NUL ("nul"), whose entry writes
+    one of the format's fields twice (serde's derive refuses a duplicate field; an unknown key
+    is ignored, twice or not), or whose __metadata__ writes a key twice (field name / "key");
+    a name written twice at the top level ("twice"); None when the header is clean on these counts."""
+    pairs = json.loads(text, object_pairs_hook=lambda p: p)
+
+    def strings(v):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, list):
+            for x in v:
+                yield from (strings(x) if not isinstance(x, tuple) else (*strings(x[0]), *strings(x[1])))
+    seen = set()
+    for name, entry in pairs:
+        if name in seen:
+            return name, "twice"
+        seen.add(name)
+        if "\0" in name or any("\0" in x for x in strings(entry)):
+            return name, "nul"
+        keys = [k for k, _ in entry]
+        if name == "__metadata__":
+            if len(set(keys)) < len(keys):
+                return name, "key"
+            continue
+        for f in ST_FIELDS:
+            if keys.count(f) > 1:
+                return name, f
+    return None
+
+
+def st_edit(d, fn):
+    """Rewrite model.safetensors's header text with fn(text) (bytes), the data kept."""
+    h, body = raw_header(d)
+    text = json.dumps(h).encode()
+    assert fn(text) != text
+    write_header(d / "model.safetensors", fn(text), body)
+
+
+BIAS0 = "transformer.h.0.attn.c_attn.bias"
+QKV_SHAPE = b'"shape": [32, 96]'
+ST_TEXT_EDITS = {
+    # the hunt of wave 46: fdpo used the first shape, Python's json the last; swapped, fdpo
+    # refused the file for the shape while Python loaded it
+    "shape_twice": lambda t: t.replace(QKV_SHAPE, QKV_SHAPE + b', "shape": [96, 32]'),
+    "shape_twice_swapped": lambda t: t.replace(QKV_SHAPE, b'"shape": [96, 32], ' + QKV_SHAPE),
+    "shape_twice_alike": lambda t: t.replace(QKV_SHAPE, QKV_SHAPE + b", " + QKV_SHAPE),
+    "shape_twice_one_escaped": lambda t: t.replace(QKV_SHAPE, QKV_SHAPE + b', "sh\\u0061pe": [32, 96]'),
+    "dtype_twice": lambda t: t.replace(b'"dtype": "F32", "shape": [32, 96]', b'"dtype": "F32", "dtype": "F32", "shape": [32, 96]'),
+    "data_offsets_twice": lambda t: t.replace(QKV_SHAPE, QKV_SHAPE + b', "data_offsets": [0, 0]'),
+    # cJSON cut a string at \u0000: the bias was loaded, where transformers would find it missing
+    "nul_in_tensor_name": lambda t: t.replace(f'"{BIAS0}"'.encode(), f'"{BIAS0}\\u0000junk"'.encode()),
+    "nul_in_field_key": lambda t: t.replace(QKV_SHAPE, b'"shape\\u0000x": [32, 96]'),
+    "nul_in_dtype": lambda t: t.replace(b'"dtype": "F32", "shape": [32, 96]', b'"dtype": "F32\\u0000", "shape": [32, 96]'),
+    "nul_in_metadata": lambda t: t.replace(b'"format": "pt"', b'"format": "pt\\u0000x"'),
+    "metadata_key_twice": lambda t: t.replace(b'"format": "pt"', b'"format": "pt", "format": "tf"'),
+    "metadata_twice": lambda t: t.replace(b'"__metadata__": {', b'"__metadata__": {}, "__metadata__": {'),
+    "tensor_name_twice_one_escaped": lambda t: t.replace(
+        b"{", b'{"transformer.wt\\u0065.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, ', 1),
+    # clean by the reference: loaded as before
+    "escaped_backslash_u0000_in_unknown_key": lambda t: t.replace(QKV_SHAPE, QKV_SHAPE + b', "x\\\\u0000": 1'),
+    "unknown_key_twice": lambda t: t.replace(QKV_SHAPE, QKV_SHAPE + b', "note": 1, "note": 2'),
+}
+
+
+@pytest.mark.parametrize("case", list(ST_TEXT_EDITS))
+def test_header_nul_and_duplicate_fields_follow_python_json(tmp_path, case):
+    """A header member whose strings hold a NUL, or whose entry writes a field twice, is refused
+    naming the file and the member (as the header writes it); a header that Python's json and
+    the format's field rule find clean loads. Which member is at fault comes from Python's json."""
+    d = tmp_path / "ck"
+    GPT2(**CFG).save_hf(str(d))
+    st_edit(d, ST_TEXT_EDITS[case])
+    text = (lambda raw: raw[8:8 + struct.unpack("<Q", raw[:8])[0]])((d / "model.safetensors").read_bytes())
+    fault = st_header_fault(text)
+    r = run(FDPO, "info", d)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+    if fault is None:
+        assert case.startswith(("escaped_backslash", "unknown_key")), case
+        assert r.returncode == 0, r.stderr
+        return
+    name, what = fault
+    assert r.returncode == 1, (fault, r.stdout, r.stderr)
+    assert r.stderr.startswith(f"fdpo info: {d / 'model.safetensors'}: "), r.stderr
+    shown = json.dumps(name)[1:-1]   # \u0000 as the header writes it
+    if what == "nul":
+        assert (f"tensor '{shown}'" if name != "__metadata__" else "__metadata__:") in r.stderr, r.stderr
+        assert "NUL character" in r.stderr, r.stderr
+    elif what == "twice":
+        assert (f"'{shown}' appears" if name != "__metadata__" else ": __metadata__ appears") + " twice" in r.stderr, r.stderr
+    elif what == "key":
+        assert "__metadata__ key 'format' appears twice" in r.stderr, r.stderr
+    else:
+        assert f"tensor '{shown}': its header entry writes \"{what}\" twice" in r.stderr, r.stderr
+
+
 def test_dpo_checks_tokenizer_before_the_reference_cache(tmp_path):
     """A tokenizer larger than vocab_size used to pass until after the reference log-probs
     were computed and cached; now dpo stops at load, naming both sizes, and caches nothing."""
