@@ -1072,6 +1072,24 @@ def test_help_lists_every_flag_with_default():
     assert "coverage" in lab("--help").stdout
 
 
+
+@pytest.mark.parametrize("args", [["solve", "--n", "8"], ["solve", "--n", "8", "--format", "json"],
+                                  ["gap", "--n", "8", "--export-problem", "EX"]])
+def test_a_table_to_a_full_stdout_names_the_cause(tmp_path, args):
+    """docs/cli.md, Errors: a failed write to stdout is `<stdout>: write error: No space left on
+    device`, exit 1. lab flushed its table first and ignored the result, so main's check found the
+    stream in error with errno gone: "the stream is in error" (hunt of wave 46); the run's
+    --export-* file is not kept either (a failed run replaces no file)."""
+    import errno as errno_mod
+    args = [str(tmp_path / "ex.csv") if a == "EX" else a for a in args]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([FDPO, "lab", *args, "--threads", "1"], stdout=full, stderr=subprocess.PIPE, text=True,
+                           timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"fdpo lab: <stdout>: write error: {os.strerror(errno_mod.ENOSPC)}\n", r.stderr
+    assert not (tmp_path / "ex.csv").exists()
+
+
 # ---- CSV edge cases (issue #10) ----
 
 def test_csv_with_utf8_bom_is_read(tmp_path):
