@@ -960,11 +960,14 @@ static const struct { const char *name; int (*fn)(int, char **); const char *sum
 
 int cmd_lab(int argc, char **argv) {
     size_t ne = sizeof EXPERIMENTS / sizeof EXPERIMENTS[0];
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        FILE *f = argc < 2 ? stderr : stdout;
-        fprintf(f, "usage: fdpo lab EXPERIMENT [flags]   (fdpo lab EXPERIMENT --help lists its flags)\n\nexperiments:\n");
-        for (size_t i = 0; i < ne; i++) fprintf(f, "  %-9s %s\n", EXPERIMENTS[i].name, EXPERIMENTS[i].summary);
-        return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained)") : 0;
+    /* no experiment: one line, as every error (the 10-line usage went to stderr before it) */
+    if (argc < 2)
+        return fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained; "
+                          "fdpo lab --help says what each does)");
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        printf("usage: fdpo lab EXPERIMENT [flags]   (fdpo lab EXPERIMENT --help lists its flags)\n\nexperiments:\n");
+        for (size_t i = 0; i < ne; i++) printf("  %-9s %s\n", EXPERIMENTS[i].name, EXPERIMENTS[i].summary);
+        return 0;
     }
     for (size_t i = 0; i < ne; i++)
         if (!strcmp(argv[1], EXPERIMENTS[i].name)) {
