@@ -1,6 +1,7 @@
 /* fdpo lab EXPERIMENT: exact f-regularised alignment on finite problems (DESIGN.md §4, §6).
  * A thin layer over src/lab: flags, problem loading, and CSV/JSON tables. docs/lab.md
  * documents every experiment, flag and column. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,12 +92,18 @@ static void table_end_row(table *t) {
     t->col = 0;
     t->rows++;
 }
-/* ends an opened table's text (JSON's closing bracket); stdout is flushed */
-static void table_end(table *t) {
+/* ends an opened table's text (JSON's closing bracket); stdout is flushed, and a failed flush
+ * is an error naming its cause (main's later check found the stream in error with errno gone:
+ * "the stream is in error" for a full disk) */
+static int table_end(table *t) {
     cJSON_Delete(t->row); /* a row left unfinished by an error */
     t->row = NULL;
     if (t->json) fputs("\n]\n", t->f);
-    if (!t->to_file) fflush(stdout);
+    if (t->to_file) return 0;
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout))
+        return fdpo_error("<stdout>: write error: %s", errno ? strerror(errno) : "the stream is in error");
+    return 0;
 }
 
 /* Finishes one subcommand's outputs (the tables it opened, the --export-* files with a path):
@@ -110,7 +117,7 @@ static int outputs_finish(int rc, table *t1, int opened1, table *t2, int opened2
     table *ts[2] = {opened1 ? t1 : NULL, opened2 ? t2 : NULL};
     for (int i = 0; i < 2; i++)
         if (ts[i]) {
-            table_end(ts[i]);
+            if (table_end(ts[i]) && rc == 0) rc = -1;
             if (ts[i]->to_file) afs[n++] = &ts[i]->af;
         }
     if (e1) afs[n++] = e1;
@@ -953,11 +960,14 @@ static const struct { const char *name; int (*fn)(int, char **); const char *sum
 
 int cmd_lab(int argc, char **argv) {
     size_t ne = sizeof EXPERIMENTS / sizeof EXPERIMENTS[0];
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        FILE *f = argc < 2 ? stderr : stdout;
-        fprintf(f, "usage: fdpo lab EXPERIMENT [flags]   (fdpo lab EXPERIMENT --help lists its flags)\n\nexperiments:\n");
-        for (size_t i = 0; i < ne; i++) fprintf(f, "  %-9s %s\n", EXPERIMENTS[i].name, EXPERIMENTS[i].summary);
-        return argc < 2 ? fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained)") : 0;
+    /* no experiment: one line, as every error (the 10-line usage went to stderr before it) */
+    if (argc < 2)
+        return fdpo_error("missing EXPERIMENT (one of solve, frontier, gap, coverage, bias, check, constrained; "
+                          "fdpo lab --help says what each does)");
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        printf("usage: fdpo lab EXPERIMENT [flags]   (fdpo lab EXPERIMENT --help lists its flags)\n\nexperiments:\n");
+        for (size_t i = 0; i < ne; i++) printf("  %-9s %s\n", EXPERIMENTS[i].name, EXPERIMENTS[i].summary);
+        return 0;
     }
     for (size_t i = 0; i < ne; i++)
         if (!strcmp(argv[1], EXPERIMENTS[i].name)) {

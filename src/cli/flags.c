@@ -58,6 +58,13 @@ static fdpo_flag *find_flag(fdpo_flag *flags, size_t n, const char *name, int *i
     return NULL;
 }
 
+/* Whether name is an old spelling (ALIASES' old) in the command being parsed */
+static int old_spelling(const char *name) {
+    for (size_t a = 0; a < N_ALIASES; a++)
+        if (!alias_off_here(a) && names_equal(ALIASES[a].old, name)) return 1;
+    return 0;
+}
+
 /* The flag name nearest to `name` (an old spelling counts as its new flag where it is an
  * alias: lab's --prompts was answered "did you mean --data?"), or NULL when nothing is close:
  * at most 1 + len/4 edits. */
@@ -674,8 +681,10 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
         if (dashes[1] && !strcmp(name, "config")) { if (!eq) i++; continue; }
         int is_alias = 0;
         fdpo_flag *f = find_flag(flags, n, name, &is_alias);
-        /* one dash: only one-letter aliases ("-k") */
-        if (f && !dashes[1] && (!is_alias || len != 1)) f = NULL;
+        /* one dash: only one-letter aliases ("-k"), and a one-letter old spelling that the
+         * command keeps as its own flag to say what replaced it (lab check --method's k: "-k"
+         * was answered "did you mean --k?", then --k said it was renamed --group-size) */
+        if (f && !dashes[1] && (len != 1 || (!is_alias && !old_spelling(name)))) f = NULL;
         if (!f) { rc = unknown_flag(flags, n, dashes, name); break; }
         if (is_alias) fdpo_log(FDPO_LOG_WARN, "%s%s is deprecated; use --%s", dashes, name, f->name);
         const char *val;

@@ -1072,6 +1072,41 @@ def test_help_lists_every_flag_with_default():
     assert "coverage" in lab("--help").stdout
 
 
+def test_no_experiment_is_a_one_line_error():
+    """docs/cli.md: every error is one line `fdpo COMMAND: message`, exit 1. `fdpo lab` alone wrote
+    the 10-line usage to stderr before its error (hunt of wave 46); the line names every
+    experiment docs/lab.md lists, and --help still prints the usage to stdout"""
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lab.md").read_text()
+    names = re.findall(r"`(\w+)`", re.search(r"^Experiments: (.*)$", doc, re.M).group(1))
+    assert len(names) == 7, names
+    r = lab(check=False)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("fdpo lab: missing EXPERIMENT ("), r.stderr
+    assert all(re.search(rf"\b{n}\b", r.stderr) for n in names), (names, r.stderr)
+    h = lab("--help")
+    assert h.stdout.startswith("usage: fdpo lab EXPERIMENT") and all(f"  {n} " in h.stdout for n in names)
+
+
+
+@pytest.mark.parametrize("args", [["solve", "--n", "8"], ["solve", "--n", "8", "--format", "json"],
+                                  ["gap", "--n", "8", "--export-problem", "EX"]])
+def test_a_table_to_a_full_stdout_names_the_cause(tmp_path, args):
+    """docs/cli.md, Errors: a failed write to stdout is `<stdout>: write error: No space left on
+    device`, exit 1. lab flushed its table first and ignored the result, so main's check found the
+    stream in error with errno gone: "the stream is in error" (hunt of wave 46); the run's
+    --export-* file is not kept either (a failed run replaces no file)."""
+    import errno as errno_mod
+    args = [str(tmp_path / "ex.csv") if a == "EX" else a for a in args]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([FDPO, "lab", *args, "--threads", "1"], stdout=full, stderr=subprocess.PIPE, text=True,
+                           timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"fdpo lab: <stdout>: write error: {os.strerror(errno_mod.ENOSPC)}\n", r.stderr
+    assert not (tmp_path / "ex.csv").exists()
+
+
 # ---- CSV edge cases (issue #10) ----
 
 def test_csv_with_utf8_bom_is_read(tmp_path):

@@ -269,3 +269,27 @@ def test_constrained_with_a_safety_of_scale_1e308(tmp_path, g1, b, divs):
         assert float(row["kl"]) == pytest.approx(float(kl), rel=1e-11), div
     lam = (mp.log(P / (1 - P)) - 1) / (G0 - G1)
     assert float(out["rkl"]["lambda"]) == pytest.approx(float(lam), rel=1e-9)
+
+
+# ---- wave 46: a lambda* just under the bracket's 1e300 cap ----
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5"])
+def test_constrained_lambda_just_under_the_1e300_cap(tmp_path, div):
+    """pi_ref (1/2, 1/2), r (1, 0), g (-e, e) with e = 1e-300 and b = 0: the constraint is active at
+    pi = (1/2, 1/2), i.e. r + lambda g equal on both, 1 - lambda e = lambda e, lambda* = 1/(2e) = 5e299
+    (the documented rule, any f: equal pi_ref and equal r + lambda g give equal pi). The bracket
+    doubled from 5e299 straight to 1.5e300 and refused ("no lambda <= 1e300 reaches E[safety] = 0")
+    without trying any lambda in (5e299, 1e300] (hunt of wave 46)."""
+    import subprocess
+    from test_lab import FDPO
+    p = tmp_path / "sf.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "safety": [-1e-300, 1e-300]})
+    r = subprocess.run([FDPO, "lab", "constrained", "--data", str(p), "--min-safety", "0", "--divergence", div,
+                        "--beta", "1", "--threads", "1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    row = rows(r.stdout)[0]
+    assert row["active"] == "1" and row["feasible"] == "1"
+    lam = 1 / (2 * mp.mpf("1e-300"))
+    assert float(row["lambda"]) == pytest.approx(float(lam), rel=1e-12)
+    assert float(row["expected_reward"]) == pytest.approx(0.5, rel=1e-12)
+    assert float(row["expected_safety"]) >= 0   # the reported lambda* is the bracket end with E[g] >= b

@@ -326,6 +326,20 @@ def test_bad_flags_are_named(args, needle):
     assert r.stdout == ""   # refused before the table's header (rloo --group-size 1 printed it)
 
 
+@pytest.mark.parametrize("args", [["-k", "8"], ["-k=8"]])
+def test_one_letter_k_gets_the_renamed_message(args):
+    """docs/cli.md: lab check --method's --k "was renamed --group-size, which it names". -k, the
+    one-letter form of the old name, was answered "unknown flag -k (did you mean --k?)", sending
+    the user to a flag that only says it was removed (hunt of wave 46)"""
+    r = lab("--method", "rloo", *args, check=False)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "renamed --group-size" in r.stderr, r.stderr
+    assert "did you mean" not in r.stderr, r.stderr
+    # without --method -k stays the old spelling of --n (docs/cli.md's alias list), here n = 4 responses
+    r = lab("-k", "4", check=False)
+    assert r.returncode == 0 and "-k is deprecated; use --n" in r.stderr, r.stderr
+
+
 def test_a_flag_of_another_listed_method_still_runs(problem):
     """--sampled and --lr with dpo among other methods: the others read them, dpo's row stays offline"""
     t = rows(lab("--data", problem[0], "--method", "dpo,rloo", "--sampled", "--lr", 0.5, "--steps", 100,
