@@ -181,6 +181,41 @@ def test_a_conversation_kept_as_text_with_a_key_twice_is_refused(tmp_path):
     assert json.loads(r.stdout)["ids"] == [list(b"<|user|>\na\n<|assistant|>\n")]
 
 
+def trl_extract_prompt(chosen, rejected):
+    """TRL's extract_prompt for strings (huggingface/trl trl/data_utils.py), as published."""
+    for idx in range(min(len(chosen), len(rejected))):
+        if chosen[idx] != rejected[idx]:
+            if chosen[idx - 1] == " ":
+                idx -= 1
+            break
+    return {"prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:]}
+
+
+@pytest.mark.parametrize("chosen,rejected", [("Yes", "Yes, definitely"), ("na\u00efve cat", "na\u00efve")])
+def test_implicit_prompt_swallowing_a_completion_says_so(tmp_path, chosen, rejected):
+    """A pair without "prompt" whose one completion is a prefix of the other: the documented
+    implicit prompt, the longest common prefix, is the whole of it, so that completion is empty.
+    The error said only "empty chosen completion (after the prompt)" for a pair with a non-empty
+    chosen and no prompt (hunt of wave 46); it names the prefix and the difference from TRL's
+    extract_prompt, which keeps one character back."""
+    short = "chosen" if len(chosen) < len(rejected) else "rejected"
+    other = "rejected" if short == "chosen" else "chosen"
+    common = os.path.commonprefix([chosen, rejected])
+    assert common == min(chosen, rejected, key=len)                     # the documented rule: all of it
+    trl = trl_extract_prompt(chosen, rejected)
+    assert trl[short] == common[-1] and trl["prompt"] == common[:-1]     # TRL: its last character stays
+    p = tmp_path / "pre.jsonl"
+    p.write_text(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n")
+    r = harness("dpo-data", "--data", p, check=False)
+    assert r.returncode == 1 and (f"{p}:1: empty {short} completion: no field 'prompt', and {short} is a prefix of "
+                                  f"{other}, so the implicit prompt (their longest common prefix) is the whole of "
+                                  f"{short} (TRL's extract_prompt keeps its last character as the completion)") in r.stderr, r.stderr
+    p.write_text(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n"
+                 + json.dumps({"prompt": "q", "chosen": " a", "rejected": " b"}) + "\n")
+    r = harness("dpo-data", "--data", p, "--bad-pairs", "skip", check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["summary"]["skipped"]["empty_completion"] == 1, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("msgs,token", [
     ([{"role": "user", "content": "hi", "score": float("nan")}], "NaN"),
     ([{"role": "user", "content": "hi", "score": float("-inf")}], "-Infinity"),
