@@ -137,12 +137,6 @@ int cmd_eval(int argc, char **argv) {
                 rc = fdpo_error("--model %s: given twice", policies[i]);
     }
     if (!rc) rc = eval_sampling_flags_finish(&sf, &c.sample);
-    /* the KL and f-divergence estimates average log pi/pi_ref over the samples: from a tempered
-     * or truncated sampler they are not estimates of D(pi || pi_ref), which only --help said */
-    if (!rc && (sf.temperature != 1 || sf.top_k > 0 || sf.top_p < 1))
-        fdpo_log(FDPO_LOG_WARN, "--temperature/--top-k/--top-p: the samples do not come from the policy itself, so "
-                 "kl_*, fdiv_* and entropy are not estimates of its divergence from --ref (they score the samples "
-                 "under the untempered policy)");
     if (!rc) {
         c.k = (size_t)sf.n;
         c.beta = beta;
@@ -214,6 +208,14 @@ int cmd_eval(int argc, char **argv) {
     size_t min_positions = 0, min_of = 0;
     if (!rc) rc = fdpo_eval_check_policies(policies, n_pol, &ref->config, ref_tok, lens, prompt_lines, n_prompts,
                                            prompts_path, &c, &min_positions, &min_of);
+    /* the KL and f-divergence estimates average log pi/pi_ref over the samples: from a tempered
+     * or truncated sampler they are not estimates of D(pi || pi_ref), which only --help said. A
+     * --top-k of the vocabulary (every policy's is --ref's) or more keeps every token: the
+     * sampler does not truncate (sample.c) */
+    if (!rc && (sf.temperature != 1 || (sf.top_k > 0 && (size_t)sf.top_k < ref->config.vocab_size) || sf.top_p < 1))
+        fdpo_log(FDPO_LOG_WARN, "--temperature/--top-k/--top-p: the samples do not come from the policy itself, so "
+                 "kl_*, fdiv_* and entropy are not estimates of its divergence from --ref (they score the samples "
+                 "under the untempered policy)");
     char cap_name[1100];
     if (!rc && pairs_path) {
         /* a pair the reference or a policy cannot score is named by FILE:LINE here (or skipped

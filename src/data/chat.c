@@ -545,15 +545,39 @@ int fdpo_chat_check_prompt(const cJSON *arr, const char *field, const char *raw)
     return 0;
 }
 
+/* 1 when list is a non-empty JSON list of objects that each hold a "role" */
+static int is_message_list(const cJSON *list) {
+    int is = cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0;
+    for (const cJSON *e = is ? list->child : NULL; e && is; e = e->next)
+        is = cJSON_IsObject(e) && cJSON_GetObjectItemCaseSensitive(e, "role");
+    return is;
+}
+
 int fdpo_chat_parse_conversation(const char *text, const char *field, cJSON **out) {
     *out = NULL;
     if (text[0] != '[') return 0;
     cJSON *list = cJSON_ParseWithOpts(text, NULL, 1);   /* the whole text, or it is plain text */
-    int is = cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0;
-    for (const cJSON *e = is ? list->child : NULL; e && is; e = e->next)
-        is = cJSON_IsObject(e) && cJSON_GetObjectItemCaseSensitive(e, "role");
-    if (!is) { cJSON_Delete(list); return 0; }
-    size_t n = strlen(text), esc = fdpo_json_bad_u_escape(text, n);   /* cJSON cut a string there */
+    size_t n = strlen(text);
+    if (!list) {
+        /* a message list that only Python's json reads (json.dumps writes NaN, Infinity and a
+         * lone surrogate escape): refused, not taken as the literal text of a prompt */
+        char *t = fdpo_malloc(n + 1);
+        memcpy(t, text, n + 1);
+        fdpo_json_python_extensions_as_json(t, n);
+        cJSON *py = cJSON_ParseWithOpts(t, NULL, 1);
+        size_t at = 0;
+        while (at < n && t[at] == text[at]) at++;
+        if (at >= 2 && text[at - 1] == 'u' && text[at - 2] == '\\') at -= 2;   /* a surrogate's escape */
+        free(t);
+        int msgs = is_message_list(py);
+        cJSON_Delete(py);
+        if (msgs)
+            return fdpo_error("%s: its messages' JSON text has NaN, Infinity or a lone surrogate escape (\\uD800-"
+                              "\\uDFFF) at byte %zu, which Python's json reads and JSON does not: write the list "
+                              "without it", field, at + 1);
+    }
+    if (!is_message_list(list)) { cJSON_Delete(list); return 0; }
+    size_t esc = fdpo_json_bad_u_escape(text, n);   /* cJSON cut a string there */
     if (esc < n) {
         fdpo_error("%s (its messages' JSON text): " FDPO_JSON_BAD_U_ESCAPE, field, esc + 1);
         cJSON_Delete(list);

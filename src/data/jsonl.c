@@ -296,6 +296,8 @@ static void python_extensions_as_json(char *t, size_t n) {
     }
 }
 
+void fdpo_json_python_extensions_as_json(char *t, size_t n) { python_extensions_as_json(t, n); }
+
 int fdpo_json_check_python_object(const char *path, const char *text, size_t n) {
     size_t col, bad = fdpo_utf8_first_invalid(text, n);
     if (fdpo_jsonl_bom(text, n))

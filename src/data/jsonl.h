@@ -19,6 +19,11 @@ cJSON *fdpo_json_parse_object_any_keys(const char *path, size_t line_no, const c
  * file fdpo carries without reading its values. */
 int fdpo_json_check_python_object(const char *path, const char *text, size_t n);
 
+/* t[0..n), a copy of a JSON text, with Python's extensions (NaN, Infinity, -Infinity, a lone
+ * surrogate escape) spelt as JSON at the same length, as fdpo_json_check_python_object reads
+ * them: where a text that only Python's json reads is told from one that no reader does. */
+void fdpo_json_python_extensions_as_json(char *t, size_t n);
+
 /* fdpo_jsonl_parse_object's checks but invalid UTF-8, which it passes through: for the report,
  * which shows such bytes as U+FFFD rather than drop a line of a run's metrics or samples. */
 cJSON *fdpo_jsonl_parse_object_any_bytes(const char *path, size_t line_no, const char *line, size_t n);

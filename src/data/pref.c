@@ -256,8 +256,17 @@ static int make_pair(where *w, const cJSON *obj, const fdpo_tokenizer *tok, cons
     if (r.chosen_content == 0 || r.rejected_content == 0) {
         const char *which = r.chosen_content == 0 ? "chosen" : "rejected";
         if (opt->on_bad == FDPO_PREF_SKIP) { fdpo_pref_count_skip(sum, FDPO_SKIP_EMPTY, w->line); rc = 1; goto done; }
-        rc = fdpo_error("%s:%zu: empty %s completion (after the prompt); use --bad-pairs skip to skip such pairs",
-                        w->name, w->line, which);
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj, "chosen"), *j = cJSON_GetObjectItemCaseSensitive(obj, "rejected");
+        const cJSON *mine = r.chosen_content == 0 ? c : j;
+        if (!cJSON_GetObjectItemCaseSensitive(obj, "prompt") && cJSON_IsString(c) && cJSON_IsString(j) &&
+            mine->valuestring[0])   /* a text that is not empty: the implicit prompt took all of it */
+            rc = fdpo_error("%s:%zu: empty %s completion: no field 'prompt', and %s is a prefix of %s, so the implicit "
+                            "prompt (their longest common prefix) is the whole of %s (TRL's extract_prompt keeps its "
+                            "last character as the completion); give the pair a 'prompt', or use --bad-pairs skip to "
+                            "skip such pairs", w->name, w->line, which, which, mine == c ? "rejected" : "chosen", which);
+        else
+            rc = fdpo_error("%s:%zu: empty %s completion (after the prompt); use --bad-pairs skip to skip such pairs",
+                            w->name, w->line, which);
         goto done;
     }
     int eot = r.chat ? 2 : 1;

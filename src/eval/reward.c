@@ -316,7 +316,7 @@ static int afinn_char(unsigned char c) {
 
 /* The lines of a lexicon:FILE or words:FILE text file, one reading for both: a NUL byte is
  * refused (expect says what the file should be), a UTF-8 byte order mark is not a word, '#'
- * starts a comment. fn gets each line, numbered from 1, NUL-terminated with its comment cut;
+ * starts a comment, invalid UTF-8 is refused by FILE:LINE. fn gets each line, numbered from 1, NUL-terminated with its comment cut;
  * *lines the number of lines. spec ("lexicon", "words") names a file that cannot be read. */
 static int lex_each_line(lexicon *L, const char *spec, const char *path, const char *expect,
                          int (*fn)(lexicon *L, const char *path, size_t line, char *s), size_t *lines) {
@@ -326,6 +326,15 @@ static int lex_each_line(lexicon *L, const char *spec, const char *path, const c
     if (memchr(text, 0, len)) {
         free(text);
         return fdpo_error("%s: contains a NUL byte (expected %s)", path, expect);
+    }
+    /* a key of invalid UTF-8 could never match (scored text is valid UTF-8): a typo, as
+     * --lexicon and every other data reader refuse it */
+    size_t bad = fdpo_utf8_first_invalid(text, len);
+    if (bad < len) {
+        size_t col, ln = fdpo_json_line_col(text, bad, 1, &col);
+        int e = fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)text[bad], col);
+        free(text);
+        return e;
     }
     int rc = 0;
     size_t line = 0;

@@ -424,14 +424,6 @@ int fdpo_rl_run_opts_check(const fdpo_rl_run_opts *o) {
 
 int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (fdpo_rl_run_opts_check(o)) return -1;
-    /* the gradient, the shaped reward and the penalty use log pi of the policy itself: from a
-     * tempered or truncated sampler they are off-policy without a correction (TRL instead
-     * trains the tempered policy, logits / T) */
-    const fdpo_sample_config *sc = &o->sample;
-    if (sc->temperature != 1 || sc->top_k > 0 || sc->top_p < 1)
-        fdpo_log(FDPO_LOG_WARN, "--temperature/--top-k/--top-p: the samples do not come from the policy being trained, "
-                 "and the policy gradient and the divergence penalty use its untempered log-probs: the updates are "
-                 "biased (docs/rl.md)");
     /* an fdpo_trainer run whose items are the prompts */
     fdpo_train_opts t = rl_train_opts(o);
     fdpo_prompt_run pr;
@@ -455,6 +447,16 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &tr.model->config,
                                          ref != tr.model ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
     if (!rc) rc = rl_distinct_check(o, tr.model->config.vocab_size);
+    /* the gradient, the shaped reward and the penalty use log pi of the policy itself: from a
+     * tempered or truncated sampler they are off-policy without a correction (TRL instead
+     * trains the tempered policy, logits / T). A --top-k of the vocabulary or more keeps every
+     * token: the sampler does not truncate (sample.c) */
+    const fdpo_sample_config *sc = &o->sample;
+    if (!rc && (sc->temperature != 1 || (sc->top_k > 0 && (size_t)sc->top_k < tr.model->config.vocab_size) ||
+                sc->top_p < 1))
+        fdpo_log(FDPO_LOG_WARN, "--temperature/--top-k/--top-p: the samples do not come from the policy being trained, "
+                 "and the policy gradient and the divergence penalty use its untempered log-probs: the updates are "
+                 "biased (docs/rl.md)");
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
     /* one decoder for the whole run (its cache, buffers and bf16 packed weights; re-packed
      * in place at each step's sampling, after the optimizer step before it) */

@@ -3,6 +3,7 @@ template, truncation and the skip/error policy, checked token by token against a
 independent Python implementation of the documented rules (byte-level tokenizer), and every
 bad input against its error message."""
 import json
+import math
 import os
 
 import pytest
@@ -178,6 +179,71 @@ def test_a_conversation_kept_as_text_with_a_key_twice_is_refused(tmp_path):
     p.write_text('[{"role":"user","content":"a"}]\n')   # the same without the second key renders
     r = harness("data-chat-prompts", "byte", "plain", p)
     assert json.loads(r.stdout)["ids"] == [list(b"<|user|>\na\n<|assistant|>\n")]
+
+
+def trl_extract_prompt(chosen, rejected):
+    """TRL's extract_prompt for strings (huggingface/trl trl/data_utils.py), as published."""
+    for idx in range(min(len(chosen), len(rejected))):
+        if chosen[idx] != rejected[idx]:
+            if chosen[idx - 1] == " ":
+                idx -= 1
+            break
+    return {"prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:]}
+
+
+@pytest.mark.parametrize("chosen,rejected", [("Yes", "Yes, definitely"), ("na\u00efve cat", "na\u00efve")])
+def test_implicit_prompt_swallowing_a_completion_says_so(tmp_path, chosen, rejected):
+    """A pair without "prompt" whose one completion is a prefix of the other: the documented
+    implicit prompt, the longest common prefix, is the whole of it, so that completion is empty.
+    The error said only "empty chosen completion (after the prompt)" for a pair with a non-empty
+    chosen and no prompt (hunt of wave 46); it names the prefix and the difference from TRL's
+    extract_prompt, which keeps one character back."""
+    short = "chosen" if len(chosen) < len(rejected) else "rejected"
+    other = "rejected" if short == "chosen" else "chosen"
+    common = os.path.commonprefix([chosen, rejected])
+    assert common == min(chosen, rejected, key=len)                     # the documented rule: all of it
+    trl = trl_extract_prompt(chosen, rejected)
+    assert trl[short] == common[-1] and trl["prompt"] == common[:-1]     # TRL: its last character stays
+    p = tmp_path / "pre.jsonl"
+    p.write_text(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n")
+    r = harness("dpo-data", "--data", p, check=False)
+    assert r.returncode == 1 and (f"{p}:1: empty {short} completion: no field 'prompt', and {short} is a prefix of "
+                                  f"{other}, so the implicit prompt (their longest common prefix) is the whole of "
+                                  f"{short} (TRL's extract_prompt keeps its last character as the completion)") in r.stderr, r.stderr
+    p.write_text(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n"
+                 + json.dumps({"prompt": "q", "chosen": " a", "rejected": " b"}) + "\n")
+    r = harness("dpo-data", "--data", p, "--bad-pairs", "skip", check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["summary"]["skipped"]["empty_completion"] == 1, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("msgs,token", [
+    ([{"role": "user", "content": "hi", "score": float("nan")}], "NaN"),
+    ([{"role": "user", "content": "hi", "score": float("-inf")}], "-Infinity"),
+    ([{"role": "user", "content": "hi \ud83d"}], "\\ud83d"),
+])
+def test_a_message_list_only_python_reads_is_refused_not_text(tmp_path, msgs, token):
+    """A prompt string that Python's json.dumps wrote for a message list holding NaN, Infinity
+    or a lone surrogate was read as literal plain text (hunt of wave 46): Python's json.loads
+    reads it as the conversation (docs/training.md: such a string is read as the conversation
+    it stands for), cJSON refuses it. It is refused by FILE:LINE, the byte where Python's
+    extension starts named, in a prompt file and as a pair's prompt."""
+    text = json.dumps(msgs)
+    m = json.loads(text)[0]                                             # Python reads the conversation,
+    assert m["role"] == "user" and any(                                # a value no JSON text holds in it
+        (isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in v))
+        for v in m.values())
+    at = text.index(token) + 1
+    want = (f"prompt: its messages' JSON text has NaN, Infinity or a lone surrogate escape (\\uD800-\\uDFFF) "
+            f"at byte {at}, which Python's json reads and JSON does not")
+    p = tmp_path / "p.txt"
+    p.write_text(text + "\n")
+    r = harness("data-chat-prompts", "byte", "plain", p, check=False)
+    assert r.returncode == 1 and f"{p}:1: {want}" in r.stderr, r.stdout + r.stderr
+    d = tmp_path / "d.jsonl"
+    d.write_text(json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}) + "\n"
+                 + json.dumps({"prompt": text, "chosen": "a", "rejected": "b"}) + "\n")
+    r = harness("dpo-data", "--data", d, check=False)
+    assert r.returncode == 1 and f"{d}:2: {want}" in r.stderr, r.stdout + r.stderr
 
 
 def test_other_columns_named_like_prompt_keep_the_implicit_prompt(tmp_path):

@@ -571,11 +571,16 @@ def test_a_reference_too_short_for_the_samples_is_refused_before_sampling(byte_m
 
 
 @pytest.mark.parametrize("flags,warned", [([], False), (["--temperature", "0.5"], True), (["--top-k", "5"], True),
-                                          (["--top-p", "0.9"], True), (["--temperature", "0"], True)])
+                                          (["--top-p", "0.9"], True), (["--temperature", "0"], True),
+                                          (["--top-k", "256"], True), (["--top-k", "257"], False),
+                                          (["--top-k", "100000"], False)])
 def test_eval_says_when_its_kl_is_not_the_policys(byte_models, tmp_path, flags, warned):
     """samples from a tempered or truncated sampler scored under the untempered policy are not
-    KL(pi || pi_ref) estimates: only --help said so"""
+    KL(pi || pi_ref) estimates: only --help said so. A --top-k of the vocabulary (257) or more
+    keeps every token (docs/eval.md: the K most probable), so the samples are the policy's and
+    nothing is said (hunt of wave 46: it warned there)"""
     d, _, _ = byte_models
+    assert json.load(open(d / "pol" / "config.json"))["vocab_size"] == 257
     (tmp_path / "p.txt").write_text("Hi\n")
     r = run(FDPO, "eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
             "--max-new-tokens", 3, *flags)

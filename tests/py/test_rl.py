@@ -552,7 +552,10 @@ def test_a_tempered_sampler_is_warned_about(tmp_path):
     (tmp_path / "p.txt").write_text("a\nb\n")
     warning = "the samples do not come from the policy being trained"
     for name, extra, warned in [("plain", [], False), ("t", ["--temperature", 0.7], True), ("k", ["--top-k", 5], True),
-                                ("p", ["--top-p", 0.9], True)]:
+                                ("p", ["--top-p", 0.9], True), ("k256", ["--top-k", 256], True),
+                                # --top-k >= the vocabulary (257) keeps every token: no truncation
+                                # (docs/eval.md), so nothing to warn about (hunt of wave 46)
+                                ("k257", ["--top-k", 257], False), ("kbig", ["--top-k", 100000], False)]:
         r = subprocess.run([str(a) for a in [FDPO, "rl", "--model", tmp_path / "model", "--data", tmp_path / "p.txt",
                             "--reward", "length", "--out", tmp_path / name, "--steps", 1, "--n", 2,
                             "--prompts-per-step", 2, "--max-new-tokens", 4, "--threads", 1, "--quiet", *extra]],

@@ -115,6 +115,29 @@ def test_lexicon_byte_order_mark_and_nul(tmp_path):
     assert r.returncode == 1 and "nul.txt" in r.stderr and "NUL" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("spec", ["lexicon", "words"])
+@pytest.mark.parametrize("body", [
+    b"good 2\ncaf\xe9 3\n",                  # a Latin-1 cafe: scored text is UTF-8, so it never matched
+    b"# \xc3\xa9t\xc3\xa9\ngood 1\n\xff\xfe 5\n",   # valid UTF-8 in a comment, then no text at all
+    b"\xef\xbb\xbfgood 1\nbad \xed\xa0\xbd 2\n",   # an encoded surrogate after a byte order mark
+])
+def test_lexicon_and_words_refuse_invalid_utf8_by_file_line_column(tmp_path, spec, body):
+    """lexicon:FILE and words:FILE took a key of invalid UTF-8 without a word (hunt of wave 46); it
+    is refused as --lexicon refuses it. The place is Python's: where bytes.decode('utf-8') stops."""
+    if spec == "words":
+        body = b"\n".join(l.rsplit(b" ", 1)[0] if not l.startswith(b"#") else l for l in body.split(b"\n"))
+    p = tmp_path / "bad.txt"
+    p.write_bytes(body)
+    with pytest.raises(UnicodeDecodeError) as e:
+        body.decode("utf-8")
+    at = e.value.start
+    line = body.count(b"\n", 0, at) + 1
+    col = at - (body.rfind(b"\n", 0, at) + 1) + 1
+    r = score_file(tmp_path, f"{spec}:{p}", ["caf\u00e9 good"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{p}:{line}: invalid UTF-8 (byte 0x{body[at]:02X} at column {col})" in r.stderr, r.stderr
+
+
 def test_lexicon_empty_or_missing_file(tmp_path):
     (tmp_path / "empty.txt").write_text("# only a comment\n\n")
     r = score_file(tmp_path, f"lexicon:{tmp_path / 'empty.txt'}", ["x"])
