@@ -162,6 +162,16 @@ void fdpo_atomic_abort(fdpo_atomic_file *af);
  * Only a file system without the exchange keeps a replaced file (with a warning). Files not
  * opened (path NULL) are skipped. */
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
+/* The same for a set in one directory that must never be left mixed by a kill (a
+ * tokenizer's files): before the first rename it writes and syncs DIR/.fdpo-set.tmp.PID,
+ * naming each file and its new inode, and removes it last. A process killed between the
+ * renames leaves it; the next fdpo_remove_stale_tmp of DIR (fdpo_atomic_set_recover) puts
+ * the old set back, or finishes the new one once an old file is gone, instead of removing
+ * the old files that wait at their temp names. Files in several directories: no journal. */
+int fdpo_atomic_commit_set(fdpo_atomic_file *const *afs, size_t n);
+/* Undo (or finish) the set dead process pid was committing in dir: 0 when there was none
+ * or it is done (the journal removed), -1 when a rename failed (logged; all is left). */
+int fdpo_atomic_set_recover(const char *dir, long pid);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel
  * does not copy every byte into the page cache on a core the caller computes on (a 500 MB
@@ -239,7 +249,9 @@ void fdpo_out_file_release(const char *path);
  * output file's, an empty run directory's) is removed; a directory's that holds files stays. */
 void fdpo_locks_release_unused(void);
 /* Remove DIR/NAME.tmp.PID files (fdpo_atomic_open's temp names) whose writer PID is no
- * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. */
+ * longer running: what a kill or ENOSPC left behind. Logs each; returns how many. A set
+ * that PID was committing (its DIR/.fdpo-set.tmp.PID, fdpo_atomic_commit_set) is first put
+ * back whole; while that fails, that PID's files stay. */
 long fdpo_remove_stale_tmp(const char *dir);
 /* The same for one file's temp names only (PATH.tmp.PID beside PATH): an output file's
  * claim (fdpo_out_file_claim) clears what a killed writer of that file left. */

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,11 +138,155 @@ static int commit_one_of_set(fdpo_atomic_file *af, int *state) {
     return 0;
 }
 
-int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) {
+/* ---- the journal of a set in one directory (fdpo_atomic_commit_set) ----
+ * DIR/.fdpo-set.tmp.PID, written and synced after every new file is and before the first
+ * rename: a header line, one line "HAD_OLD INODE NAME" per file (the new file's inode, which
+ * a rename keeps), and "end". A kill between the exchanges left some names holding the new
+ * file and the others the old one, each other version at NAME.tmp.PID; the inodes tell which
+ * is which, so fdpo_atomic_set_recover can swap the set back whole. */
+#define SET_JOURNAL_HEADER "fdpo atomic set 1\n"
+#define SET_MAX 16
+
+static char *set_journal_path(const char *dir, long pid) {
+    char name[64];
+    snprintf(name, sizeof name, ".fdpo-set.tmp.%ld", pid);
+    return fdpo_path_join(dir, name);
+}
+
+static char *parent_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return fdpo_strdup(".");
+    if (slash == path) return fdpo_strdup("/");
+    char *d = fdpo_malloc((size_t)(slash - path) + 1);
+    memcpy(d, path, (size_t)(slash - path));
+    d[slash - path] = 0;
+    return d;
+}
+
+/* the journal's path when every file of the set is in one directory (else NULL: no journal) */
+static char *set_journal_for(fdpo_atomic_file *const *afs, size_t n) {
+    char *dir = NULL;
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!afs[i]->path) continue;
+        char *d = parent_of(afs[i]->path);
+        const char *slash = strrchr(afs[i]->path, '/');
+        int ok = !strchr(slash ? slash + 1 : afs[i]->path, '\n') && (!dir || strcmp(d, dir) == 0);
+        if (!dir) dir = d;
+        else free(d);
+        if (!ok || ++used > SET_MAX) { free(dir); return NULL; }
+    }
+    if (!dir) return NULL;
+    char *j = set_journal_path(dir, (long)getpid());
+    free(dir);
+    return j;
+}
+
+static int write_set_journal(const char *jp, fdpo_atomic_file *const *afs, size_t n) {
+    size_t cap = sizeof SET_JOURNAL_HEADER + 8, len;
+    for (size_t i = 0; i < n; i++) if (afs[i]->path) cap += strlen(afs[i]->path) + 48;
+    char *text = fdpo_malloc(cap);
+    len = (size_t)snprintf(text, cap, "%s", SET_JOURNAL_HEADER);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!afs[i]->path) continue;
+        struct stat st, old;
+        if (stat(afs[i]->tmp_path, &st) != 0) { rc = fdpo_error("%s: %s", afs[i]->tmp_path, strerror(errno)); break; }
+        const char *slash = strrchr(afs[i]->path, '/');
+        len += (size_t)snprintf(text + len, cap - len, "%d %ju %s\n", lstat(afs[i]->path, &old) == 0, (uintmax_t)st.st_ino,
+                                slash ? slash + 1 : afs[i]->path);
+    }
+    len += (size_t)snprintf(text + len, cap - len, "end\n");
+    if (!rc) {
+        int fd = open(jp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) != 0 || fdpo_fsync_parent(jp, 1) != 0)
+            rc = fdpo_error("%s: write failed: %s", jp, strerror(errno));
+        if (fd >= 0) close(fd);
+        if (rc) unlink(jp);
+    }
+    free(text);
+    return rc;
+}
+
+int fdpo_atomic_set_recover(const char *dir, long pid) {
+    char *jp = set_journal_path(dir, pid);
+    FILE *f = fopen(jp, "rb");
+    if (!f) { free(jp); return errno == ENOENT ? 0 : -1; }
+    char line[4096], names[SET_MAX][256];
+    uintmax_t ino[SET_MAX];
+    int had_old[SET_MAX], complete = 0;
+    size_t n = 0;
+    int ok = fgets(line, sizeof line, f) && strcmp(line, SET_JOURNAL_HEADER) == 0;
+    while (ok && fgets(line, sizeof line, f)) {
+        if (strcmp(line, "end\n") == 0) { complete = 1; break; }
+        int at = 0;
+        size_t l = strlen(line);
+        if (n == SET_MAX || l == 0 || line[l - 1] != '\n' || sscanf(line, "%d %ju %n", &had_old[n], &ino[n], &at) != 2 || !at ||
+            l - 1 - (size_t)at >= sizeof names[n] || l - 1 == (size_t)at) { ok = 0; break; }
+        line[l - 1] = 0;
+        snprintf(names[n], sizeof names[n], "%s", line + at);
+        n++;
+    }
+    fclose(f);
+    int rc = 0;
+    if (ok && complete) {
+        /* state: in = the name holds the new file; tmp = NAME.tmp.PID is there (the other version) */
+        int in[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], back = 1;
+        char *np[SET_MAX], *tp[SET_MAX];
+        for (size_t i = 0; i < n; i++) {
+            struct stat st;
+            np[i] = fdpo_path_join(dir, names[i]);
+            size_t k = strlen(np[i]) + 32;
+            tp[i] = fdpo_malloc(k);
+            snprintf(tp[i], k, "%s.tmp.%ld", np[i], pid);
+            in[i] = lstat(np[i], &st) == 0 && (uintmax_t)st.st_ino == ino[i];
+            tmp[i] = lstat(tp[i], &st) == 0;
+            tmp_new[i] = tmp[i] && (uintmax_t)st.st_ino == ino[i];   /* else the old file, or one written since */
+            if (in[i] && !tmp[i] && had_old[i]) back = 0;   /* its old file is gone already: the set goes forward */
+        }
+        for (size_t i = 0; i < n && !rc; i++) {
+            if (back && in[i] && tmp[i]) {   /* the old file at the temp name: swapped back, the new one removed */
+                if (renameat2(AT_FDCWD, tp[i], AT_FDCWD, np[i], RENAME_EXCHANGE) != 0 || unlink(tp[i]) != 0) rc = -1;
+            } else if (back && in[i] && !had_old[i]) {
+                if (unlink(np[i]) != 0) rc = -1;
+            } else if (back && tmp[i]) {   /* never renamed: the new file */
+                if (unlink(tp[i]) != 0) rc = -1;
+            } else if (!back && in[i] && tmp[i]) {   /* the old file */
+                if (unlink(tp[i]) != 0) rc = -1;
+            } else if (!back && tmp_new[i]) {   /* the new file, not yet in (a file system without the exchange) */
+                if (rename(tp[i], np[i]) != 0) rc = -1;
+            } else if (!back && tmp[i]) {   /* an old file whose name holds one written since the kill: that one stays */
+                if (unlink(tp[i]) != 0) rc = -1;
+            }
+            if (rc) fdpo_log(FDPO_LOG_WARN, "%s: cannot finish the replacement process %ld began: %s (its files stay at *.tmp.%ld)",
+                             np[i], pid, strerror(errno), pid);
+        }
+        if (!rc) {
+            (void)fdpo_fsync_parent(jp, 0);
+            char list[SET_MAX * 258] = "";
+            for (size_t i = 0; i < n; i++) {
+                size_t l = strlen(list);
+                snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", names[i]);
+            }
+            fdpo_log(FDPO_LOG_WARN, "%s: %s %s, which process %ld (which is gone) was replacing together", dir,
+                     back ? "put back the old" : "finished putting in the new", list, pid);
+        }
+        for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
+    }
+    /* an incomplete journal: killed before the first rename, so every NAME.tmp.PID is a new file */
+    if (!rc && unlink(jp) != 0 && errno != ENOENT) rc = -1;
+    free(jp);
+    return rc;
+}
+
+static int commit_set(fdpo_atomic_file *const *afs, size_t n, int journaled) {
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) if (afs[i]->path) rc = atomic_sync(afs[i]);
+    char *jp = NULL;
+    if (!rc && journaled && (jp = set_journal_for(afs, n))) rc = write_set_journal(jp, afs, n);
     if (rc) {
         for (size_t i = 0; i < n; i++) if (afs[i]->path) fdpo_atomic_abort(afs[i]);
+        free(jp);
         return rc;
     }
     /* Every file goes in by an exchange with its old one, which waits at the temp name until
@@ -178,8 +323,17 @@ int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) {
         af->path = af->tmp_path = NULL;
     }
     free(state);
+    if (jp) {   /* last: until it goes, a kill is undone (or finished) by the next cleanup */
+        unlink(jp);
+        (void)fdpo_fsync_parent(jp, 0);
+        free(jp);
+    }
     return rc;
 }
+
+int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n) { return commit_set(afs, n, 0); }
+
+int fdpo_atomic_commit_set(fdpo_atomic_file *const *afs, size_t n) { return commit_set(afs, n, 1); }
 
 int fdpo_write_file_atomic(const char *path, const void *data, size_t len) {
     fdpo_atomic_file af;

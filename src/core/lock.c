@@ -603,13 +603,23 @@ static long remove_stale_tmp_named(const char *dir, const char *prefix) {
     long removed = 0;
     struct dirent *e;
     size_t np = prefix ? strlen(prefix) : 0;
+    /* first a set a dead writer was swapping in: its old files wait at their temp names */
+    while ((e = readdir(d))) {
+        long pid = strncmp(e->d_name, ".fdpo-set.tmp.", 14) == 0 ? fdpo_tmp_name_pid(e->d_name) : 0;
+        if (pid > 0 && pid != (long)getpid() && !pid_alive(pid)) (void)fdpo_atomic_set_recover(dir, pid);
+    }
+    rewinddir(d);
     while ((e = readdir(d))) {
         if (prefix && (strncmp(e->d_name, prefix, np) != 0 || strncmp(e->d_name + np, ".tmp.", 5) != 0)) continue;
         long pid = fdpo_tmp_name_pid(e->d_name);
         if (pid <= 0 || pid == (long)getpid() || pid_alive(pid)) continue;
-        char *p = fdpo_path_join(dir, e->d_name);
+        char *p = fdpo_path_join(dir, e->d_name), set[64];
+        snprintf(set, sizeof set, ".fdpo-set.tmp.%ld", pid);
+        char *sp = fdpo_path_join(dir, set);
         struct stat st;
-        if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0) {
+        int held = lstat(sp, &st) == 0;   /* its set could not be put back: nothing of it goes */
+        free(sp);
+        if (!held && lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0) {
             fdpo_log(FDPO_LOG_WARN, "removed %s (left by process %ld, which is gone)", p, pid);
             removed++;
         }

@@ -390,7 +390,7 @@ int fdpo_bpe_trained_save(const fdpo_bpe_trained *t, const char *dir) {
         if (fwrite(js, 1, nv, va.f) != nv) fdpo_error("%s: write failed: %s", vp, strerror(errno));
         else if (fwrite(mt, 1, nm, ma.f) != nm) fdpo_error("%s: write failed: %s", mp, strerror(errno));
         else if (fwrite(cfg, 1, nc, ca.f) != nc || fputc('\n', ca.f) == EOF) fdpo_error("%s: write failed: %s", cp, strerror(errno));
-        else rc = fdpo_atomic_commit_all(all, 3);
+        else rc = fdpo_atomic_commit_set(all, 3);   /* a kill between its renames: put back whole */
     }
     if (rc) { fdpo_atomic_abort(&va); fdpo_atomic_abort(&ma); fdpo_atomic_abort(&ca); }
     free(vp); free(mp); free(cp); free(mt); free(js); cJSON_free(cfg);

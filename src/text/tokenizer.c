@@ -1,5 +1,6 @@
 /* Tokenizer dispatch and the byte-level tokenizer: ids 0..255 are bytes, 256 is
  * <|endoftext|>. Any text round-trips exactly; no vocabulary file is needed. */
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +33,26 @@ int fdpo_tokenizer_dir_has_files(const char *dir) {
     return has;
 }
 
+static fdpo_tokenizer *load_dir(const char *dir);
+
+/* A directory whose set of tokenizer files is being replaced, or whose save was killed
+ * between its renames (the set's journal, fdpo_atomic_commit_set), may hold a new file beside
+ * an old one, which can even load: refused, saying that the next cleanup puts the old back. */
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int mixed = 0;
+    while (d && !mixed && (e = readdir(d)))
+        if (strncmp(e->d_name, ".fdpo-set.tmp.", 14) == 0) {
+            mixed = 1;
+            fdpo_error("%s: its tokenizer files are being replaced, or a save that replaced them was killed (%s is there): the "
+                       "next `fdpo tokenizer train --out %s` (even a refused one) puts the old ones back", dir, e->d_name, dir);
+        }
+    if (d) closedir(d);
+    return mixed ? NULL : load_dir(dir);
+}
+
+static fdpo_tokenizer *load_dir(const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fdpo_error("%s: not a directory (a tokenizer or checkpoint directory is expected)", dir);

@@ -328,6 +328,64 @@ def test_a_killed_saves_temp_files_are_removed_by_the_next_run(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(["merges.txt", "tokenizer_config.json", "vocab.json", live.name])
 
 
+def tokenizer_bytes(d):
+    return {n: (d / n).read_bytes() for n in WRITTEN}
+
+
+@pytest.mark.parametrize("syscall", ["renameat2", "unlink"])
+def test_an_overwrite_killed_anywhere_in_its_save_leaves_the_old_or_the_new_tokenizer(tmp_path, syscall):
+    """SIGKILL (strace inject) at each rename of the three files' swap, and at each removal
+    after it: the kill between two exchanges left a new vocab.json beside the old merges.txt
+    (no loader takes it) with the old vocab.json only at its temp name, which the next run
+    removed as a dead writer's file (hunt of wave 46). The next command on --out, even one
+    refused, now puts the whole old set back (or finishes the new one once an old file is
+    gone): byte for byte the old or the new tokenizer, which loads, and no temp file left."""
+    import shutil
+    if not shutil.which("strace") or subprocess.run(["strace", "-o", "/dev/null", "true"]).returncode:
+        pytest.skip("strace is missing or may not trace here (ptrace refused)")
+    old_src, new_src = tmp_path / "old.txt", tmp_path / "new.txt"
+    old_src.write_text("hello world, hello there " * 20)
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    train_args = ["--vocab-size", 300, "--min-frequency", 1]
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    for d, src in ((old_dir, old_src), (new_dir, new_src)):
+        r = run(FDPO, "tokenizer", "train", *train_args, "--out", d, src)
+        assert r.returncode == 0, r.stderr.decode()
+    old, new = tokenizer_bytes(old_dir), tokenizer_bytes(new_dir)
+    assert old["vocab.json"] != new["vocab.json"] and old["merges.txt"] != new["merges.txt"]
+    seen = set()
+    for when in range(1, 20):
+        out = tmp_path / f"k{when}"
+        shutil.copytree(old_dir, out)
+        r = run("strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+                "-e", f"inject={syscall}:signal=KILL:when={when}",
+                FDPO, "tokenizer", "train", *train_args, "--out", out, new_src, "--overwrite")
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, r.stderr.decode()
+        # before the repair: a loader takes the old or the new tokenizer, or refuses (a mixed one
+        # loaded when its merges were all in the new vocabulary)
+        r = run(FDPO, "tokenize", "--tokenizer", out, old_src)
+        assert (r.returncode == 0 and tokenizer_bytes(out) in (old, new)) or \
+            (r.returncode == 1 and b"a save that replaced them was killed" in r.stderr), r.stderr.decode()
+        # the next fdpo command on OUT (this one is refused: no --overwrite) repairs it first
+        r = run(FDPO, "tokenizer", "train", *train_args, "--out", out, old_src)
+        assert r.returncode == 1 and b"use --overwrite to replace it" in r.stderr, r.stderr.decode()
+        now = tokenizer_bytes(out)
+        assert now in (old, new), f"killed at {syscall} #{when}: a mixed tokenizer"
+        if syscall == "renameat2":   # killed during the exchanges: the old set is put back
+            assert now == old, f"killed at renameat2 #{when}"
+        seen.add("old" if now == old else "new")
+        assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN), f"killed at {syscall} #{when}"
+        r = run(FDPO, "tokenize", "--tokenizer", out, old_src)
+        assert r.returncode == 0, r.stderr.decode()
+    else:
+        pytest.fail("the save never finished")
+    assert when > 3, f"only {when - 1} {syscall} calls were killed"   # the three exchanges / removals
+    if syscall == "unlink":
+        assert seen == {"old", "new"}
+
+
 @pytest.mark.parametrize("case", ["byte-checkpoint", "tokenizer-json", "own-vocab", "own-merges"])
 def test_overwrite_that_cannot_succeed_changes_nothing(tmp_path, case):
     """--overwrite into a directory whose fdpo_tokenizer.json or tokenizer.json loads before
