@@ -413,9 +413,10 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
  * explicitly (c_attn) or another spelling of the same modules (attn.c_attn) was refused as a
  * change. Where the saved plan's text (the "lora" entry, absent for the default, and the
  * stages' training settings, null for it) selects what the given one does, the new plan takes
- * the saved text, so only other modules differ and the state keeps what it recorded. -1 after
- * the error of a list that matches nothing. */
-static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *model) {
+ * the saved text, so the state keeps what it recorded. Other modules are refused, naming both
+ * lists, the default as its modules (the generic comparison printed it "(none)"). -1 after the
+ * error. */
+static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *model, const char *path) {
     /* where the text is: parent, its child (NULL: none), key; the online stages' training
      * settings are apart beside stages on files */
     const char *const where[][3] = {{"lora", NULL, "targets"}, {"training", NULL, "lora-targets"},
@@ -444,7 +445,14 @@ static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *m
         }
         const int same = fdpo_lora_targets_same(now, was, &shape, "--lora-targets");
         if (same < 0) return -1;
-        if (!same) continue;   /* other modules: named by the comparison that follows */
+        /* other modules: named here, each side as its modules (the default was "(none)") */
+        if (!same && i == 0) {
+            const char *def = fdpo_lora_default_targets(&shape);
+            return fdpo_error("--lora-targets: %s%s%s selects other modules than %s%s%s in %s, which its stages trained "
+                              "with (use the same flags or another --out)", now ? now : "the default (", now ? "" : def,
+                              now ? "" : ")", was ? was : "the default (", was ? "" : def, was ? "" : ")", path);
+        }
+        if (!same) continue;   /* the "lora" entry named it; a training setting only, by the comparison that follows */
         if (!s) cJSON_DeleteItemFromObjectCaseSensitive(pn, key);
         else if (n) cJSON_ReplaceItemInObjectCaseSensitive(pn, key, cJSON_Duplicate(s, 1));
         else cJSON_AddItemToObject(pn, key, cJSON_Duplicate(s, 1));
@@ -532,7 +540,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             cJSON_Delete(plan);
             return -1;
         }
-        if (plan_same_lora_targets(plan, saved, o->dpo.train.init)) { cJSON_Delete(plan); return -1; }
+        if (plan_same_lora_targets(plan, saved, o->dpo.train.init, st->path)) { cJSON_Delete(plan); return -1; }
         /* the lambda list may grow (more models from the same stages); everything else must
          * match: the plan first (model, data, divergence, beta, order, LoRA), then the training
          * settings one by one, named: those the saved plan records (a plan of an earlier fdpo

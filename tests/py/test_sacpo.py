@@ -133,10 +133,12 @@ def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
     sacpo(data, s1, "--lambda", "1", *lora)
     for again in ("c_attn", "attn.c_attn", "all-linear"):
         r = sacpo(data, s1, "--lambda", "1", *lora, "--lora-targets", again, check=again != "all-linear")
-        if again == "all-linear":   # c_attn, c_proj, c_fc: other modules
+        if again == "all-linear":   # c_attn, c_proj, c_fc: other modules; the plan's default named as its
+            # modules, those its adapters list (it read "differs from (none)", a hunt of wave 46)
+            assert json.loads((s1 / "reward" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
             assert r.returncode == 1 and r.stderr.endswith(
-                f'--lora-targets: "all-linear" differs from (none) in {s1}/sacpo.json, which its stages trained with '
-                "(use the same flags or another --out)\n"), r.stderr
+                f"--lora-targets: all-linear selects other modules than the default (c_attn) in {s1}/sacpo.json, "
+                "which its stages trained with (use the same flags or another --out)\n"), r.stderr
         else:
             assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr
     assert "targets" not in json.loads((s1 / "sacpo.json").read_text())["plan"]["lora"]
@@ -149,6 +151,13 @@ def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
     plan = json.loads((s2 / "sacpo.json").read_text())["plan"]
     assert plan["lora"]["targets"] == "c_attn" and plan["training"]["lora-targets"] == "c_attn" \
         and plan["lambdas"] == [1, 2], plan
+    # a plan with other modules than the default, rerun without the flag: the default named too
+    s4 = tmp_path / "s4"
+    sacpo(data, s4, "--lambda", "1", *lora, "--lora-targets", "c_fc")
+    r = sacpo(data, s4, "--lambda", "1", *lora, check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"--lora-targets: the default (c_attn) selects other modules than c_fc in {s4}/sacpo.json, which its stages "
+        "trained with (use the same flags or another --out)\n"), r.stderr
     # an online stage beside a stage on a file: the online stages' training settings, apart
     (tmp_path / "p.txt").write_text("hello there\nwhat is up\n")
     mixed = ["sacpo", "--model", data / "base", "--reward", "length", "--data", tmp_path / "p.txt", "--safety-data",
