@@ -529,6 +529,37 @@ def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     assert not (s / "lambda-2").exists()
 
 
+def test_rerun_refuses_a_done_stage_replaced_in_place(data, tmp_path):
+    """sacpo.json listed the done stages by name only: a reward stage replaced in place (here by
+    fdpo merge --lora --overwrite, as fdpo dpo --overwrite or a copied checkpoint do) was reported
+    "done before" and a rerun trained a new lambda from it, beside lambda-1 made from the
+    original, exit 0 (a hunt of wave 46). Each stage's content hash is recorded when it is done
+    (stage_hashes); a changed one that a stage or merge still to run reads is refused, naming
+    it. A plan without stage_hashes (an earlier fdpo) reruns as before."""
+    s = tmp_path / "s"
+    run = lambda *extra, check=True: sacpo(data, s, *COMMON, "--lora-r", 2, "--lora-alpha", 8, *extra, check=check)
+    run("--lambda", "1")
+    # what a run writes beside a model (an eval, metrics) is not the model: a new lambda from it
+    (s / "reward" / "eval.json").write_text("{}")
+    r = run("--lambda", "1,2")
+    assert "reward stage: done before" in r.stderr and (s / "lambda-2").is_dir(), r.stderr
+    fdpo("merge", "--lora", s / "lambda-1", "--out", s / "reward", "--overwrite")
+    for extra in (["--lambda", "1,2,3"], ["--lambda", "1,2", "--merge", "0.5"]):
+        r = run(*extra, check=False)
+        assert r.returncode == 1 and f"{s}/reward: listed done in {s}/sacpo.json, but its content differs from the " \
+            "model it was recorded done with (" in r.stderr and f"beside {s}/lambda-1, {s}/lambda-2 made from the " \
+            "recorded one" in r.stderr, r.stderr
+        assert not (s / "lambda-3").exists() and not (s / "merge-0-1-w0.5").exists()
+    assert "done before" in run("--lambda", "1,2").stderr   # nothing still to run reads it
+    saved = json.loads((s / "sacpo.json").read_text())
+    assert sorted(saved["stage_hashes"]) == sorted(saved["stages_done"]) == ["lambda-1", "lambda-2", "reward"]
+    assert all(len(h) == 16 and int(h, 16) >= 0 for h in saved["stage_hashes"].values())
+    del saved["stage_hashes"]
+    (s / "sacpo.json").write_text(json.dumps(saved))
+    run("--lambda", "1,2,3")
+    assert (s / "lambda-3").is_dir()
+
+
 def test_rerun_does_not_hash_special_tokens_map(data, tmp_path):
     """special_tokens_map.json counted in --model's content hash once fdpo read it, so a plan
     recorded by the fdpo before, over a Hugging Face directory (tokenizer_config.json with
