@@ -79,6 +79,9 @@ int fdpo_lora_targets_check(const char *targets, const fdpo_gpt2 *m, const char 
 /* 1 when the comma lists targets (errors named `name`) and other select the same modules of
  * m ("c_attn" and "attn.c_attn"), 0 when they do not, -1 with the error of a bad list. */
 int fdpo_lora_targets_same(const char *targets, const char *other, const fdpo_gpt2 *m, const char *name);
+/* PEFT's default target_modules for m's family (no --lora-targets): "c_attn" (GPT-2),
+ * "q_proj,v_proj" (Llama) */
+const char *fdpo_lora_default_targets(const fdpo_gpt2 *m);
 /* m carries an adapter a run continues (owner: where it came from, for messages: "--model DIR"
  * or a round's directory): its rank and alpha must be r and alpha (--lora-r/--lora-alpha), and a
  * given targets list (NULL: none given) must select its modules; the adapter's are trained, so

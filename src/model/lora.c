@@ -53,6 +53,8 @@ static int target_matches(const char *target, size_t len, const char *path) {
 /* PEFT's default target_modules for the model type (no --lora-targets) */
 static const char *default_targets(const fdpo_gpt2 *m) { return m->config.arch == FDPO_ARCH_LLAMA ? "q_proj,v_proj" : "c_attn"; }
 
+const char *fdpo_lora_default_targets(const fdpo_gpt2 *m) { return default_targets(m); }
+
 /* PEFT's target_modules "all-linear" (_maybe_include_all_linear_layers): every linear layer
  * but the output head, named as PEFT saves them after expanding it */
 static const char *all_linear_targets(const fdpo_gpt2 *m) {

@@ -413,9 +413,10 @@ static void plan_same_paths(cJSON *saved, const cJSON *now) {
  * explicitly (c_attn) or another spelling of the same modules (attn.c_attn) was refused as a
  * change. Where the saved plan's text (the "lora" entry, absent for the default, and the
  * stages' training settings, null for it) selects what the given one does, the new plan takes
- * the saved text, so only other modules differ and the state keeps what it recorded. -1 after
- * the error of a list that matches nothing. */
-static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *model) {
+ * the saved text, so the state keeps what it recorded. Other modules are refused, naming both
+ * lists, the default as its modules (the generic comparison printed it "(none)"). -1 after the
+ * error. */
+static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *model, const char *path) {
     /* where the text is: parent, its child (NULL: none), key; the online stages' training
      * settings are apart beside stages on files */
     const char *const where[][3] = {{"lora", NULL, "targets"}, {"training", NULL, "lora-targets"},
@@ -444,7 +445,14 @@ static int plan_same_lora_targets(cJSON *plan, const cJSON *saved, const char *m
         }
         const int same = fdpo_lora_targets_same(now, was, &shape, "--lora-targets");
         if (same < 0) return -1;
-        if (!same) continue;   /* other modules: named by the comparison that follows */
+        /* other modules: named here, each side as its modules (the default was "(none)") */
+        if (!same && i == 0) {
+            const char *def = fdpo_lora_default_targets(&shape);
+            return fdpo_error("--lora-targets: %s%s%s selects other modules than %s%s%s in %s, which its stages trained "
+                              "with (use the same flags or another --out)", now ? now : "the default (", now ? "" : def,
+                              now ? "" : ")", was ? was : "the default (", was ? "" : def, was ? "" : ")", path);
+        }
+        if (!same) continue;   /* the "lora" entry named it; a training setting only, by the comparison that follows */
         if (!s) cJSON_DeleteItemFromObjectCaseSensitive(pn, key);
         else if (n) cJSON_ReplaceItemInObjectCaseSensitive(pn, key, cJSON_Duplicate(s, 1));
         else cJSON_AddItemToObject(pn, key, cJSON_Duplicate(s, 1));
@@ -532,7 +540,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             cJSON_Delete(plan);
             return -1;
         }
-        if (plan_same_lora_targets(plan, saved, o->dpo.train.init)) { cJSON_Delete(plan); return -1; }
+        if (plan_same_lora_targets(plan, saved, o->dpo.train.init, st->path)) { cJSON_Delete(plan); return -1; }
         /* the lambda list may grow (more models from the same stages); everything else must
          * match: the plan first (model, data, divergence, beta, order, LoRA), then the training
          * settings one by one, named: those the saved plan records (a plan of an earlier fdpo
@@ -767,10 +775,62 @@ static int state_mark(sacpo_state *st, const char *dir) {
     memcpy(rec, name, n);
     rec[n] = 0;
     cJSON_AddItemToArray(st->done, cJSON_CreateString(rec));
+    if (fdpo_dist_rank() > 0) { free(rec); return 0; }   /* under MPI rank 0 alone writes */
+    /* a stage's content (its model files, fdpo_hash_path) under "stage_hashes": a stage replaced
+     * in place was trusted by name, and what a rerun trained from it or merged with it mixed
+     * another model with the stages done before (stages_done_unchanged). Not a merge's: no stage
+     * or merge reads one. */
+    uint64_t h = FDPO_HASH_INIT;
+    if (strncmp(rec, "merge-", 6) && !fdpo_hash_path(&h, dir)) {
+        cJSON *hashes = cJSON_GetObjectItemCaseSensitive(st->root, "stage_hashes");
+        if (!cJSON_IsObject(hashes)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(st->root, "stage_hashes");
+            hashes = cJSON_AddObjectToObject(st->root, "stage_hashes");
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(hashes, rec);
+        add_hash(hashes, rec, h);
+    }
+    fdpo_clear_error();   /* unreadable: nothing recorded, nothing compared */
     free(rec);
-    if (fdpo_dist_rank() > 0) return 0;   /* under MPI rank 0 alone writes */
     return fdpo_write_json_atomic(st->path, st->root, 1);
 }
+
+/* A stage listed done that a stage still to run starts from, or a merge still to run reads
+ * (dir), must hold the model it was recorded done with: one replaced in place (fdpo merge or dpo
+ * --overwrite into it, a checkpoint copied there) was trusted by name, and the new stages were
+ * made from another model than the stages and merges done before, mixed in one plan without a
+ * word. A stage recorded without a hash (a plan of an earlier fdpo) is not compared. checked:
+ * the stages compared already. */
+static int stage_unchanged(const sacpo_state *st, const char *out, const char *dir, fdpo_strv *checked) {
+    const char *n0;
+    size_t n = stage_name(dir, &n0);
+    char *name = fdpo_malloc(n + 1);
+    memcpy(name, n0, n);
+    name[n] = 0;
+    int seen = 0;
+    for (size_t i = 0; i < checked->n; i++) seen |= !strcmp(checked->v[i], name);
+    const cJSON *was = seen ? NULL : cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st->root, "stage_hashes"), name);
+    int rc = 0;
+    if (cJSON_IsString(was)) {
+        fdpo_strv_push(checked, name);
+        uint64_t h = FDPO_HASH_INIT;
+        char now[17];
+        if (fdpo_hash_path(&h, dir)) rc = fdpo_error_context("%s: listed done in %s", dir, st->path);
+        snprintf(now, sizeof now, "%016llx", (unsigned long long)h);
+        char *made = rc || !strcmp(now, was->valuestring) ? NULL : done_made_from(st, out, name);
+        if (!rc && strcmp(now, was->valuestring))
+            rc = fdpo_error("%s: listed done in %s, but its content differs from the model it was recorded done with "
+                            "(%s, now %s: replaced in place?), and a stage or merge still to run reads it%s%s%s: put "
+                            "that model back, or remove %s%s%s so that the rerun makes %s again, or give another --out",
+                            dir, st->path, was->valuestring, now, made ? ", beside " : "", made ? made : "",
+                            made ? " made from the recorded one" : "", dir, made ? " and " : "", made ? made : "",
+                            made ? "them" : "it");
+        free(made);
+    }
+    free(name);
+    return rc;
+}
+
 
 /* 1 if the online.json of the stage's rounds in run records a --lexicon: a stage of a run saved
  * before --lexicon was kept from the specs that do not read it resumes with it */
@@ -1014,6 +1074,32 @@ static void stages_free(sacpo_stage *s, size_t n) {
     free(s);
 }
 
+/* stage_unchanged for every done stage that the stages and merges still to run read, before
+ * any of them runs */
+static int stages_done_unchanged(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
+    fdpo_strv checked = {0};
+    int rc = 0;
+    for (size_t i = 0; !rc && i < n; i++)
+        if (!stage_done(st, s[i].dir) && init_in_out(o, s[i].init) && stage_done(st, s[i].init))
+            rc = stage_unchanged(st, o->out, s[i].init, &checked);
+    /* the merges as sacpo_run makes them */
+    for (size_t i = o->safety_first ? 1 : 0; !rc && i < o->n_lambdas; i++)
+        for (size_t k = 0; !rc && k < o->n_merge_weights; k++) {
+            const double la = i ? o->lambdas[i - 1] : 0, lb = o->lambdas[i];
+            char *dir = fmt_dir(o->out, "merge", la, lb, o->merge_weights[k]);
+            if (!stage_done(st, dir)) {
+                char *a = i ? fdpo_sacpo_lambda_dir(o->out, la) : fdpo_path_join(o->out, "reward");
+                char *b = fdpo_sacpo_lambda_dir(o->out, lb);
+                if (stage_done(st, a)) rc = stage_unchanged(st, o->out, a, &checked);
+                if (!rc && stage_done(st, b)) rc = stage_unchanged(st, o->out, b, &checked);
+                free(a); free(b);
+            }
+            free(dir);
+        }
+    fdpo_strv_free(&checked);
+    return rc;
+}
+
 /* Every online stage's options as its run takes them (online_stage_opts), by fdpo online's
  * own check of a rounds run (fdpo_online_rounds_opts_check), before any stage runs: --bt-scale
  * 0 or --min-lr-ratio under online's constant schedule failed only when the stage started,
@@ -1169,6 +1255,7 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
     if (!rc) rc = stages_done_present(&st, o->out);
     if (!rc) rc = stages_data_open(o, &st, stages, n_stages);
     if (!rc) rc = stages_out_free(o, &st, stages, n_stages);
+    if (!rc) rc = stages_done_unchanged(o, &st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
     for (size_t i = 0; !rc && i < n_stages; i++)
         rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].spec_flag,

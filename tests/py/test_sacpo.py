@@ -133,10 +133,12 @@ def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
     sacpo(data, s1, "--lambda", "1", *lora)
     for again in ("c_attn", "attn.c_attn", "all-linear"):
         r = sacpo(data, s1, "--lambda", "1", *lora, "--lora-targets", again, check=again != "all-linear")
-        if again == "all-linear":   # c_attn, c_proj, c_fc: other modules
+        if again == "all-linear":   # c_attn, c_proj, c_fc: other modules; the plan's default named as its
+            # modules, those its adapters list (it read "differs from (none)", a hunt of wave 46)
+            assert json.loads((s1 / "reward" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
             assert r.returncode == 1 and r.stderr.endswith(
-                f'--lora-targets: "all-linear" differs from (none) in {s1}/sacpo.json, which its stages trained with '
-                "(use the same flags or another --out)\n"), r.stderr
+                f"--lora-targets: all-linear selects other modules than the default (c_attn) in {s1}/sacpo.json, "
+                "which its stages trained with (use the same flags or another --out)\n"), r.stderr
         else:
             assert "reward stage: done before" in r.stderr and "safety stage (lambda 1): done before" in r.stderr
     assert "targets" not in json.loads((s1 / "sacpo.json").read_text())["plan"]["lora"]
@@ -149,6 +151,13 @@ def test_rerun_compares_lora_targets_by_the_modules_they_select(data, tmp_path):
     plan = json.loads((s2 / "sacpo.json").read_text())["plan"]
     assert plan["lora"]["targets"] == "c_attn" and plan["training"]["lora-targets"] == "c_attn" \
         and plan["lambdas"] == [1, 2], plan
+    # a plan with other modules than the default, rerun without the flag: the default named too
+    s4 = tmp_path / "s4"
+    sacpo(data, s4, "--lambda", "1", *lora, "--lora-targets", "c_fc")
+    r = sacpo(data, s4, "--lambda", "1", *lora, check=False)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"--lora-targets: the default (c_attn) selects other modules than c_fc in {s4}/sacpo.json, which its stages "
+        "trained with (use the same flags or another --out)\n"), r.stderr
     # an online stage beside a stage on a file: the online stages' training settings, apart
     (tmp_path / "p.txt").write_text("hello there\nwhat is up\n")
     mixed = ["sacpo", "--model", data / "base", "--reward", "length", "--data", tmp_path / "p.txt", "--safety-data",
@@ -518,6 +527,37 @@ def test_rerun_refuses_a_model_retrained_in_place(data, tmp_path):
     assert r.returncode == 1 and f"--model: the content it reads differs from what {s}/sacpo.json's stages trained on (" \
         in r.stderr, r.stderr
     assert not (s / "lambda-2").exists()
+
+
+def test_rerun_refuses_a_done_stage_replaced_in_place(data, tmp_path):
+    """sacpo.json listed the done stages by name only: a reward stage replaced in place (here by
+    fdpo merge --lora --overwrite, as fdpo dpo --overwrite or a copied checkpoint do) was reported
+    "done before" and a rerun trained a new lambda from it, beside lambda-1 made from the
+    original, exit 0 (a hunt of wave 46). Each stage's content hash is recorded when it is done
+    (stage_hashes); a changed one that a stage or merge still to run reads is refused, naming
+    it. A plan without stage_hashes (an earlier fdpo) reruns as before."""
+    s = tmp_path / "s"
+    run = lambda *extra, check=True: sacpo(data, s, *COMMON, "--lora-r", 2, "--lora-alpha", 8, *extra, check=check)
+    run("--lambda", "1")
+    # what a run writes beside a model (an eval, metrics) is not the model: a new lambda from it
+    (s / "reward" / "eval.json").write_text("{}")
+    r = run("--lambda", "1,2")
+    assert "reward stage: done before" in r.stderr and (s / "lambda-2").is_dir(), r.stderr
+    fdpo("merge", "--lora", s / "lambda-1", "--out", s / "reward", "--overwrite")
+    for extra in (["--lambda", "1,2,3"], ["--lambda", "1,2", "--merge", "0.5"]):
+        r = run(*extra, check=False)
+        assert r.returncode == 1 and f"{s}/reward: listed done in {s}/sacpo.json, but its content differs from the " \
+            "model it was recorded done with (" in r.stderr and f"beside {s}/lambda-1, {s}/lambda-2 made from the " \
+            "recorded one" in r.stderr, r.stderr
+        assert not (s / "lambda-3").exists() and not (s / "merge-0-1-w0.5").exists()
+    assert "done before" in run("--lambda", "1,2").stderr   # nothing still to run reads it
+    saved = json.loads((s / "sacpo.json").read_text())
+    assert sorted(saved["stage_hashes"]) == sorted(saved["stages_done"]) == ["lambda-1", "lambda-2", "reward"]
+    assert all(len(h) == 16 and int(h, 16) >= 0 for h in saved["stage_hashes"].values())
+    del saved["stage_hashes"]
+    (s / "sacpo.json").write_text(json.dumps(saved))
+    run("--lambda", "1,2,3")
+    assert (s / "lambda-3").is_dir()
 
 
 def test_rerun_does_not_hash_special_tokens_map(data, tmp_path):
