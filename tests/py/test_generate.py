@@ -329,6 +329,28 @@ def test_a_sample_count_beyond_memory_is_refused_by_name(byte_model, tmp_path):
             in r.stderr and r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB\n"), r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["generate", "eval"])
+def test_a_sample_count_from_a_config_file_is_refused_with_its_line(byte_model, tmp_path, cmd):
+    """docs/cli.md: a --config value refused by a message that starts "--n N:" is named with its
+    file and line, and docs/cli.md's example message starts "--n 99999999999999: 2 prompts x".
+    generate said "--data FILE: --n ...", eval "--model DIR: --n ..." (after loading the models
+    and printing its progress line), so neither named cn.ini:2 (a hunt of wave 46)"""
+    d, _ = byte_model
+    n = 10 ** 14
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    cfg = tmp_path / "cn.ini"
+    cfg.write_text(f"max-new-tokens = 2\nn = {n}\n")
+    extra = ["--ref", d] if cmd == "eval" else []
+    r = run(FDPO, cmd, "--model", d, *extra, "--data", tmp_path / "p.txt", "--out", tmp_path / "o.json",
+            "--threads", 1, "--config", cfg)
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    # one line: the refusal, as the rule words it, and nothing before it
+    assert r.stderr.startswith(f"fdpo {cmd}: --n {n}: 2 prompts x {n} samples: their records alone take ") and \
+        r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB (from {cfg}:2)\n") and \
+        r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
 @pytest.mark.parametrize("cmd", ["generate", "info", "tokenize"])
 def test_a_failed_write_to_stdout_is_an_error(byte_model, tmp_path, cmd):
     """stdout on a full disk (/dev/full): the samples were lost and the exit status was 0
