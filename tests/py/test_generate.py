@@ -461,6 +461,30 @@ def test_a_bad_environment_knob_is_not_blamed_on_a_checkpoint(byte_model, tmp_pa
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("cmd,tail", [("generate", ["--stop", "-h"]), ("eval", ["--samples-out", "--help"]),
+                                      ("dpo", ["--out", "-h"])])
+def test_a_help_that_is_a_flags_value_still_checks_the_environment_first(byte_model, tmp_path, cmd, tail):
+    """docs/cli.md: the item after a flag that takes a value is its value ("--stop -h" stops at
+    -h); docs/model.md: every command that uses a model checks FDPO_LMHEAD_* before it starts,
+    so the error is the environment's, not "--ref DIR:"'s. main took any -h/--help item for a
+    help request and skipped that check: "--model DIR: FDPO_LMHEAD_CHUNK=abc ..." (generate),
+    "--ref DIR: ..." (eval), and dpo read its data first (a hunt of wave 46)."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    args = {"generate": ["--model", d, "--data", "p.txt", "--out", "o.jsonl", "--max-new-tokens", 2],
+            "eval": ["--model", d, "--ref", d, "--data", "p.txt", "--out", "e.json", "--max-new-tokens", 2, "--n", 1],
+            "dpo": ["--model", d, "--ref", d, "--data", "p.jsonl", "--steps", 1]}[cmd]
+    e = dict(os.environ, FDPO_LMHEAD_CHUNK="abc")
+    r = subprocess.run([FDPO, cmd, *map(str, args), "--threads", "1", *tail], capture_output=True, text=True,
+                       timeout=120, env=e, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == f"fdpo {cmd}: FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1\n", r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "p.txt"]   # nothing written
+    # a --help at a flag position is still help, whatever the environment holds
+    r = subprocess.run([FDPO, cmd, *tail[:1], "x", "--help"], capture_output=True, text=True, timeout=60, env=e, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: fdpo {cmd}"), r.stderr
+
+
 def test_a_bad_on_off_knob_is_named_once_and_is_the_default(byte_model, tmp_path):
     """The kernels' on/off switches (FDPO_DECODE_ONE_REGION, FDPO_SLICES, ...) are read where no
     error can be returned: a value other than 0/1 used to mean "on" (or, for
