@@ -22,7 +22,7 @@ int fdpo_error_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 const char *fdpo_last_error(void);
 void fdpo_clear_error(void);
 /* The numeric FDPO_* environment knobs, parsed strictly in one place: *out = the integer in
- * the variable `name` (decimal, nothing after it), or def when it is unset or empty; a value
+ * the variable `name` (decimal, no blank before or after it), or def when it is unset or empty; a value
  * that is not such an integer in [min, max] is an error naming the variable and the value
  * ("FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1"), *out = def. */
 int fdpo_env_long(const char *name, long def, long min, long max, long *out);

@@ -200,6 +200,9 @@ int cmd_eval(int argc, char **argv) {
         free(spec);
     }
     if (!rc && fdpo_read_prompts(prompts_path, &prompts, &prompt_lines, &n_prompts)) rc = fdpo_error_context("--data");
+    /* before any model loads, so that the message starts "--n N:" (not "--model DIR:") and
+     * names a --config line that set it (hunt of wave 46) */
+    if (!rc && sf.n > 0) rc = fdpo_samples_count_check(NULL, n_prompts, (size_t)sf.n);
     if (!rc) rc = eval_chat_template_used(flags, n_flags, prompts, n_prompts, pairs_path != NULL);
     if (!rc) rc = fdpo_eval_load_checkpoint("--ref", ref_dir, &ref, &ref_tok);
     if (!rc) rc = eval_set_chat_template(ref_tok, chat_template);

@@ -49,6 +49,14 @@ int cmd_generate(int argc, char **argv) {
         eval_release_out(out_path);
         return fdpo_error_context("--data");
     }
+    /* before the model loads and before the sampling's "--data FILE" context, so that the
+     * message starts "--n N:" and names a --config line that set it (hunt of wave 46) */
+    if (fdpo_samples_count_check(NULL, n_prompts, n)) {
+        eval_release_out(out_path);
+        fdpo_free_strings(prompts, n_prompts);
+        free(prompt_lines);
+        return -1;
+    }
     fdpo_gpt2 *m = NULL;
     fdpo_tokenizer *tok = NULL;
     int32_t **ids = NULL;

@@ -619,6 +619,10 @@ int flags_given(const char *cmd, fdpo_flag *flags, size_t n, int argc, char **ar
     return 0;
 }
 
+static int (*g_after_help_pass)(void);   /* flags_defer_check's check, run once */
+
+void flags_defer_check(int (*check)(void)) { g_after_help_pass = check; }
+
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
                 int argc, char **argv, int *n_pos, char ***pos) {
     g_n_origin = 0;   /* this table's values only */
@@ -653,6 +657,13 @@ int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n,
             free(text);
             if (rc) return FLAGS_ERROR;
         }
+    }
+    /* no --help at a flag position: the check main deferred for an argv item -h or --help
+     * (a flag's value: "--stop -h") runs now, before the flags' own checks, as main runs it */
+    if (g_after_help_pass) {
+        int (*check)(void) = g_after_help_pass;
+        g_after_help_pass = NULL;
+        if (check()) return FLAGS_ERROR;
     }
     /* pass 2: flags and positionals; a list flag's first command-line value drops the config's */
     char *from_cli = fdpo_calloc(n ? n : 1, 1);

@@ -53,6 +53,11 @@ typedef struct {
 #define FLAGS_ERROR (-1)
 int flags_parse(const char *cmd, const char *usage, fdpo_flag *flags, size_t n_flags,
                 int argc, char **argv, int *n_pos, char ***pos);
+/* A check for the next flags_parse to run once it has found no --help or -h at a flag
+ * position (after pass 1, before the flags' values are read): main defers the environment's
+ * check (fdpo_model_env_check) there when an argv item reads -h or --help, which may be a
+ * flag's value ("--stop -h") and not a request for help. NULL: none. */
+void flags_defer_check(int (*check)(void));
 /* Whether flag `name` is given to command cmd (table flags): at a flag position of argv
  * ("--name" or "--name=...", not another flag's value: flags_parse's reading) or as a key of
  * one of its --config files. For a command whose flags depend on one flag (lab check

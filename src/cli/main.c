@@ -96,8 +96,15 @@ int main(int argc, char **argv) {
             const int alone = COMMANDS[i].alone && fdpo_dist_size() > 1, waits = rc == 0 && alone && !fdpo_dist_is_root();
             term_install(COMMANDS[i].name);
             if (waits) rc = fdpo_dist_barrier_idle() || fdpo_dist_all_ok(0) ? -1 : 0;   /* rank 0's status */
-            if (rc == 0 && !waits && COMMANDS[i].models && !asks_for_help(argc, argv)) rc = fdpo_model_env_check();
+            /* an item -h or --help may be a flag's value ("--stop -h"), which only the command's
+             * flag table tells: flags_parse runs the check once it has found no --help (the
+             * check was skipped, and the loader's copy blamed --model DIR:, hunt of wave 46) */
+            if (rc == 0 && !waits && COMMANDS[i].models) {
+                if (asks_for_help(argc, argv)) flags_defer_check(fdpo_model_env_check);
+                else rc = fdpo_model_env_check();
+            }
             if (rc == 0 && !waits) rc = COMMANDS[i].fn(argc - 1, argv + 1);
+            flags_defer_check(NULL);
             /* what a command printed (generate/score --out -, eval's table, info) must have
              * reached stdout: a full disk or a closed pipe lost it with exit 0 */
             errno = 0;

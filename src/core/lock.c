@@ -468,6 +468,8 @@ long fdpo_dir_lock_holder(const char *dir) {
 int fdpo_dir_lock(const char *dir, const char *flag) {
     /* DIR.lock, and a checkpoint save's DIR.tmp and DIR.old, are DIR's text plus a suffix:
      * "." would give "..lock" inside DIR itself and "..tmp" that a save copies DIR into */
+    /* '' was told it is '.', '..' or '/' and to cd .. (merge, tokenizer train; hunt of wave 46) */
+    if (!*dir) return fdpo_error("%s: an empty path", flag);
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/') n--;
     const char *last = dir + n;

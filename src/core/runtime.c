@@ -23,7 +23,8 @@ int fdpo_env_long(const char *name, long def, long min, long max, long *out) {
     errno = 0;
     char *end;
     long v = strtol(e, &end, 10);
-    if (end == e || *end || errno == ERANGE || v < min || v > max) {
+    /* strtol skips leading blanks, which the flags refuse (" 5" ran; hunt of wave 46) */
+    if (!fdpo_number_is_decimal(e) || end == e || *end || errno == ERANGE || v < min || v > max) {
         if (max == LONG_MAX) return fdpo_error("%s=%s: must be an integer >= %ld", name, e, min);
         return fdpo_error("%s=%s: must be an integer in [%ld, %ld]", name, e, min, max);
     }

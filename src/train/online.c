@@ -173,6 +173,11 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         if (!text) rc = -1;
         else if (!cJSON_IsObject(set) || !cJSON_IsArray(fixed)) rc = fdpo_error("%s: not an online run's settings file", path);
         else rc = fdpo_settings_from_json(&saved, set, fixed, path);
+        /* an online.json of an earlier fdpo records rounds mode as "round", which --mode never
+         * took: the same mode as "rounds" (hunt of wave 46) */
+        const fdpo_setting *md = rc == 0 ? fdpo_settings_find(&saved, "mode") : NULL;
+        if (md && md->type == FDPO_SETTING_STR && md->str && !strcmp(md->str, "round"))
+            fdpo_settings_str(&saved, "mode", "rounds", md->fixed);
         /* --lora-targets is compared by the modules it selects, against the completed round's
          * adapter (policy_lora_setup): as typed, PEFT's default named explicitly was a change */
         static const char *const by_modules[] = {"lora-targets", NULL};
@@ -910,7 +915,7 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
      * also without LoRA, is fixed in fdpo_train_opts_settings: a resume can neither add nor
      * drop the adapters) */
     fdpo_settings_str(s, "precision", fdpo_precision_name(fdpo_get_precision()), 1);
-    fdpo_settings_str(s, "mode", "round", 1);
+    fdpo_settings_str(s, "mode", "rounds", 1);   /* --mode's own value (it said "round"; hunt of wave 46) */
     /* resolved as the paths above, and compared as the file it names: an online.json of an
      * older fdpo holds the spec as typed (sacpo's stages pass theirs as given) */
     char *reward = o->reward ? fdpo_reward_spec_resolved(o->reward) : NULL;

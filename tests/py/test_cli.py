@@ -494,6 +494,19 @@ def test_an_empty_input_path_names_its_flag(tmp_path, cmd, flag):
     assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: {flag}: an empty path\n", r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["dpo", "merge", "tokenizer train"])
+def test_an_empty_out_directory_is_an_empty_path(tmp_path, cmd):
+    """docs/cli.md: an empty path is refused before any work, by name (`--out: an empty path`,
+    as dpo, sft and the trainers say). merge and tokenizer train were told "give the directory
+    by its name, not '.', '..' or '/' ... cd .. and give --out NAME", none of which applied
+    (fdpo_dir_lock; a hunt of wave 46)."""
+    text = write(tmp_path / "t.txt", "hello world\n")
+    args = {"dpo": ["--model", str(tmp_path / "m"), "--data", text], "merge": ["--model", str(tmp_path / "a"), "--model",
+            str(tmp_path / "b")], "tokenizer train": ["--vocab-size", "260", text]}[cmd]
+    r = run(*cmd.split(), *args, "--out", "")
+    assert r.returncode == 1 and r.stderr == f"fdpo {cmd.split()[0]}: --out: an empty path\n", r.stderr
+
+
 def test_an_empty_report_input_from_a_config_names_its_line(tmp_path):
     """docs/cli.md: a config value is named with its file and line; "eval =" failed as
     ": no such eval file", naming neither (a hunt's find)"""

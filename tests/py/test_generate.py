@@ -329,6 +329,28 @@ def test_a_sample_count_beyond_memory_is_refused_by_name(byte_model, tmp_path):
             in r.stderr and r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB\n"), r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["generate", "eval"])
+def test_a_sample_count_from_a_config_file_is_refused_with_its_line(byte_model, tmp_path, cmd):
+    """docs/cli.md: a --config value refused by a message that starts "--n N:" is named with its
+    file and line, and docs/cli.md's example message starts "--n 99999999999999: 2 prompts x".
+    generate said "--data FILE: --n ...", eval "--model DIR: --n ..." (after loading the models
+    and printing its progress line), so neither named cn.ini:2 (a hunt of wave 46)"""
+    d, _ = byte_model
+    n = 10 ** 14
+    (tmp_path / "p.txt").write_text("a\nb\n")
+    cfg = tmp_path / "cn.ini"
+    cfg.write_text(f"max-new-tokens = 2\nn = {n}\n")
+    extra = ["--ref", d] if cmd == "eval" else []
+    r = run(FDPO, cmd, "--model", d, *extra, "--data", tmp_path / "p.txt", "--out", tmp_path / "o.json",
+            "--threads", 1, "--config", cfg)
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    # one line: the refusal, as the rule words it, and nothing before it
+    assert r.stderr.startswith(f"fdpo {cmd}: --n {n}: 2 prompts x {n} samples: their records alone take ") and \
+        r.stderr.endswith(f" GB, more than this machine's {machine_gb()} GB (from {cfg}:2)\n") and \
+        r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
 @pytest.mark.parametrize("cmd", ["generate", "info", "tokenize"])
 def test_a_failed_write_to_stdout_is_an_error(byte_model, tmp_path, cmd):
     """stdout on a full disk (/dev/full): the samples were lost and the exit status was 0
@@ -412,6 +434,11 @@ def test_invalid_utf8_in_the_prompts_is_named_by_line(byte_model, tmp_path):
     ("FDPO_LMHEAD_CHUNK", "7x", "FDPO_LMHEAD_CHUNK=7x: must be an integer >= 1"),
     ("FDPO_LMHEAD_KEEP_MAX_BYTES", "lots", "FDPO_LMHEAD_KEEP_MAX_BYTES=lots: must be an integer >= 0"),
     ("FDPO_LMHEAD_KEEP_MAX_BYTES", "-1", "FDPO_LMHEAD_KEEP_MAX_BYTES=-1: must be an integer >= 0"),
+    # leading blanks, which strtol skips and the flags refuse (docs/cli.md: as strictly as
+    # flags; they ran: a hunt of wave 46), as the trailing blank always was
+    ("FDPO_LMHEAD_CHUNK", " 5", "FDPO_LMHEAD_CHUNK= 5: must be an integer >= 1"),
+    ("FDPO_LMHEAD_CHUNK", "5 ", "FDPO_LMHEAD_CHUNK=5 : must be an integer >= 1"),
+    ("FDPO_LMHEAD_KEEP_MAX_BYTES", "\t0", "FDPO_LMHEAD_KEEP_MAX_BYTES=\t0: must be an integer >= 0"),
 ])
 def test_a_bad_numeric_environment_knob_is_an_error(byte_model, tmp_path, var, value, msg):
     """The numeric FDPO_* knobs are parsed strictly (fdpo_env_long): atol read "abc" as 0,
@@ -437,6 +464,30 @@ def test_a_bad_environment_knob_is_not_blamed_on_a_checkpoint(byte_model, tmp_pa
     assert r.returncode == 1 and f"fdpo {cmd}: FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1\n" == r.stderr, r.stderr
     r = run(FDPO, cmd, "--help", env={"FDPO_LMHEAD_CHUNK": "abc"})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("cmd,tail", [("generate", ["--stop", "-h"]), ("eval", ["--samples-out", "--help"]),
+                                      ("dpo", ["--out", "-h"])])
+def test_a_help_that_is_a_flags_value_still_checks_the_environment_first(byte_model, tmp_path, cmd, tail):
+    """docs/cli.md: the item after a flag that takes a value is its value ("--stop -h" stops at
+    -h); docs/model.md: every command that uses a model checks FDPO_LMHEAD_* before it starts,
+    so the error is the environment's, not "--ref DIR:"'s. main took any -h/--help item for a
+    help request and skipped that check: "--model DIR: FDPO_LMHEAD_CHUNK=abc ..." (generate),
+    "--ref DIR: ..." (eval), and dpo read its data first (a hunt of wave 46)."""
+    d, _ = byte_model
+    (tmp_path / "p.txt").write_text("a\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    args = {"generate": ["--model", d, "--data", "p.txt", "--out", "o.jsonl", "--max-new-tokens", 2],
+            "eval": ["--model", d, "--ref", d, "--data", "p.txt", "--out", "e.json", "--max-new-tokens", 2, "--n", 1],
+            "dpo": ["--model", d, "--ref", d, "--data", "p.jsonl", "--steps", 1]}[cmd]
+    e = dict(os.environ, FDPO_LMHEAD_CHUNK="abc")
+    r = subprocess.run([FDPO, cmd, *map(str, args), "--threads", "1", *tail], capture_output=True, text=True,
+                       timeout=120, env=e, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == f"fdpo {cmd}: FDPO_LMHEAD_CHUNK=abc: must be an integer >= 1\n", r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "p.txt"]   # nothing written
+    # a --help at a flag position is still help, whatever the environment holds
+    r = subprocess.run([FDPO, cmd, *tail[:1], "x", "--help"], capture_output=True, text=True, timeout=60, env=e, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: fdpo {cmd}"), r.stderr
 
 
 def test_a_bad_on_off_knob_is_named_once_and_is_the_default(byte_model, tmp_path):

@@ -306,6 +306,31 @@ def test_resumed_run_equals_uninterrupted_run(setup, tmp_path):
     assert drop(metrics(a)) == drop(metrics(b))
 
 
+def test_online_json_records_the_mode_as_the_flag_spells_it_and_an_older_round_still_resumes(setup, tmp_path):
+    """online.json's settings use the flags' own names and values, so a resume's messages can
+    quote them back (docs/cli.md); --mode takes rounds or step (online --help), but the file
+    recorded "mode": "round", which `--mode round` refuses. A plan written before the fix
+    (holding "round") must still resume, and rerun its later rounds as an uninterrupted run
+    does (a hunt of wave 46)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    small = ["--prompts-per-round", 4, "--threads", 1]
+    online(setup, a, "--rounds", 2, *small)
+    online(setup, b, "--rounds", 1, *small)
+    plan = json.loads((b / "online.json").read_text())
+    assert plan["settings"]["mode"] == "rounds" and "mode" in plan["fixed"], plan["settings"]
+    # the value recorded is one --mode takes
+    r = fdpo("online", "--mode", plan["settings"]["mode"], "--help")
+    assert "--mode" in r.stdout
+    # an online.json of the fdpo before the fix: the same mode, spelt "round"
+    plan["settings"]["mode"] = "round"
+    (b / "online.json").write_text(json.dumps(plan, indent=2))
+    online(setup, b, "--rounds", 2, "--resume", *small, "--mode", "rounds")
+    assert (a / "round-1" / "model.safetensors").read_bytes() == (b / "round-1" / "model.safetensors").read_bytes()
+    # a refused change still names the flag as the file records it (the old spelling is read as rounds)
+    r = online(setup, b, "--rounds", 3, "--resume", *small, "--beta", 0.3, check=False)
+    assert r.returncode == 1 and "--beta: 0.3 differs from the saved run's 0.1" in r.stderr and "mode" not in r.stderr, r.stderr
+
+
 def test_resume_refuses_prompts_edited_in_place_and_removes_stale_temp_files(setup, tmp_path):
     """online.json recorded --data as a path only: a rounds-mode resume after the file was edited
     in place sampled other prompts without a word (rl and step mode refuse that edit). And a
