@@ -145,6 +145,9 @@ int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *re
     /* before rank 0 looks for the file: ranks with another key (--precision, --layout, the
      * pairs, the reference) would wait for a file of another name */
     if (fdpo_dist_check_agree("the reference log-probs' key (--ref, the pairs, --precision, --layout)", k->key)) return -1;
+    /* rank 0 alone looks for the file and says hit for every rank, which then reads its own
+     * directory's: another directory there failed with a bare "No such file" */
+    if (fdpo_dist_check_agree("--ref-cache-dir", fdpo_hash64(FDPO_HASH_INIT, dir, strlen(dir) + 1))) return -1;
     char *path = fdpo_refcache_path(dir, k);
     *hit = 0;
     /* under MPI rank 0 decides hit or miss for every rank (a miss is computed by all) */

@@ -830,7 +830,7 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
         fdpo_order_init(&s->data, n_items, o->shuffle, &s->rng);
         s->settings = now;
         now = (fdpo_settings){0};
-        if (fdpo_mkdir_p(o->out)) goto fail;
+        if (fdpo_dist_is_root() && fdpo_mkdir_p(o->out)) goto fail;   /* rank 0 alone makes OUT */
     }
     fdpo_settings_free(&now);
     if (fdpo_dist_size() > 1) {

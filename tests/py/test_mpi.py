@@ -1187,6 +1187,32 @@ def mpmd(rank0, rank1, timeout=60):
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+def test_ranks_with_different_out_are_refused(work, tmp_path):
+    """docs/scaling.md: every rank gets the same flags, and rank 0 alone writes the run. --out
+    was outside the ranks' flag hash: rank 1's --out y was accepted (rc 0) and became an empty
+    directory while the run went to rank 0's x. Now the job is refused by name, nothing made."""
+    base = ["pretrain", "--steps", 2, *PRETRAIN, work / "text.txt"]
+    r = mpmd([*base, "--out", tmp_path / "x"], [*base, "--out", tmp_path / "y"])
+    assert r.returncode != 0
+    assert "--out differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
+def test_ranks_with_different_ref_cache_dir_are_refused_by_name(work, tmp_path):
+    """docs/scaling.md: a flag that differs between ranks is named. Rank 0 alone looks for the
+    cache file and tells every rank "hit", which each then read from its own --ref-cache-dir:
+    rank 1's, without the file, failed with a bare "cb/ref-....safetensors: No such file"."""
+    fdpo(*dpo_args(work, tmp_path / "first", "--steps", 1))   # the cache, in cache-first
+    base = dpo_args(work, tmp_path / "x", "--steps", 2)
+    at = base.index("--ref-cache-dir") + 1
+    other = list(base)
+    other[at] = tmp_path / "cb"
+    r = mpmd([*base[:at], tmp_path / "cache-first", *base[at + 1:]], other)
+    assert r.returncode != 0
+    assert "--ref-cache-dir differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
+    assert "No such file" not in r.stderr, r.stderr
+
+
 def test_ranks_with_different_stop_at_are_refused_not_hung(work, tmp_path):
     """--stop-at is no saved setting, so the ranks' flag hash left it out: the rank that
     stopped went to its final barrier while the other waited in the next step's allreduce,
