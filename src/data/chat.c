@@ -577,6 +577,19 @@ int fdpo_chat_parse_conversation(const char *text, const char *field, cJSON **ou
                               "without it", field, at + 1);
     }
     if (!is_message_list(list)) { cJSON_Delete(list); return 0; }
+    /* cJSON reads a raw tab inside a string, Python's json refuses the text (it would be a
+     * plain prompt there): refused, as a JSONL line holding one is, rather than read as a
+     * conversation that other tools read as text */
+    int in_string = 0;
+    size_t ctl = fdpo_json_raw_control(text, n, &in_string);
+    if (ctl < n) {
+        fdpo_error("%s: its messages' JSON text has a raw control character (U+%04X) %s at byte %zu, which JSON and "
+                   "Python's json refuse%s", field, (unsigned)(unsigned char)text[ctl],
+                   in_string ? "inside a string" : "between values", ctl + 1,
+                   in_string ? ": escape it (\\t, \\n or \\u00XX)" : "");
+        cJSON_Delete(list);
+        return -1;
+    }
     size_t esc = fdpo_json_bad_u_escape(text, n);   /* cJSON cut a string there */
     if (esc < n) {
         fdpo_error("%s (its messages' JSON text): " FDPO_JSON_BAD_U_ESCAPE, field, esc + 1);

@@ -43,7 +43,7 @@ const char *fdpo_json_duplicate_key(const cJSON *j) {
  * skips it as whitespace there). cJSON takes them; Python's json, and so a datasets/TRL
  * pipeline, refuses the line. A raw 0 byte inside a string is left to fdpo_jsonl_check_nul,
  * which names the field it would cut. *in_string: where it was. */
-static size_t raw_control(const char *line, size_t n, int *in_string) {
+size_t fdpo_json_raw_control(const char *line, size_t n, int *in_string) {
     int in = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)line[i];
@@ -147,7 +147,7 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
         return NULL;
     }
     int in_string = 0;
-    size_t ctl = raw_control(line, n, &in_string);
+    size_t ctl = fdpo_json_raw_control(line, n, &in_string);
     if (ctl < n) {
         size_t ln = fdpo_json_line_col(line, ctl, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,

@@ -63,6 +63,11 @@ size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *
  * 0 byte (cJSON keeps raw control bytes, and the string ends there too). What
  * fdpo_jsonl_check_nul looks for; a --lexicon names the word and line that holds it. */
 size_t fdpo_json_find_nul(const char *raw, size_t n);
+/* Offset of the first raw control character of the JSON text line[0..n) that JSON refuses:
+ * any below U+0020 inside a string (a 0 byte there is fdpo_json_find_nul's), any but tab, CR
+ * and LF between tokens; n when none. *in_string: which of the two it was. cJSON takes them,
+ * Python's json refuses the text. */
+size_t fdpo_json_raw_control(const char *line, size_t n, int *in_string);
 
 /* The offsets of the opening quotes of the keys of the object that the JSON text s[0..n)
  * (valid JSON) is, in the text's order (cJSON's order of the members), malloc'd; *count

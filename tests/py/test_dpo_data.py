@@ -246,6 +246,30 @@ def test_a_message_list_only_python_reads_is_refused_not_text(tmp_path, msgs, to
     assert r.returncode == 1 and f"{d}:2: {want}" in r.stderr, r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("ctl", ["\t", "\x01", "\x1f"])
+def test_a_message_list_with_a_raw_control_character_is_refused_not_a_conversation(tmp_path, ctl):
+    """The other direction of the rule above (review of wave 46): a message list holding a raw
+    control character inside a string is no JSON, Python's json.loads refuses it (so by the
+    docs' rule it would be plain text), cJSON read it and fdpo rendered it as a conversation.
+    Refused by FILE:LINE with the character and its byte, as a JSONL line holding one is."""
+    text = '[{"role": "user", "content": "a' + ctl + 'b"}]'
+    with pytest.raises(json.JSONDecodeError, match="Invalid control character"):
+        json.loads(text)
+    at = text.index(ctl) + 1
+    want = (f"prompt: its messages' JSON text has a raw control character (U+{ord(ctl):04X}) inside a string "
+            f"at byte {at}, which JSON and Python's json refuse")
+    d = tmp_path / "d.jsonl"
+    d.write_text(json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}) + "\n"
+                 + json.dumps({"prompt": text, "chosen": "a", "rejected": "b"}) + "\n")
+    r = harness("dpo-data", "--data", d, check=False)
+    assert r.returncode == 1 and f"{d}:2: {want}" in r.stderr, r.stdout + r.stderr
+    # escaped, as json.dumps writes it, the same list is the conversation it stands for
+    d.write_text(json.dumps({"prompt": json.dumps(json.loads(text.replace(ctl, "\\u%04x" % ord(ctl)))),
+                             "chosen": "a", "rejected": "b"}) + "\n")
+    got = json.loads(harness("dpo-data", "--data", d).stdout)
+    assert len(got["pairs"]) == 1, got
+
+
 def test_other_columns_named_like_prompt_keep_the_implicit_prompt(tmp_path):
     """Only a misspelt "prompt" is refused: a dataset's other columns that start with it
     (prompt_id, promptId, prompts) leave a pair without "prompt" to TRL's implicit prompt."""
