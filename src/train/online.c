@@ -682,8 +682,10 @@ static int online_run(const fdpo_online_opts *o) {
     int has_reward_hash;   /* what the reward read (online_plan) */
     const uint64_t reward_hash = fdpo_reward_content_hash1(o->reward, o->reward_opts.lexicon, &has_reward_hash);
     /* one run per directory: a second one would sample and rename the same rounds */
-    int rc = 0, locked = 0;
-    if (fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
+    /* one OUT for the job, said before anything is made, as the trainers' (fdpo_checkpoint_recover):
+     * rank 0 alone writes the rounds, and a rank given another --out was ignored */
+    int rc = fdpo_dist_check_agree("--out", fdpo_hash64(FDPO_HASH_INIT, o->out, strlen(o->out) + 1)), locked = 0;
+    if (rc == 0 && fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
     /* rank 0 alone makes OUT, under its lock: another rank's mkdir ran before rank 0's refusal
      * (inside a running run's OUT, whose saves then carried the new directory) */
     if (rc == 0 && fdpo_dist_is_root()) rc = fdpo_mkdir_p(o->out);

@@ -1198,6 +1198,17 @@ def test_ranks_with_different_out_are_refused(work, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
 
 
+def test_online_rounds_ranks_with_different_out_are_refused(work, tmp_path):
+    """online's rounds mode locks and makes OUT itself, not through the trainers' start: rank
+    1's --out y was ignored (rc 0 where no round trained; a generic "flags differ" after round
+    0's samples where one did, its round-0.partial left). Refused by name, nothing made (review
+    of wave 46)."""
+    r = mpmd(online_args(work, tmp_path / "x", "--rounds", 1), online_args(work, tmp_path / "y", "--rounds", 1))
+    assert r.returncode != 0
+    assert "--out differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
 def test_ranks_with_different_ref_cache_dir_are_refused_by_name(work, tmp_path):
     """docs/scaling.md: a flag that differs between ranks is named. Rank 0 alone looks for the
     cache file and tells every rank "hit", which each then read from its own --ref-cache-dir:
