@@ -658,7 +658,7 @@ static int lab_check_method(int argc, char **argv) {
     };
     PARSE_FLAGS("check", "fdpo lab check --method LIST [flags]");
     /* an old script's --k would otherwise be the alias of --n: another problem size, silently */
-    if (flags_was_set(flags, NFLAGS(flags), "k")) return fdpo_error("--k: renamed --group-size in lab check --method (--n is the number of responses)");
+    if (flags_was_set(flags, NFLAGS(flags), "k")) return fdpo_error("--k (-k): renamed --group-size in lab check --method (--n is the number of responses)");
     (void)k_removed;
     fdpo_lab_labels labels;
     if (fdpo_lab_labels_parse(labels_name, &labels)) return -1;

@@ -305,7 +305,7 @@ def test_kto_bad_flags_are_named(args, needle):
     (["--method", "ppo"], "--method: unknown method 'ppo'"),
     (["--method", "rloo", "--divergence", "chi2"], "--divergence: chi2 is not usable"),
     (["--method", "rloo", "--sampled", "--group-size", "1"], "--group-size: rloo needs groups of at least 2"),
-    (["--method", "rloo", "--k", "8"], "--k: renamed --group-size"),   # else the alias of --n: another problem
+    (["--method", "rloo", "--k", "8"], "--k (-k): renamed --group-size"),   # else the alias of --n: another problem
     (["--method", "online", "--lr", "-1"], "--lr: must be > 0"),
     (["--method", "online", "--steps", "-3"], "--steps: must not be negative (got -3)"),
     (["--method", "grpo", "--group-size", "9"], "--group-size: exact grpo averages over all n^k"),
@@ -333,7 +333,7 @@ def test_one_letter_k_gets_the_renamed_message(args):
     the user to a flag that only says it was removed (hunt of wave 46)"""
     r = lab("--method", "rloo", *args, check=False)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.count("\n") == 1 and "renamed --group-size" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "-k): renamed --group-size" in r.stderr, r.stderr
     assert "did you mean" not in r.stderr, r.stderr
     # without --method -k stays the old spelling of --n (docs/cli.md's alias list), here n = 4 responses
     r = lab("-k", "4", check=False)
