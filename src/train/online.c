@@ -964,27 +964,22 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     t.resume = o->resume;
     fdpo_prompt_run pr;
     int rc = fdpo_prompt_run_open(&pr, &t, o->prompts, o->reward, &o->reward_opts, o->ref, o->model);
-    char **prompts = pr.prompts;
-    const size_t n_prompts = pr.n_prompts, *prompt_lines = pr.prompt_lines;
-    fdpo_reward *reward = pr.reward;
-    fdpo_tokenizer *tok = pr.tok;
-    fdpo_gpt2 *ref = pr.ref;
-    const int ref_is_base = pr.ref_is_base;
+    fdpo_gpt2 *ref = pr.ref;   /* or the policy itself (pr.ref_is_base), once the trainer opens */
     fdpo_settings extra = {0};
     fdpo_online_step_settings(o, &extra);
     fdpo_trainer tr;
     fdpo_dpo d = {0};
     int tr_ok = 0, d_ok = 0;
-    if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "online-step", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
+    if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "online-step", pr.tok, pr.n_prompts, fdpo_prompts_hash(pr.prompts, pr.n_prompts), &extra)) == 0;
     fdpo_settings_free(&extra);
     fdpo_gpt2 *policy = tr_ok ? tr.model : NULL;
-    if (ref_is_base) ref = policy;
+    if (pr.ref_is_base) ref = policy;
     /* one decoder for the whole run, re-packed in place (bf16) at each step's sampling */
     fdpo_sampler *sampler = policy ? fdpo_sampler_create(policy) : NULL;
     tr.progress.phase = "online";
     fdpo_dpo_config cfg = o->dpo.dpo;
     cfg.micro_batch = 0;
-    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &policy->config,
+    if (!rc) rc = fdpo_prompts_check_fit(pr.tok, pr.prompts, pr.prompt_lines, pr.n_prompts, &policy->config,
                                          ref && ref != policy ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
     if (!rc) rc = fdpo_online_sample_check(o, policy->config.vocab_size);
     if (!rc) d_ok = (rc = fdpo_dpo_init(&d, policy, ref, &cfg)) == 0;
@@ -1003,14 +998,14 @@ int fdpo_online_step_run(const fdpo_online_opts *o) {
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);
-        for (size_t i = 0; i < P; i++) ps[i] = prompts[fdpo_trainer_next_item(&tr)];
+        for (size_t i = 0; i < P; i++) ps[i] = pr.prompts[fdpo_trainer_next_item(&tr)];
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score, t_train = 0;
         char what[32];   /* the step as its metrics line counts it */
         snprintf(what, sizeof what, "step %ld", step + 1);
-        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, what, step, ps, P, K, reward, &ids, &lens, &s, pp, cc, r, sec);
+        rc = fdpo_sample_and_score_ranks(sampler, pr.tok, &sample, what, step, ps, P, K, pr.reward, &ids, &lens, &s, pp, cc, r, sec);
         size_t np = 0;
         double gap = 0, scores = 0, kl = 0, ent = 0, eos = 0;
         for (size_t p = 0; rc == 0 && p < P; p++) {

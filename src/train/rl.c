@@ -428,23 +428,18 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     fdpo_train_opts t = rl_train_opts(o);
     fdpo_prompt_run pr;
     int rc = fdpo_prompt_run_open(&pr, &t, o->prompts, o->reward, &o->reward_opts, o->ref, o->model);
-    char **prompts = pr.prompts;
-    const size_t n_prompts = pr.n_prompts, *prompt_lines = pr.prompt_lines;
-    fdpo_reward *reward = pr.reward;
-    fdpo_tokenizer *tok = pr.tok;
-    fdpo_gpt2 *ref = pr.ref;
-    const int ref_is_base = pr.ref_is_base;
+    fdpo_gpt2 *ref = pr.ref;   /* or the policy itself (pr.ref_is_base), once the trainer opens */
     fdpo_settings extra = {0};
     fdpo_rl_run_opts_settings(o, &extra);
     fdpo_trainer tr;
     int tr_ok = 0;
-    if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "rl", tok, n_prompts, fdpo_prompts_hash(prompts, n_prompts), &extra)) == 0;
+    if (!rc) tr_ok = (rc = fdpo_trainer_open(&tr, &t, "rl", pr.tok, pr.n_prompts, fdpo_prompts_hash(pr.prompts, pr.n_prompts), &extra)) == 0;
     fdpo_settings_free(&extra);
-    if (!rc && ref_is_base) ref = tr.model;
+    if (!rc && pr.ref_is_base) ref = tr.model;
     else if (ref) ref->params_frozen = 1;   /* never written: --precision bf16 converts it once per run */
     if (!rc && ref->config.vocab_size != tr.model->config.vocab_size)
         rc = fdpo_error("--ref: vocabulary %zu != the policy's %zu", ref->config.vocab_size, tr.model->config.vocab_size);
-    if (!rc) rc = fdpo_prompts_check_fit(tok, prompts, prompt_lines, n_prompts, &tr.model->config,
+    if (!rc) rc = fdpo_prompts_check_fit(pr.tok, pr.prompts, pr.prompt_lines, pr.n_prompts, &tr.model->config,
                                          ref != tr.model ? &ref->config : NULL, o->sample.max_new_tokens, o->prompts);
     if (!rc) rc = rl_distinct_check(o, tr.model->config.vocab_size);
     /* the gradient, the shaped reward and the penalty use log pi of the policy itself: from a
@@ -483,14 +478,14 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
     while (rc == 0 && !fdpo_trainer_done(&tr)) {
         const long step = (long)tr.state.step;   /* 0-based; the sampling seed is (seed, step) */
         fdpo_trainer_begin_step(&tr);
-        for (size_t i = 0; i < P; i++) ps[i] = prompts[fdpo_trainer_next_item(&tr)];
+        for (size_t i = 0; i < P; i++) ps[i] = pr.prompts[fdpo_trainer_next_item(&tr)];
         int32_t **ids = NULL;
         size_t *lens = NULL;
         fdpo_sample *s = NULL;
         double sec[2] = {0, 0}, t_score = fdpo_now(), t_train = 0;
         char what[32];   /* the step as its metrics line counts it */
         snprintf(what, sizeof what, "step %ld", step + 1);
-        rc = fdpo_sample_and_score_ranks(sampler, tok, &sample, what, step, ps, P, k, reward, &ids, &lens, &s, pp, cc, r, sec);
+        rc = fdpo_sample_and_score_ranks(sampler, pr.tok, &sample, what, step, ps, P, k, pr.reward, &ids, &lens, &s, pp, cc, r, sec);
         t_score = fdpo_now();
         fdpo_rl_metrics m;
         memset(&m, 0, sizeof m);
@@ -508,12 +503,12 @@ int fdpo_rl_train(const fdpo_rl_run_opts *o) {
              * per-prompt baselines are the single process's), in micro-batches that the
              * reference and the policy run alike (rl_micro_batches) */
             const size_t n_mb = rl_micro_batches(pb, pe, k, pi, np, ny, mb);
-            int lora_on = ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
+            int lora_on = pr.ref_is_base ? fdpo_lora_set_enabled(policy, 0) : 0;
             for (size_t j = 0; rc == 0 && j < n_mb; j++) {
                 const size_t first = mb[j] * k, cnt = (mb[j + 1] - mb[j]) * k;
                 rc = fdpo_rl_ref_logp(ref, &o->rl, cnt, pi + first, np + first, yi + first, ny + first, lref + first);
             }
-            if (ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
+            if (pr.ref_is_base) fdpo_lora_set_enabled(policy, lora_on);
             sec[1] += fdpo_now() - t_score;
             t_train = fdpo_now();
             /* each micro-batch's loss and gradient scaled by 1/N of the whole step, accumulated:
