@@ -523,3 +523,30 @@ def test_a_tokenizer_copied_in_after_a_killed_save_is_left_whole(tmp_path):
     r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
     assert {p.name for p in out.iterdir() if ".kept." in p.name} == set(kept)   # a later cleanup keeps them
 
+
+def test_refusal_of_a_half_replaced_tokenizer_names_a_command_that_repairs_it(tmp_path):
+    """The loader's refusal said the next `fdpo tokenizer train --out DIR` "(even a refused
+    one)" puts the old files back, but one refused before its cleanup (no FILE given) leaves
+    the journal (hunt of wave 46). It now names the command with FILE and valid options, and
+    what to do when the journal's process id is in use again; checked by running both."""
+    _strace_or_skip()
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    pid = _killed_save(out, new_src, 2, "renameat2")
+    r = run(FDPO, "tokenize", "--tokenizer", out, new_src)
+    assert r.returncode == 1, r.stderr.decode()
+    msg = r.stderr.decode()
+    assert f"`fdpo tokenizer train --out {out} FILE` with valid options" in msg, msg
+    assert "(even a refused one)" not in msg and "remove it by hand" in msg, msg
+    # without FILE: refused before the cleanup, the journal stays (so the message must not promise it)
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out)
+    assert r.returncode == 1 and (out / f".fdpo-set.tmp.{pid}").exists()
+    # with FILE (refused for lacking --overwrite): repaired
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    assert not (out / f".fdpo-set.tmp.{pid}").exists() and tokenizer_bytes(out) == tokenizer_bytes(old_dir)
+
