@@ -284,11 +284,14 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
             n = 0;
         }
+        int put_back[SET_MAX] = {0}, removed_new[SET_MAX] = {0};
         for (size_t i = 0; i < n && !rc; i++) {
             if (back && in[i] && tmp[i]) {   /* the old file at the temp name: swapped back, the new one removed */
                 if (renameat2(AT_FDCWD, tp[i], AT_FDCWD, np[i], RENAME_EXCHANGE) != 0 || unlink(tp[i]) != 0) rc = -1;
+                put_back[i] = 1;
             } else if (back && in[i] && !had_old[i]) {
                 if (unlink(np[i]) != 0) rc = -1;
+                removed_new[i] = 1;
             } else if (back && tmp[i]) {   /* never renamed: the new file */
                 if (unlink(tp[i]) != 0) rc = -1;
             } else if (!back && in[i] && tmp[i]) {   /* the old file */
@@ -303,13 +306,27 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
         }
         if (!rc && n) {
             (void)fdpo_fsync_parent(jp, 0);
-            char list[SET_MAX * 258] = "";
+            /* what was done, name by name: the old file put back, the new one removed (the name
+             * had none before), the old one left (never replaced), or the new one kept */
+            char list[SET_MAX * 258] = "", said[4][SET_MAX * 258] = {"", "", "", ""};
             for (size_t i = 0; i < n; i++) {
                 size_t l = strlen(list);
                 snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", names[i]);
+                int w = !back ? 3 : put_back[i] ? 0 : removed_new[i] ? 1 : had_old[i] ? 2 : -1;
+                if (w < 0) continue;
+                l = strlen(said[w]);
+                snprintf(said[w] + l, sizeof said[w] - l, "%s%s", l ? ", " : "", names[i]);
             }
-            fdpo_log(FDPO_LOG_WARN, "%s: %s %s, which process %ld (which is gone) was replacing together", dir,
-                     back ? "put back the old" : "finished putting in the new", list, pid);
+            static const char *const WHAT[4] = {"put back the old ", "removed the new ", "kept the old ", "finished putting in the new "};
+            static const char *const WHY[4] = {"", " (there was no old one)", " (not yet replaced)", ""};
+            char did[sizeof said + 256] = "";
+            for (int w = 0; w < 4; w++) {
+                if (!*said[w]) continue;
+                size_t l = strlen(did);
+                snprintf(did + l, sizeof did - l, "%s%s%s%s", l ? "; " : "", WHAT[w], said[w], WHY[w]);
+            }
+            fdpo_log(FDPO_LOG_WARN, "%s: %s: process %ld (which is gone) was killed replacing %s together", dir,
+                     *did ? did : "nothing to undo", pid, list);
         }
         for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
     }

@@ -550,3 +550,35 @@ def test_refusal_of_a_half_replaced_tokenizer_names_a_command_that_repairs_it(tm
     assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
     assert not (out / f".fdpo-set.tmp.{pid}").exists() and tokenizer_bytes(out) == tokenizer_bytes(old_dir)
 
+
+def test_the_recovery_warning_says_what_it_did(tmp_path):
+    """The recovery always warned "put back the old vocab.json, merges.txt,
+    tokenizer_config.json", also after a first save into an empty directory, which had no old
+    files (it removed the new ones), and for files the save had not replaced yet (hunt of wave
+    46). It now says per file what it did, checked against the files left."""
+    _strace_or_skip()
+    src = tmp_path / "a.txt"
+    src.write_text("hello world, hello there " * 20)
+    # a first save, killed after vocab.json and merges.txt went in: no old files anywhere
+    fresh = tmp_path / "fresh"
+    _killed_save(fresh, src, 3, overwrite=False)
+    assert (fresh / "vocab.json").exists() and (fresh / "merges.txt").exists() and not (fresh / "tokenizer_config.json").exists()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", fresh, src)
+    assert r.returncode == 0, r.stderr.decode()
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1, r.stderr.decode()
+    assert "put back" not in warn[0] and "removed the new vocab.json, merges.txt (there was no old one)" in warn[0], warn[0]
+    # an overwrite killed after the first exchange: vocab.json put back, the other two never replaced
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    _killed_save(out, new_src, 2, "renameat2")
+    assert (out / "vocab.json").read_bytes() != (old_dir / "vocab.json").read_bytes()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and tokenizer_bytes(out) == tokenizer_bytes(old_dir), r.stderr.decode()
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1, r.stderr.decode()
+    assert "put back the old vocab.json;" in warn[0] and "kept the old merges.txt, tokenizer_config.json (not yet replaced)" in warn[0], warn[0]
