@@ -164,10 +164,13 @@ void fdpo_atomic_abort(fdpo_atomic_file *af);
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
 /* The same for a set in one directory that must never be left mixed by a kill (a
  * tokenizer's files): before the first rename it writes and syncs DIR/.fdpo-set.tmp.PID,
- * naming each file and its new inode, and removes it last. A process killed between the
+ * naming each file with the inode, size and mtime of its new and its old version, and removes
+ * it last. A process killed between the
  * renames leaves it; the next fdpo_remove_stale_tmp of DIR (fdpo_atomic_set_recover) puts
  * the old set back, or finishes the new one once an old file is gone, instead of removing
- * the old files that wait at their temp names. Files in several directories: no journal. */
+ * the old files that wait at their temp names. A name holding a file that is neither version
+ * (written since the kill) stops it: no name of the set is touched, and the versions at the
+ * temp names are renamed to NAME.kept.PID. Files in several directories: no journal. */
 int fdpo_atomic_commit_set(fdpo_atomic_file *const *afs, size_t n);
 /* Undo (or finish) the set dead process pid was committing in dir: 0 when there was none
  * or it is done (the journal removed), -1 when a rename failed (logged; all is left). */

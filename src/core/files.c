@@ -140,11 +140,19 @@ static int commit_one_of_set(fdpo_atomic_file *af, int *state) {
 
 /* ---- the journal of a set in one directory (fdpo_atomic_commit_set) ----
  * DIR/.fdpo-set.tmp.PID, written and synced after every new file is and before the first
- * rename: a header line, one line "HAD_OLD INODE NAME" per file (the new file's inode, which
- * a rename keeps), and "end". A kill between the exchanges left some names holding the new
- * file and the others the old one, each other version at NAME.tmp.PID; the inodes tell which
- * is which, so fdpo_atomic_set_recover can swap the set back whole. */
-#define SET_JOURNAL_HEADER "fdpo atomic set 1\n"
+ * rename: a header line, one line "HAD_OLD NEW_ID OLD_ID NAME" per file, each ID "INODE SIZE
+ * MTIME_S MTIME_NS" of the new file and of the old one it replaces (a rename keeps all four;
+ * "0 0 0 0" when there is none), and "end". A kill between the exchanges left some names
+ * holding the new file and the others the old one, each other version at NAME.tmp.PID; the
+ * IDs tell which is which, so fdpo_atomic_set_recover can swap the set back whole. A file that
+ * is neither (one copied in since the kill, even onto the same inode) stops the recovery. */
+#define SET_JOURNAL_HEADER "fdpo atomic set 2\n"
+typedef struct { uintmax_t ino, size, sec, nsec; } set_id;
+static set_id id_of(const struct stat *st) {
+    set_id id = {(uintmax_t)st->st_ino, (uintmax_t)st->st_size, (uintmax_t)st->st_mtim.tv_sec, (uintmax_t)st->st_mtim.tv_nsec};
+    return id;
+}
+static int id_eq(set_id a, set_id b) { return a.ino == b.ino && a.size == b.size && a.sec == b.sec && a.nsec == b.nsec; }
 #define SET_MAX 16
 
 static char *set_journal_path(const char *dir, long pid) {
@@ -184,7 +192,7 @@ static char *set_journal_for(fdpo_atomic_file *const *afs, size_t n) {
 
 static int write_set_journal(const char *jp, fdpo_atomic_file *const *afs, size_t n) {
     size_t cap = sizeof SET_JOURNAL_HEADER + 8, len;
-    for (size_t i = 0; i < n; i++) if (afs[i]->path) cap += strlen(afs[i]->path) + 48;
+    for (size_t i = 0; i < n; i++) if (afs[i]->path) cap += strlen(afs[i]->path) + 200;
     char *text = fdpo_malloc(cap);
     len = (size_t)snprintf(text, cap, "%s", SET_JOURNAL_HEADER);
     int rc = 0;
@@ -193,8 +201,11 @@ static int write_set_journal(const char *jp, fdpo_atomic_file *const *afs, size_
         struct stat st, old;
         if (stat(afs[i]->tmp_path, &st) != 0) { rc = fdpo_error("%s: %s", afs[i]->tmp_path, strerror(errno)); break; }
         const char *slash = strrchr(afs[i]->path, '/');
-        len += (size_t)snprintf(text + len, cap - len, "%d %ju %s\n", lstat(afs[i]->path, &old) == 0, (uintmax_t)st.st_ino,
-                                slash ? slash + 1 : afs[i]->path);
+        int had = lstat(afs[i]->path, &old) == 0;
+        set_id a = id_of(&st), b = {0, 0, 0, 0};
+        if (had) b = id_of(&old);
+        len += (size_t)snprintf(text + len, cap - len, "%d %ju %ju %ju %ju %ju %ju %ju %ju %s\n", had, a.ino, a.size, a.sec, a.nsec,
+                                b.ino, b.size, b.sec, b.nsec, slash ? slash + 1 : afs[i]->path);
     }
     len += (size_t)snprintf(text + len, cap - len, "end\n");
     if (!rc) {
@@ -213,7 +224,7 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
     FILE *f = fopen(jp, "rb");
     if (!f) { free(jp); return errno == ENOENT ? 0 : -1; }
     char line[4096], names[SET_MAX][256];
-    uintmax_t ino[SET_MAX];
+    set_id nid[SET_MAX], oid[SET_MAX];
     int had_old[SET_MAX], complete = 0;
     size_t n = 0;
     int ok = fgets(line, sizeof line, f) && strcmp(line, SET_JOURNAL_HEADER) == 0;
@@ -221,7 +232,9 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
         if (strcmp(line, "end\n") == 0) { complete = 1; break; }
         int at = 0;
         size_t l = strlen(line);
-        if (n == SET_MAX || l == 0 || line[l - 1] != '\n' || sscanf(line, "%d %ju %n", &had_old[n], &ino[n], &at) != 2 || !at ||
+        if (n == SET_MAX || l == 0 || line[l - 1] != '\n' || sscanf(line, "%d %ju %ju %ju %ju %ju %ju %ju %ju %n", &had_old[n],
+                                                                        &nid[n].ino, &nid[n].size, &nid[n].sec, &nid[n].nsec, &oid[n].ino,
+                                                                        &oid[n].size, &oid[n].sec, &oid[n].nsec, &at) != 9 || !at ||
             l - 1 - (size_t)at >= sizeof names[n] || l - 1 == (size_t)at) { ok = 0; break; }
         line[l - 1] = 0;
         snprintf(names[n], sizeof names[n], "%s", line + at);
@@ -231,7 +244,7 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
     int rc = 0;
     if (ok && complete) {
         /* state: in = the name holds the new file; tmp = NAME.tmp.PID is there (the other version) */
-        int in[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], back = 1;
+        int in[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], back = 1, foreign = 0;
         char *np[SET_MAX], *tp[SET_MAX];
         for (size_t i = 0; i < n; i++) {
             struct stat st;
@@ -239,16 +252,46 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             size_t k = strlen(np[i]) + 32;
             tp[i] = fdpo_malloc(k);
             snprintf(tp[i], k, "%s.tmp.%ld", np[i], pid);
-            in[i] = lstat(np[i], &st) == 0 && (uintmax_t)st.st_ino == ino[i];
+            int here = lstat(np[i], &st) == 0;
+            in[i] = here && id_eq(id_of(&st), nid[i]);
+            if (here && !in[i] && !(had_old[i] && id_eq(id_of(&st), oid[i]))) foreign = 1;   /* written since the kill */
             tmp[i] = lstat(tp[i], &st) == 0;
-            tmp_new[i] = tmp[i] && (uintmax_t)st.st_ino == ino[i];   /* else the old file, or one written since */
+            tmp_new[i] = tmp[i] && id_eq(id_of(&st), nid[i]);
+            if (tmp[i] && !tmp_new[i] && !(had_old[i] && id_eq(id_of(&st), oid[i]))) foreign = 1;
             if (in[i] && !tmp[i] && had_old[i]) back = 0;   /* its old file is gone already: the set goes forward */
         }
+        if (foreign) {
+            /* a file of the set was written since the kill (a tokenizer copied in): which set the
+             * user wants is not ours to guess, so no name of the set is touched; the versions the
+             * dead save left at their temp names are kept under names no cleanup removes */
+            char list[SET_MAX * 300] = "";
+            for (size_t i = 0; i < n; i++) {
+                if (!tmp[i]) continue;
+                size_t k = strlen(np[i]) + 32, l = strlen(list);
+                char *kp = fdpo_malloc(k);
+                snprintf(kp, k, "%s.kept.%ld", np[i], pid);
+                if (rename(tp[i], kp) != 0) { rc = -1; free(kp); break; }
+                snprintf(list + l, sizeof list - l, "%s%s.kept.%ld", l ? ", " : "", names[i], pid);
+                free(kp);
+            }
+            if (rc)
+                fdpo_log(FDPO_LOG_WARN, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them, "
+                         "and its files cannot be kept aside: %s (they stay at *.tmp.%ld)", dir, pid, strerror(errno), pid);
+            else
+                fdpo_log(FDPO_LOG_WARN, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them: "
+                         "left them as they are; the versions it left are kept as %s (remove them once not needed)", dir, pid,
+                         *list ? list : "(none)");
+            for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
+            n = 0;
+        }
+        int put_back[SET_MAX] = {0}, removed_new[SET_MAX] = {0};
         for (size_t i = 0; i < n && !rc; i++) {
             if (back && in[i] && tmp[i]) {   /* the old file at the temp name: swapped back, the new one removed */
                 if (renameat2(AT_FDCWD, tp[i], AT_FDCWD, np[i], RENAME_EXCHANGE) != 0 || unlink(tp[i]) != 0) rc = -1;
+                put_back[i] = 1;
             } else if (back && in[i] && !had_old[i]) {
                 if (unlink(np[i]) != 0) rc = -1;
+                removed_new[i] = 1;
             } else if (back && tmp[i]) {   /* never renamed: the new file */
                 if (unlink(tp[i]) != 0) rc = -1;
             } else if (!back && in[i] && tmp[i]) {   /* the old file */
@@ -261,15 +304,29 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             if (rc) fdpo_log(FDPO_LOG_WARN, "%s: cannot finish the replacement process %ld began: %s (its files stay at *.tmp.%ld)",
                              np[i], pid, strerror(errno), pid);
         }
-        if (!rc) {
+        if (!rc && n) {
             (void)fdpo_fsync_parent(jp, 0);
-            char list[SET_MAX * 258] = "";
+            /* what was done, name by name: the old file put back, the new one removed (the name
+             * had none before), the old one left (never replaced), or the new one kept */
+            char list[SET_MAX * 258] = "", said[4][SET_MAX * 258] = {"", "", "", ""};
             for (size_t i = 0; i < n; i++) {
                 size_t l = strlen(list);
                 snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", names[i]);
+                int w = !back ? 3 : put_back[i] ? 0 : removed_new[i] ? 1 : had_old[i] ? 2 : -1;
+                if (w < 0) continue;
+                l = strlen(said[w]);
+                snprintf(said[w] + l, sizeof said[w] - l, "%s%s", l ? ", " : "", names[i]);
             }
-            fdpo_log(FDPO_LOG_WARN, "%s: %s %s, which process %ld (which is gone) was replacing together", dir,
-                     back ? "put back the old" : "finished putting in the new", list, pid);
+            static const char *const WHAT[4] = {"put back the old ", "removed the new ", "kept the old ", "finished putting in the new "};
+            static const char *const WHY[4] = {"", " (there was no old one)", " (not yet replaced)", ""};
+            char did[sizeof said + 256] = "";
+            for (int w = 0; w < 4; w++) {
+                if (!*said[w]) continue;
+                size_t l = strlen(did);
+                snprintf(did + l, sizeof did - l, "%s%s%s%s", l ? "; " : "", WHAT[w], said[w], WHY[w]);
+            }
+            fdpo_log(FDPO_LOG_WARN, "%s: %s: process %ld (which is gone) was killed replacing %s together", dir,
+                     *did ? did : "nothing to undo", pid, list);
         }
         for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
     }

@@ -45,8 +45,10 @@ fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
     while (d && !mixed && (e = readdir(d)))
         if (strncmp(e->d_name, ".fdpo-set.tmp.", 14) == 0) {
             mixed = 1;
-            fdpo_error("%s: its tokenizer files are being replaced, or a save that replaced them was killed (%s is there): the "
-                       "next `fdpo tokenizer train --out %s` (even a refused one) puts the old ones back", dir, e->d_name, dir);
+            fdpo_error("%s: its tokenizer files are being replaced, or a save that replaced them was killed (%s is there): once "
+                       "no save runs, `fdpo tokenizer train --out %s FILE` with valid options (even one then refused for lacking "
+                       "--overwrite) clears it and says what it did; if %s stays (its process id is in use again), remove it "
+                       "by hand", dir, e->d_name, dir, e->d_name);
         }
     if (d) closedir(d);
     return mixed ? NULL : load_dir(dir);

@@ -461,3 +461,124 @@ def test_tokenizer_config_for_transformers(tmp_path):
     assert all(r.returncode == 0 for r in ids)
     assert ids[0].stdout == ids[2].stdout and ids[1].stdout == ids[3].stdout
     assert [int(x) for x in ids[1].stdout.split()].count(eot) == 2
+
+
+def _strace_or_skip():
+    import shutil
+    if not shutil.which("strace") or subprocess.run(["strace", "-o", "/dev/null", "true"]).returncode:
+        pytest.skip("strace is missing or may not trace here (ptrace refused)")
+
+
+def _killed_save(out, src, when, syscalls="rename,renameat,renameat2", overwrite=True):
+    """run tokenizer train into out, SIGKILLed at the when-th rename (strace inject)"""
+    r = run("strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscalls}",
+            "-e", f"inject={syscalls}:signal=KILL:when={when}",
+            FDPO, "tokenizer", "train", "--vocab-size", 300, "--min-frequency", 1, "--out", out, src,
+            *(["--overwrite"] if overwrite else []))
+    assert r.returncode == -9, r.stderr.decode()
+    journals = [p.name for p in out.iterdir() if p.name.startswith(".fdpo-set.tmp.")]
+    assert len(journals) == 1, sorted(p.name for p in out.iterdir())
+    return journals[0][len(".fdpo-set.tmp."):]
+
+
+def test_a_tokenizer_copied_in_after_a_killed_save_is_left_whole(tmp_path):
+    """A save killed between its exchanges left the new vocab.json beside the old merges.txt.
+    The user then copied a complete tokenizer in with cp (onto the same inodes). The recovery
+    matched files by inode only, so it swapped the old vocab.json back over the copied one and
+    deleted that copy, leaving merges.txt from the copy: a mix and a lost file (hunt of wave 46).
+    Now a file that is neither the save's new one nor the old one it replaced (its size or
+    mtime differ) stops the recovery: the copied set stays byte for byte, and the versions the
+    killed save left are kept, renamed out of the cleanup's way, byte for byte."""
+    _strace_or_skip()
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    user_dir = train(tmp_path, "pack my box with five dozen liquor jugs, sphinx of black quartz " * 20, 300, name="user")
+    old, user = tokenizer_bytes(old_dir), tokenizer_bytes(user_dir)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    pid = _killed_save(out, new_src, 2, "renameat2")   # vocab.json exchanged, merges.txt not yet
+    assert (out / "vocab.json").read_bytes() != old["vocab.json"] and (out / "merges.txt").read_bytes() == old["merges.txt"]
+    assert (out / f"vocab.json.tmp.{pid}").read_bytes() == old["vocab.json"]
+    for n in WRITTEN:   # cp U/* OUT/: writes into the files that are there (their inodes stay)
+        ino = (out / n).stat().st_ino
+        with open(out / n, "r+b") as f:
+            f.truncate(0)
+            f.write(user[n])
+        assert (out / n).stat().st_ino == ino
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)   # refused: no --overwrite
+    assert r.returncode == 1 and b"use --overwrite to replace it" in r.stderr, r.stderr.decode()
+    assert tokenizer_bytes(out) == user, "the copied tokenizer was changed"
+    assert b"written since" in r.stderr, r.stderr.decode()
+    # every version the killed save left is still there, outside the temp names a cleanup removes
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if ".kept." in p.name}
+    assert kept[f"vocab.json.kept.{pid}"] == old["vocab.json"]
+    assert set(kept) == {f"{n}.kept.{pid}" for n in WRITTEN}
+    assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN + list(kept))
+    for n in WRITTEN:
+        assert f"{n}.kept.{pid}".encode() in r.stderr, r.stderr.decode()
+    r = run(FDPO, "tokenize", "--tokenizer", out, new_src)   # no journal: it loads again
+    assert r.returncode == 0, r.stderr.decode()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert {p.name for p in out.iterdir() if ".kept." in p.name} == set(kept)   # a later cleanup keeps them
+
+
+def test_refusal_of_a_half_replaced_tokenizer_names_a_command_that_repairs_it(tmp_path):
+    """The loader's refusal said the next `fdpo tokenizer train --out DIR` "(even a refused
+    one)" puts the old files back, but one refused before its cleanup (no FILE given) leaves
+    the journal (hunt of wave 46). It now names the command with FILE and valid options, and
+    what to do when the journal's process id is in use again; checked by running both."""
+    _strace_or_skip()
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    pid = _killed_save(out, new_src, 2, "renameat2")
+    r = run(FDPO, "tokenize", "--tokenizer", out, new_src)
+    assert r.returncode == 1, r.stderr.decode()
+    msg = r.stderr.decode()
+    assert f"`fdpo tokenizer train --out {out} FILE` with valid options" in msg, msg
+    assert "(even a refused one)" not in msg and "remove it by hand" in msg, msg
+    # without FILE: refused before the cleanup, the journal stays (so the message must not promise it)
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out)
+    assert r.returncode == 1 and (out / f".fdpo-set.tmp.{pid}").exists()
+    # with FILE (refused for lacking --overwrite): repaired
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    assert not (out / f".fdpo-set.tmp.{pid}").exists() and tokenizer_bytes(out) == tokenizer_bytes(old_dir)
+
+
+def test_the_recovery_warning_says_what_it_did(tmp_path):
+    """The recovery always warned "put back the old vocab.json, merges.txt,
+    tokenizer_config.json", also after a first save into an empty directory, which had no old
+    files (it removed the new ones), and for files the save had not replaced yet (hunt of wave
+    46). It now says per file what it did, checked against the files left."""
+    _strace_or_skip()
+    src = tmp_path / "a.txt"
+    src.write_text("hello world, hello there " * 20)
+    # a first save, killed after vocab.json and merges.txt went in: no old files anywhere
+    fresh = tmp_path / "fresh"
+    _killed_save(fresh, src, 3, overwrite=False)
+    assert (fresh / "vocab.json").exists() and (fresh / "merges.txt").exists() and not (fresh / "tokenizer_config.json").exists()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", fresh, src)
+    assert r.returncode == 0, r.stderr.decode()
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1, r.stderr.decode()
+    assert "put back" not in warn[0] and "removed the new vocab.json, merges.txt (there was no old one)" in warn[0], warn[0]
+    # an overwrite killed after the first exchange: vocab.json put back, the other two never replaced
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    _killed_save(out, new_src, 2, "renameat2")
+    assert (out / "vocab.json").read_bytes() != (old_dir / "vocab.json").read_bytes()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and tokenizer_bytes(out) == tokenizer_bytes(old_dir), r.stderr.decode()
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1, r.stderr.decode()
+    assert "put back the old vocab.json;" in warn[0] and "kept the old merges.txt, tokenizer_config.json (not yet replaced)" in warn[0], warn[0]
