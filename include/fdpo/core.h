@@ -164,7 +164,7 @@ void fdpo_atomic_abort(fdpo_atomic_file *af);
 int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
 /* The same for a set in one directory that must never be left mixed by a kill (a
  * tokenizer's files): before the first rename it writes and syncs DIR/.fdpo-set.tmp.PID,
- * naming each file with the inode, size and mtime of its new and its old version, and removes
+ * naming each file with the content hash of its new and its old version, and removes
  * it last. A process killed between the
  * renames leaves it; the next fdpo_remove_stale_tmp of DIR (fdpo_atomic_set_recover) puts
  * the old set back, or finishes the new one once an old file is gone, instead of removing
@@ -173,7 +173,8 @@ int fdpo_atomic_commit_all(fdpo_atomic_file *const *afs, size_t n);
  * temp names are renamed to NAME.kept.PID. Files in several directories: no journal. */
 int fdpo_atomic_commit_set(fdpo_atomic_file *const *afs, size_t n);
 /* Undo (or finish) the set dead process pid was committing in dir: 0 when there was none
- * or it is done (the journal removed), -1 when a rename failed (logged; all is left). */
+ * or it is done (the journal removed), -1 when a rename failed or the journal is not of this
+ * build's format (logged; all is left, the journal included, so loads keep refusing). */
 int fdpo_atomic_set_recover(const char *dir, long pid);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel

@@ -140,20 +140,31 @@ static int commit_one_of_set(fdpo_atomic_file *af, int *state) {
 
 /* ---- the journal of a set in one directory (fdpo_atomic_commit_set) ----
  * DIR/.fdpo-set.tmp.PID, written and synced after every new file is and before the first
- * rename: a header line, one line "HAD_OLD NEW_ID OLD_ID NAME" per file, each ID "INODE SIZE
- * MTIME_S MTIME_NS" of the new file and of the old one it replaces (a rename keeps all four;
- * "0 0 0 0" when there is none), and "end". A kill between the exchanges left some names
+ * rename: a header line (format 3), one line "HAD_OLD NEW_HASH OLD_HASH NAME" per file, each
+ * HASH the 16 hex digits of fdpo_hash64 over the content of the new file and of the old one it
+ * replaces (0 when there is none), and "end". A kill between the exchanges left some names
  * holding the new file and the others the old one, each other version at NAME.tmp.PID; the
- * IDs tell which is which, so fdpo_atomic_set_recover can swap the set back whole. A file that
- * is neither (one copied in since the kill, even onto the same inode) stops the recovery. */
-#define SET_JOURNAL_HEADER "fdpo atomic set 2\n"
-typedef struct { uintmax_t ino, size, sec, nsec; } set_id;
-static set_id id_of(const struct stat *st) {
-    set_id id = {(uintmax_t)st->st_ino, (uintmax_t)st->st_size, (uintmax_t)st->st_mtim.tv_sec, (uintmax_t)st->st_mtim.tv_nsec};
-    return id;
-}
-static int id_eq(set_id a, set_id b) { return a.ino == b.ino && a.size == b.size && a.sec == b.sec && a.nsec == b.nsec; }
+ * contents tell which is which (a touch or a copy of the same bytes changes nothing), so
+ * fdpo_atomic_set_recover can swap the set back whole; a name removed since whose temp name
+ * holds the old file gets it back. A file that is neither (other bytes written since the kill)
+ * stops the recovery. A journal of another format (an earlier build's) is left with its temp
+ * files, untouched: which holds what is not known. */
+#define SET_JOURNAL_HEADER "fdpo atomic set 3\n"
 #define SET_MAX 16
+/* the FNV-1a 64 hash of a regular file's content: 0 when read, -1 when absent or unreadable */
+static int content_hash(const char *path, uint64_t *h) {
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char buf[65536];
+    size_t k;
+    *h = FDPO_HASH_INIT;
+    while ((k = fread(buf, 1, sizeof buf, f)) > 0) *h = fdpo_hash64(*h, buf, k);
+    int bad = ferror(f);
+    fclose(f);
+    return bad ? -1 : 0;
+}
 
 static char *set_journal_path(const char *dir, long pid) {
     char name[64];
@@ -198,14 +209,14 @@ static int write_set_journal(const char *jp, fdpo_atomic_file *const *afs, size_
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         if (!afs[i]->path) continue;
-        struct stat st, old;
-        if (stat(afs[i]->tmp_path, &st) != 0) { rc = fdpo_error("%s: %s", afs[i]->tmp_path, strerror(errno)); break; }
+        struct stat old;
+        uint64_t a, b = 0;
+        if (content_hash(afs[i]->tmp_path, &a) != 0) { rc = fdpo_error("%s: cannot read it back: %s", afs[i]->tmp_path, strerror(errno)); break; }
         const char *slash = strrchr(afs[i]->path, '/');
         int had = lstat(afs[i]->path, &old) == 0;
-        set_id a = id_of(&st), b = {0, 0, 0, 0};
-        if (had) b = id_of(&old);
-        len += (size_t)snprintf(text + len, cap - len, "%d %ju %ju %ju %ju %ju %ju %ju %ju %s\n", had, a.ino, a.size, a.sec, a.nsec,
-                                b.ino, b.size, b.sec, b.nsec, slash ? slash + 1 : afs[i]->path);
+        if (had && content_hash(afs[i]->path, &b) != 0) b = 0;   /* not a regular file: its rename fails below */
+        len += (size_t)snprintf(text + len, cap - len, "%d %016llx %016llx %s\n", had, (unsigned long long)a, (unsigned long long)b,
+                                slash ? slash + 1 : afs[i]->path);
     }
     len += (size_t)snprintf(text + len, cap - len, "end\n");
     if (!rc) {
@@ -224,40 +235,59 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
     FILE *f = fopen(jp, "rb");
     if (!f) { free(jp); return errno == ENOENT ? 0 : -1; }
     char line[4096], names[SET_MAX][256];
-    set_id nid[SET_MAX], oid[SET_MAX];
+    uint64_t nh[SET_MAX], oh[SET_MAX];
     int had_old[SET_MAX], complete = 0;
     size_t n = 0;
-    int ok = fgets(line, sizeof line, f) && strcmp(line, SET_JOURNAL_HEADER) == 0;
+    int head = fgets(line, sizeof line, f) != NULL;
+    int ok = head && strcmp(line, SET_JOURNAL_HEADER) == 0;
+    if (!ok && head && strncmp(line, SET_JOURNAL_HEADER, strlen(line)) != 0) {
+        /* not this format (a format 1 or 2 journal of an earlier build, another file): which
+         * temp file holds which version is unknown, and they may be the only copies of the old
+         * files, so nothing is touched and the journal stays (loads keep refusing) */
+        fclose(f);
+        fdpo_log(FDPO_LOG_WARN, "%s: cannot read this journal of process %ld (which is gone; not a \"%.*s\" journal): left it and "
+                 "every *.tmp.%ld file as they are; check the files by hand, then remove %s", jp, pid,
+                 (int)strlen(SET_JOURNAL_HEADER) - 1, SET_JOURNAL_HEADER, pid, jp);
+        free(jp);
+        return -1;
+    }
     while (ok && fgets(line, sizeof line, f)) {
         if (strcmp(line, "end\n") == 0) { complete = 1; break; }
         int at = 0;
         size_t l = strlen(line);
-        if (n == SET_MAX || l == 0 || line[l - 1] != '\n' || sscanf(line, "%d %ju %ju %ju %ju %ju %ju %ju %ju %n", &had_old[n],
-                                                                        &nid[n].ino, &nid[n].size, &nid[n].sec, &nid[n].nsec, &oid[n].ino,
-                                                                        &oid[n].size, &oid[n].sec, &oid[n].nsec, &at) != 9 || !at ||
+        unsigned long long x, y;
+        if (n == SET_MAX || l == 0 || line[l - 1] != '\n' || sscanf(line, "%d %llx %llx %n", &had_old[n], &x, &y, &at) != 3 || !at ||
             l - 1 - (size_t)at >= sizeof names[n] || l - 1 == (size_t)at) { ok = 0; break; }
+        nh[n] = (uint64_t)x;
+        oh[n] = (uint64_t)y;
         line[l - 1] = 0;
         snprintf(names[n], sizeof names[n], "%s", line + at);
         n++;
     }
     fclose(f);
     int rc = 0;
+    char msg[SET_MAX * 1300] = "";   /* logged once the journal is gone, so a rerun after a kill at its removal is not told twice */
     if (ok && complete) {
-        /* state: in = the name holds the new file; tmp = NAME.tmp.PID is there (the other version) */
-        int in[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], back = 1, foreign = 0;
+        /* state, by content: in = the name holds the new file; tmp = NAME.tmp.PID is there (the
+         * other version); *_old = it holds the old file */
+        int in[SET_MAX], here_old[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], tmp_old[SET_MAX], back = 1, foreign = 0;
         char *np[SET_MAX], *tp[SET_MAX];
         for (size_t i = 0; i < n; i++) {
             struct stat st;
+            uint64_t h = 0;
             np[i] = fdpo_path_join(dir, names[i]);
             size_t k = strlen(np[i]) + 32;
             tp[i] = fdpo_malloc(k);
             snprintf(tp[i], k, "%s.tmp.%ld", np[i], pid);
-            int here = lstat(np[i], &st) == 0;
-            in[i] = here && id_eq(id_of(&st), nid[i]);
-            if (here && !in[i] && !(had_old[i] && id_eq(id_of(&st), oid[i]))) foreign = 1;   /* written since the kill */
+            int here = lstat(np[i], &st) == 0, hh = here && content_hash(np[i], &h) == 0;
+            in[i] = hh && h == nh[i];
+            here_old[i] = hh && had_old[i] && h == oh[i];
+            if (here && !in[i] && !here_old[i]) foreign = 1;   /* written since the kill */
             tmp[i] = lstat(tp[i], &st) == 0;
-            tmp_new[i] = tmp[i] && id_eq(id_of(&st), nid[i]);
-            if (tmp[i] && !tmp_new[i] && !(had_old[i] && id_eq(id_of(&st), oid[i]))) foreign = 1;
+            int th = tmp[i] && content_hash(tp[i], &h) == 0;
+            tmp_new[i] = th && h == nh[i];
+            tmp_old[i] = th && had_old[i] && h == oh[i];
+            if (tmp[i] && !tmp_new[i] && !tmp_old[i]) foreign = 1;
             if (in[i] && !tmp[i] && had_old[i]) back = 0;   /* its old file is gone already: the set goes forward */
         }
         if (foreign) {
@@ -267,18 +297,31 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             char list[SET_MAX * 300] = "";
             for (size_t i = 0; i < n; i++) {
                 if (!tmp[i]) continue;
-                size_t k = strlen(np[i]) + 32, l = strlen(list);
+                size_t k = strlen(np[i]) + 64, l = strlen(list);
                 char *kp = fdpo_malloc(k);
-                snprintf(kp, k, "%s.kept.%ld", np[i], pid);
-                if (rename(tp[i], kp) != 0) { rc = -1; free(kp); break; }
-                snprintf(list + l, sizeof list - l, "%s%s.kept.%ld", l ? ", " : "", names[i], pid);
+                /* never over a NAME.kept.PID already there (an earlier save of a reused PID):
+                 * then NAME.kept.PID.N, the first N free */
+                int r = -1;
+                for (int v = 0; v < 1000 && r != 0; v++) {
+                    if (v) snprintf(kp, k, "%s.kept.%ld.%d", np[i], pid, v);
+                    else snprintf(kp, k, "%s.kept.%ld", np[i], pid);
+                    r = renameat2(AT_FDCWD, tp[i], AT_FDCWD, kp, RENAME_NOREPLACE);
+                    if (r != 0 && errno == EINVAL) {   /* no RENAME_NOREPLACE here: a link fails on an existing name */
+                        r = link(tp[i], kp);
+                        if (r == 0 && unlink(tp[i]) != 0) { unlink(kp); r = -1; break; }
+                    }
+                    if (r != 0 && errno != EEXIST) break;
+                }
+                if (r != 0) { rc = -1; free(kp); break; }
+                const char *kn = strrchr(kp, '/');
+                snprintf(list + l, sizeof list - l, "%s%s", l ? ", " : "", kn ? kn + 1 : kp);
                 free(kp);
             }
             if (rc)
-                fdpo_log(FDPO_LOG_WARN, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them, "
+                snprintf(msg, sizeof msg, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them, "
                          "and its files cannot be kept aside: %s (they stay at *.tmp.%ld)", dir, pid, strerror(errno), pid);
             else
-                fdpo_log(FDPO_LOG_WARN, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them: "
+                snprintf(msg, sizeof msg, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them: "
                          "left them as they are; the versions it left are kept as %s (remove them once not needed)", dir, pid,
                          *list ? list : "(none)");
             for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
@@ -292,6 +335,9 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             } else if (back && in[i] && !had_old[i]) {
                 if (unlink(np[i]) != 0) rc = -1;
                 removed_new[i] = 1;
+            } else if (back && !in[i] && !here_old[i] && tmp_old[i]) {   /* the old file, its name removed since: put back */
+                if (rename(tp[i], np[i]) != 0) rc = -1;
+                put_back[i] = 1;
             } else if (back && tmp[i]) {   /* never renamed: the new file */
                 if (unlink(tp[i]) != 0) rc = -1;
             } else if (!back && in[i] && tmp[i]) {   /* the old file */
@@ -325,13 +371,14 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
                 size_t l = strlen(did);
                 snprintf(did + l, sizeof did - l, "%s%s%s%s", l ? "; " : "", WHAT[w], said[w], WHY[w]);
             }
-            fdpo_log(FDPO_LOG_WARN, "%s: %s: process %ld (which is gone) was killed replacing %s together", dir,
+            snprintf(msg, sizeof msg, "%s: %s: process %ld (which is gone) was killed replacing %s together", dir,
                      *did ? did : "nothing to undo", pid, list);
         }
         for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
     }
     /* an incomplete journal: killed before the first rename, so every NAME.tmp.PID is a new file */
     if (!rc && unlink(jp) != 0 && errno != ENOENT) rc = -1;
+    if (*msg) fdpo_log(FDPO_LOG_WARN, "%s", msg);
     free(jp);
     return rc;
 }

@@ -582,3 +582,101 @@ def test_the_recovery_warning_says_what_it_did(tmp_path):
     warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
     assert len(warn) == 1, r.stderr.decode()
     assert "put back the old vocab.json;" in warn[0] and "kept the old merges.txt, tokenizer_config.json (not yet replaced)" in warn[0], warn[0]
+
+
+def _old_out_killed_at_first_exchange(tmp_path):
+    """OUT holds the old tokenizer; a save of a new one was killed after vocab.json's exchange"""
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("hello world, hello there; the quick brown fox jumps over the lazy dog " * 20)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    old = tokenizer_bytes(old_dir)
+    pid = _killed_save(out, new_src, 2, "renameat2")
+    assert (out / "vocab.json").read_bytes() != old["vocab.json"] and (out / "merges.txt").read_bytes() == old["merges.txt"]
+    assert (out / f"vocab.json.tmp.{pid}").read_bytes() == old["vocab.json"]
+    return out, old, new_src, pid
+
+
+def test_a_file_touched_after_a_killed_save_is_still_put_back(tmp_path):
+    """`touch OUT/merges.txt` (same bytes, a new mtime) after a killed save made the recovery,
+    which matched files by inode, size and mtime, call the set foreign: it kept the mix of the
+    new vocab.json and the old merges.txt, removed the journal so loads no longer refused, and
+    warned "written since" (hunt of wave 46). Files are now matched by content: the old set is
+    put back byte for byte."""
+    _strace_or_skip()
+    out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
+    st = (out / "merges.txt").stat()
+    os.utime(out / "merges.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    assert tokenizer_bytes(out) == old, "not the old tokenizer"
+    assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1 and "put back the old vocab.json" in warn[0], r.stderr.decode()
+    assert b"written since" not in r.stderr, r.stderr.decode()
+
+
+def test_a_name_removed_after_a_killed_save_gets_its_old_file_back(tmp_path):
+    """`rm OUT/vocab.json` after a save killed past vocab.json's exchange: its temp name held the
+    only copy of the old vocab.json, and the recovery deleted it as "never renamed", leaving no
+    vocab.json (hunt of wave 46). It is now renamed back, and the warning says so."""
+    _strace_or_skip()
+    out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
+    (out / "vocab.json").unlink()
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
+    assert tokenizer_bytes(out) == old, "not the old tokenizer"
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1 and "put back the old vocab.json" in warn[0], r.stderr.decode()
+
+
+@pytest.mark.parametrize("journal", ["fdpo atomic set 1\n", "fdpo atomic set 2\n", "fdpo atomic set 9\n", "garbage\n"])
+def test_a_journal_of_another_format_is_left_with_its_files(tmp_path, journal):
+    """A journal whose header is not this build's format (one of an earlier build, a later one,
+    another file) was read as "killed before the first rename": the journal and every temp file
+    were removed, among them the only copy of the old vocab.json (hunt of wave 46). Now nothing
+    is touched, the warning names the journal and says it cannot be read, and loads refuse."""
+    _strace_or_skip()
+    out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
+    jp = out / f".fdpo-set.tmp.{pid}"
+    text = journal
+    if journal == "fdpo atomic set 2\n":   # the format of 80f62d04: inode size mtime_s mtime_ns of new and old
+        def ident(p):
+            s = p.stat()
+            return f"{s.st_ino} {s.st_size} {s.st_mtime_ns // 10**9} {s.st_mtime_ns % 10**9}"
+        for n in WRITTEN:   # vocab.json exchanged (old at the temp name), the others not
+            a, b = (out / n, out / f"{n}.tmp.{pid}") if n == "vocab.json" else (out / f"{n}.tmp.{pid}", out / n)
+            text += f"1 {ident(a)} {ident(b)} {n}\n"
+        text += "end\n"
+    jp.write_text(text)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1, r.stderr.decode()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "files of the killed save were changed"
+    assert (out / f"vocab.json.tmp.{pid}").read_bytes() == old["vocab.json"]
+    warn = [l for l in r.stderr.decode().splitlines() if "cannot read this journal" in l]
+    assert len(warn) == 1 and str(jp) in warn[0] and f"*.tmp.{pid}" in warn[0], r.stderr.decode()
+    r = run(FDPO, "tokenize", "--tokenizer", out, new_src)
+    assert r.returncode == 1 and jp.name.encode() in r.stderr, r.stderr.decode()
+
+
+def test_a_kept_file_is_never_renamed_over(tmp_path):
+    """The versions of a killed save kept aside when the set was written since went to
+    NAME.kept.PID by rename, over a NAME.kept.PID already there (one an earlier process of the
+    same PID kept): that one was lost (hunt of wave 46). It now goes to NAME.kept.PID.1."""
+    _strace_or_skip()
+    out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
+    user = {n: b"user " + n.encode() for n in WRITTEN}
+    for n in WRITTEN:
+        (out / n).write_bytes(user[n])
+    earlier = out / f"vocab.json.kept.{pid}"
+    earlier.write_bytes(b"kept by an earlier recovery")
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert b"written since" in r.stderr, r.stderr.decode()
+    assert tokenizer_bytes(out) == user
+    assert earlier.read_bytes() == b"kept by an earlier recovery"
+    assert (out / f"vocab.json.kept.{pid}.1").read_bytes() == old["vocab.json"]
+    assert f"vocab.json.kept.{pid}.1".encode() in r.stderr, r.stderr.decode()
