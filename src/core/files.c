@@ -270,7 +270,8 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
     if (ok && complete) {
         /* state, by content: in = the name holds the new file; tmp = NAME.tmp.PID is there (the
          * other version); *_old = it holds the old file */
-        int in[SET_MAX], here_old[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], tmp_old[SET_MAX], back = 1, foreign = 0;
+        int in[SET_MAX], here[SET_MAX], here_old[SET_MAX], tmp[SET_MAX], tmp_new[SET_MAX], tmp_old[SET_MAX], same[SET_MAX];
+        int back = 1, foreign = 0;
         char *np[SET_MAX], *tp[SET_MAX];
         for (size_t i = 0; i < n; i++) {
             struct stat st;
@@ -279,17 +280,26 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             size_t k = strlen(np[i]) + 32;
             tp[i] = fdpo_malloc(k);
             snprintf(tp[i], k, "%s.tmp.%ld", np[i], pid);
-            int here = lstat(np[i], &st) == 0, hh = here && content_hash(np[i], &h) == 0;
+            here[i] = lstat(np[i], &st) == 0;
+            int hh = here[i] && content_hash(np[i], &h) == 0;
             in[i] = hh && h == nh[i];
             here_old[i] = hh && had_old[i] && h == oh[i];
-            if (here && !in[i] && !here_old[i]) foreign = 1;   /* written since the kill */
+            same[i] = had_old[i] && nh[i] == oh[i];   /* the old and the new bytes are one: nothing to swap */
+            if (here[i] && !in[i] && !here_old[i]) foreign = 1;   /* written since the kill */
             tmp[i] = lstat(tp[i], &st) == 0;
             int th = tmp[i] && content_hash(tp[i], &h) == 0;
             tmp_new[i] = th && h == nh[i];
             tmp_old[i] = th && had_old[i] && h == oh[i];
             if (tmp[i] && !tmp_new[i] && !tmp_old[i]) foreign = 1;
-            if (in[i] && !tmp[i] && had_old[i]) back = 0;   /* its old file is gone already: the set goes forward */
+            /* back only while every old file is still somewhere (at its name or its temp name): one
+             * gone already (the save's last removals, or a temp file copied over its name since)
+             * sends the set forward */
+            if (had_old[i] && !here_old[i] && !tmp_old[i]) back = 0;
         }
+        /* going forward, a name whose new file is nowhere (removed since the kill) would be left
+         * missing, and its temp name's old file deleted: treated as written since (kept aside) */
+        for (size_t i = 0; i < n && !back; i++)
+            if (!in[i] && !tmp_new[i]) foreign = 1;
         if (foreign) {
             /* a file of the set was written since the kill (a tokenizer copied in): which set the
              * user wants is not ours to guess, so no name of the set is touched; the versions the
@@ -318,10 +328,11 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
                 free(kp);
             }
             if (rc)
-                snprintf(msg, sizeof msg, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them, "
-                         "and its files cannot be kept aside: %s (they stay at *.tmp.%ld)", dir, pid, strerror(errno), pid);
+                snprintf(msg, sizeof msg, "%s: the tokenizer files were written or removed since process %ld (which is gone) was killed "
+                         "replacing them, and its files cannot be kept aside: %s (they stay at *.tmp.%ld)", dir, pid, strerror(errno), pid);
             else
-                snprintf(msg, sizeof msg, "%s: the tokenizer files were written since process %ld (which is gone) was killed replacing them: "
+                snprintf(msg, sizeof msg, "%s: the tokenizer files were written or removed since process %ld (which is gone) was killed "
+                         "replacing them: "
                          "left them as they are; the versions it left are kept as %s (remove them once not needed)", dir, pid,
                          *list ? list : "(none)");
             for (size_t i = 0; i < n; i++) { free(np[i]); free(tp[i]); }
@@ -329,7 +340,7 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
         }
         int put_back[SET_MAX] = {0}, removed_new[SET_MAX] = {0};
         for (size_t i = 0; i < n && !rc; i++) {
-            if (back && in[i] && tmp[i]) {   /* the old file at the temp name: swapped back, the new one removed */
+            if (back && in[i] && tmp_old[i] && !same[i]) {   /* the old file at the temp name: swapped back, the new one removed */
                 if (renameat2(AT_FDCWD, tp[i], AT_FDCWD, np[i], RENAME_EXCHANGE) != 0 || unlink(tp[i]) != 0) rc = -1;
                 put_back[i] = 1;
             } else if (back && in[i] && !had_old[i]) {

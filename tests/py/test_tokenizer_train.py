@@ -510,7 +510,7 @@ def test_a_tokenizer_copied_in_after_a_killed_save_is_left_whole(tmp_path):
     r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)   # refused: no --overwrite
     assert r.returncode == 1 and b"use --overwrite to replace it" in r.stderr, r.stderr.decode()
     assert tokenizer_bytes(out) == user, "the copied tokenizer was changed"
-    assert b"written since" in r.stderr, r.stderr.decode()
+    assert b"written or removed since" in r.stderr, r.stderr.decode()
     # every version the killed save left is still there, outside the temp names a cleanup removes
     kept = {p.name: p.read_bytes() for p in out.iterdir() if ".kept." in p.name}
     assert kept[f"vocab.json.kept.{pid}"] == old["vocab.json"]
@@ -633,6 +633,52 @@ def test_a_name_removed_after_a_killed_save_gets_its_old_file_back(tmp_path):
     assert len(warn) == 1 and "put back the old vocab.json" in warn[0], r.stderr.decode()
 
 
+def test_a_temp_file_copied_over_its_name_sends_the_set_forward(tmp_path):
+    """After a save killed past vocab.json's exchange, `cp OUT/merges.txt.tmp.PID OUT/merges.txt`
+    (the new merges.txt over the old one, which is then nowhere): the recovery swapped the old
+    vocab.json back beside that new merges.txt and deleted the new vocab.json, a mix with no
+    whole tokenizer left anywhere (review of wave 46). The set goes back only while every old
+    file is somewhere; here it is finished forward: the new tokenizer byte for byte, as an
+    uninterrupted save of the same text writes it."""
+    _strace_or_skip()
+    out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
+    new = tokenizer_bytes(train(tmp_path, new_src.read_text(), 300, name="newref"))
+    assert new["merges.txt"] != old["merges.txt"] and new["vocab.json"] != old["vocab.json"]
+    import shutil
+    shutil.copyfile(out / f"merges.txt.tmp.{pid}", out / "merges.txt")
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    assert tokenizer_bytes(out) == new, "not the new tokenizer"
+    assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1 and "finished putting in the new" in warn[0], r.stderr.decode()
+
+
+def test_a_file_whose_old_and_new_bytes_agree_is_said_kept(tmp_path):
+    """Killed at the first exchange, nothing is replaced yet; tokenizer_config.json's old and new
+    bytes are the same (one vocabulary size). The warning said "put back the old
+    tokenizer_config.json", which was never replaced (review of wave 46): it says kept."""
+    _strace_or_skip()
+    # two texts rich enough for all 300 ids: the end-of-text id, and so the config, is the same
+    old_dir = train(tmp_path, open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(), 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text(open(os.path.join(ROOT, "docs/training.md"), encoding="utf-8").read())
+    new = tokenizer_bytes(train(tmp_path, new_src.read_text(), 300, name="newref"))
+    old = tokenizer_bytes(old_dir)
+    assert new["tokenizer_config.json"] == old["tokenizer_config.json"]   # the case under test
+    assert new["vocab.json"] != old["vocab.json"] and new["merges.txt"] != old["merges.txt"]
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    _killed_save(out, new_src, 1, "renameat2")
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    assert tokenizer_bytes(out) == old
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1 and "kept the old vocab.json, merges.txt, tokenizer_config.json (not yet replaced)" in warn[0], warn
+    assert "put back" not in warn[0], warn
+
+
 @pytest.mark.parametrize("journal", ["fdpo atomic set 1\n", "fdpo atomic set 2\n", "fdpo atomic set 9\n", "garbage\n"])
 def test_a_journal_of_another_format_is_left_with_its_files(tmp_path, journal):
     """A journal whose header is not this build's format (one of an earlier build, a later one,
@@ -675,7 +721,7 @@ def test_a_kept_file_is_never_renamed_over(tmp_path):
     earlier = out / f"vocab.json.kept.{pid}"
     earlier.write_bytes(b"kept by an earlier recovery")
     r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
-    assert b"written since" in r.stderr, r.stderr.decode()
+    assert b"written or removed since" in r.stderr, r.stderr.decode()
     assert tokenizer_bytes(out) == user
     assert earlier.read_bytes() == b"kept by an earlier recovery"
     assert (out / f"vocab.json.kept.{pid}.1").read_bytes() == old["vocab.json"]
