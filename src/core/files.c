@@ -294,7 +294,9 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             /* back only while every old file is still somewhere (at its name or its temp name): one
              * gone already (the save's last removals, or a temp file copied over its name since)
              * sends the set forward */
-            if (had_old[i] && !here_old[i] && !tmp_old[i]) back = 0;
+            /* (a file whose old and new bytes agree is at its name either way: only its temp name,
+             * which the save's last removals take, says whether the set went that far) */
+            if (had_old[i] && !tmp_old[i] && (same[i] || !here_old[i])) back = 0;
         }
         /* going forward, a name whose new file is nowhere (removed since the kill) would be left
          * missing, and its temp name's old file deleted: treated as written since (kept aside) */
@@ -365,19 +367,21 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
             (void)fdpo_fsync_parent(jp, 0);
             /* what was done, name by name: the old file put back, the new one removed (the name
              * had none before), the old one left (never replaced), or the new one kept */
-            char list[SET_MAX * 258] = "", said[4][SET_MAX * 258] = {"", "", "", ""};
+            char list[SET_MAX * 258] = "", said[5][SET_MAX * 258] = {"", "", "", "", ""};
             for (size_t i = 0; i < n; i++) {
                 size_t l = strlen(list);
                 snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", names[i]);
-                int w = !back ? 3 : put_back[i] ? 0 : removed_new[i] ? 1 : had_old[i] ? 2 : -1;
+                int w = !back ? 3 : put_back[i] ? 0 : same[i] ? 4 : removed_new[i] ? 1 : had_old[i] ? 2 : -1;
                 if (w < 0) continue;
                 l = strlen(said[w]);
                 snprintf(said[w] + l, sizeof said[w] - l, "%s%s", l ? ", " : "", names[i]);
             }
-            static const char *const WHAT[4] = {"put back the old ", "removed the new ", "kept the old ", "finished putting in the new "};
-            static const char *const WHY[4] = {"", " (there was no old one)", " (not yet replaced)", ""};
+            static const char *const WHAT[5] = {"put back the old ", "removed the new ", "kept the old ", "finished putting in the new ",
+                                                "left "};
+            static const char *const WHY[5] = {"", " (there was no old one)", " (not yet replaced)", "",
+                                               " (its old and new bytes are the same)"};
             char did[sizeof said + 256] = "";
-            for (int w = 0; w < 4; w++) {
+            for (int w = 0; w < 5; w++) {
                 if (!*said[w]) continue;
                 size_t l = strlen(did);
                 snprintf(did + l, sizeof did - l, "%s%s%s%s", l ? "; " : "", WHAT[w], said[w], WHY[w]);
