@@ -481,6 +481,16 @@ def _killed_save(out, src, when, syscalls="rename,renameat,renameat2", overwrite
     return journals[0][len(".fdpo-set.tmp."):]
 
 
+def _recovered_by_a_refused_train(out, new_src):
+    """The next `fdpo tokenizer train --out OUT FILE` after a killed save, refused for lacking
+    --overwrite, cleans OUT first: its result, and its one warning of what the cleanup did."""
+    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
+    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
+    assert len(warn) == 1, r.stderr.decode()
+    return r, warn[0]
+
+
 def test_a_tokenizer_copied_in_after_a_killed_save_is_left_whole(tmp_path):
     """A save killed between its exchanges left the new vocab.json beside the old merges.txt.
     The user then copied a complete tokenizer in with cp (onto the same inodes). The recovery
@@ -609,12 +619,10 @@ def test_a_file_touched_after_a_killed_save_is_still_put_back(tmp_path):
     out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
     st = (out / "merges.txt").stat()
     os.utime(out / "merges.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
-    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    r, warn = _recovered_by_a_refused_train(out, new_src)
     assert tokenizer_bytes(out) == old, "not the old tokenizer"
     assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
-    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
-    assert len(warn) == 1 and "put back the old vocab.json" in warn[0], r.stderr.decode()
+    assert "put back the old vocab.json" in warn, warn
     assert b"written since" not in r.stderr, r.stderr.decode()
 
 
@@ -625,12 +633,10 @@ def test_a_name_removed_after_a_killed_save_gets_its_old_file_back(tmp_path):
     _strace_or_skip()
     out, old, new_src, pid = _old_out_killed_at_first_exchange(tmp_path)
     (out / "vocab.json").unlink()
-    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
-    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    r, warn = _recovered_by_a_refused_train(out, new_src)
     assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
     assert tokenizer_bytes(out) == old, "not the old tokenizer"
-    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
-    assert len(warn) == 1 and "put back the old vocab.json" in warn[0], r.stderr.decode()
+    assert "put back the old vocab.json" in warn, warn
 
 
 def test_a_temp_file_copied_over_its_name_sends_the_set_forward(tmp_path):
@@ -646,12 +652,10 @@ def test_a_temp_file_copied_over_its_name_sends_the_set_forward(tmp_path):
     assert new["merges.txt"] != old["merges.txt"] and new["vocab.json"] != old["vocab.json"]
     import shutil
     shutil.copyfile(out / f"merges.txt.tmp.{pid}", out / "merges.txt")
-    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
-    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    r, warn = _recovered_by_a_refused_train(out, new_src)
     assert tokenizer_bytes(out) == new, "not the new tokenizer"
     assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
-    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
-    assert len(warn) == 1 and "finished putting in the new" in warn[0], r.stderr.decode()
+    assert "finished putting in the new" in warn, warn
 
 
 def test_a_file_whose_old_and_new_bytes_agree_is_said_kept(tmp_path):
@@ -671,25 +675,21 @@ def test_a_file_whose_old_and_new_bytes_agree_is_said_kept(tmp_path):
     import shutil
     shutil.copytree(old_dir, out)
     _killed_save(out, new_src, 1, "renameat2")
-    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
-    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    r, warn = _recovered_by_a_refused_train(out, new_src)
     assert tokenizer_bytes(out) == old
-    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
-    assert len(warn) == 1 and "kept the old vocab.json, merges.txt (not yet replaced)" in warn[0], warn
-    assert "left tokenizer_config.json (its old and new bytes are the same)" in warn[0], warn
-    assert "put back" not in warn[0], warn
+    assert "kept the old vocab.json, merges.txt (not yet replaced)" in warn, warn
+    assert "left tokenizer_config.json (its old and new bytes are the same)" in warn, warn
+    assert "put back" not in warn, warn
     # killed at the save's second removal of an old file (tokenizer_config.json's temp name
     # went first): every exchange is done, so the set is finished forward, as the docs say,
     # not rolled back because the config's old bytes are still at its name (review of wave 46)
     shutil.rmtree(out)
     shutil.copytree(old_dir, out)
     _killed_save(out, new_src, 2, "unlink")
-    r = run(FDPO, "tokenizer", "train", "--vocab-size", 300, "--out", out, new_src)
-    assert r.returncode == 1 and b"use --overwrite" in r.stderr, r.stderr.decode()
+    r, warn = _recovered_by_a_refused_train(out, new_src)
     assert tokenizer_bytes(out) == new, "not the new tokenizer"
     assert sorted(p.name for p in out.iterdir()) == sorted(WRITTEN)
-    warn = [l for l in r.stderr.decode().splitlines() if "was killed replacing" in l]
-    assert len(warn) == 1 and "finished putting in the new" in warn[0], warn
+    assert "finished putting in the new" in warn, warn
 
 
 @pytest.mark.parametrize("journal", ["fdpo atomic set 1\n", "fdpo atomic set 2\n", "fdpo atomic set 9\n", "garbage\n"])
