@@ -601,12 +601,25 @@ void fdpo_k_lmhead_backward_bf16(float *dinp, float *dwte, const float *dlogits,
  * with B a row block of K, V, Q or dY as stored, or the query tile's Q (scaled) or dY
  * transposed once per query tile (Qt, dYt [hs, 64]); and the online softmax runs down the
  * columns of St as plain vector operations over queries. tile_product keeps RB x NV vectors
- * of C in registers (4 rows x up to 4 vectors of 16, or 8 x 2: GCC/Clang vector types), loads each
+ * of C in registers (AVX-512: 4 rows x up to 4 vectors of 16, or 8 x 2; AVX2: 4 x 2 or 8 x 1
+ * vectors of 8, as its 16 registers hold; 16-float vectors there spilled to the stack and made
+ * the small model's step 3x slower: GCC/Clang vector types), loads each
  * vector of B once for the RB rows, and sums in k order: results depend only on the
- * shapes, never on the thread count. */
+ * shapes, never on the thread count or the vector width. ATT_LANES is the tiles' column
+ * granularity (padding, causal masks), the same on every ISA; ATT_VEC is one register. */
 #define ATT_LANES 16
 #define ATT_SMALL_MAX_HS 32
-typedef float att_vec __attribute__((vector_size(ATT_LANES * sizeof(float))));
+#ifdef __AVX512F__
+#define ATT_VEC 16
+#define ATT_NV_MAX 4 /* vectors per chunk of columns */
+#elif defined(__AVX__)
+#define ATT_VEC 8
+#define ATT_NV_MAX 2
+#else
+#define ATT_VEC 4
+#define ATT_NV_MAX 2
+#endif
+typedef float att_vec __attribute__((vector_size(ATT_VEC * sizeof(float))));
 /* -std=c11 turns off GCC's multiply-add contraction; these products want fused
  * multiply-adds (one rounding per step instead of two, as the GEMM's kernels do) */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -621,22 +634,24 @@ typedef float att_vec __attribute__((vector_size(ATT_LANES * sizeof(float))));
  * the same (one thread, B 8 x T 128, hs 32: attention forward and backward each ~6 % faster). */
 #if defined(__AVX512F__) && defined(__GNUC__)
 #define ATT_KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
+#elif defined(__SSE__) && defined(__GNUC__)
+#define ATT_KEEP_IN_REGISTER(v) __asm__("" : "+x"(v))
 #else
 #define ATT_KEEP_IN_REGISTER(v) ((void)0)
 #endif
 
-/* C [RB, n] (=/+=) alpha * sum_k A[r*sam + k*sak] B [k, 0:NV*16] (row stride ldb); the first
- * n <= NV*16 columns are stored; RB and NV are constants at every call (unrolled) */
+/* C [RB, n] (=/+=) alpha * sum_k A[r*sam + k*sak] B [k, 0:NV*ATT_VEC] (row stride ldb); the first
+ * n <= NV*ATT_VEC columns are stored; RB and NV are constants at every call (unrolled) */
 static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, size_t ldc, const float *A, size_t sam,
                                                               size_t sak, const float *B, size_t ldb, size_t K,
                                                               float alpha, int accumulate, size_t n, const int RB,
                                                               const int NV) {
-    att_vec acc[8][4], b[4];
+    att_vec acc[8][ATT_NV_MAX], b[ATT_NV_MAX];
     for (int r = 0; r < RB; r++)
         for (int j = 0; j < NV; j++) acc[r][j] = (att_vec){0};
     for (size_t k = 0; k < K; k++) {
         for (int j = 0; j < NV; j++) {
-            memcpy(&b[j], B + k * ldb + (size_t)j * ATT_LANES, sizeof b[j]);
+            memcpy(&b[j], B + k * ldb + (size_t)j * ATT_VEC, sizeof b[j]);
             ATT_KEEP_IN_REGISTER(b[j]);
         }
         for (int r = 0; r < RB; r++) {
@@ -646,17 +661,17 @@ static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, s
     }
     for (int r = 0; r < RB; r++)
         for (int j = 0; j < NV; j++) {
-            float *c = C + (size_t)r * ldc + (size_t)j * ATT_LANES;
-            size_t w = n - (size_t)j * ATT_LANES < ATT_LANES ? n - (size_t)j * ATT_LANES : ATT_LANES;
+            float *c = C + (size_t)r * ldc + (size_t)j * ATT_VEC;
+            size_t w = n - (size_t)j * ATT_VEC < ATT_VEC ? n - (size_t)j * ATT_VEC : ATT_VEC;
             att_vec v = acc[r][j] * alpha, cv;
-            if (w == ATT_LANES) {
+            if (w == ATT_VEC) {
                 if (accumulate) {
                     memcpy(&cv, c, sizeof cv);
                     v += cv;
                 }
                 memcpy(c, &v, sizeof v);
             } else { /* never for the shapes used here (N is hs or a padded tile width) */
-                float out[ATT_LANES];
+                float out[ATT_VEC];
                 memcpy(out, &v, sizeof out);
                 for (size_t i = 0; i < w; i++) c[i] = (accumulate ? c[i] : 0.0f) + out[i];
             }
@@ -668,48 +683,58 @@ static inline __attribute__((always_inline)) ATT_FMA void tile_block(float *C, s
  * rows m .. m+RB-1, the terms that are exactly zero there (P = exp(-inf) = 0, hence dS = 0):
  *   TRI_K_END    rows are queries, k keys:   k < m + RB only   (O += P V,  dQ += dS K)
  *   TRI_K_START  rows are keys, k queries:   k >= m only       (dV += P^T dY,  dK += dS^T Q)
- *   TRI_N_START  rows are keys, columns queries: vectors from m/16 on; the skipped ones are
+ *   TRI_N_START  rows are keys, columns queries: from column m/16*16 on; the skipped ones are
  *                all masked and are stored as 0 (scores: overwritten with -inf by the caller)
  * Skipping an exact zero term leaves every sum bit-identical to the full product. */
 enum { TRI_NONE, TRI_K_END, TRI_K_START, TRI_N_START };
 
-/* rows m .. m+RB-1 of tile_product (one chunk of n <= 4*16 columns, nv vectors) */
+/* rows m .. m+RB-1 of tile_product (one chunk of n <= ATT_NV_MAX*ATT_VEC columns, nv vectors,
+ * starting at column n0 of the product) */
 static inline __attribute__((always_inline)) ATT_FMA void tile_rows(float *C, size_t ldc, const float *A, size_t sam,
                                                              size_t sak, const float *B, size_t ldb, size_t K,
                                                              float alpha, int accumulate, size_t n, size_t nv,
-                                                             size_t m, const int RB, int tri) {
+                                                             size_t n0, size_t m, const int RB, int tri) {
     size_t k0 = 0, k1 = K, v0 = 0;
     if (tri == TRI_K_END && m + (size_t)RB < K) k1 = m + (size_t)RB;
     if (tri == TRI_K_START) k0 = m < K ? m : K;
-    if (tri == TRI_N_START) {
-        v0 = m / ATT_LANES < nv ? m / ATT_LANES : nv - 1;
-        for (int r = 0; r < RB; r++) memset(C + (m + (size_t)r) * ldc, 0, v0 * ATT_LANES * sizeof(float));
+    if (tri == TRI_N_START) { /* columns before m's 16-vector are masked: stored as 0 */
+        size_t masked = m / ATT_LANES * ATT_LANES, skip = masked > n0 ? (masked - n0) / ATT_VEC : 0;
+        if (skip >= nv) { /* the whole chunk */
+            for (int r = 0; r < RB; r++) memset(C + (m + (size_t)r) * ldc, 0, n * sizeof(float));
+            return;
+        }
+        v0 = skip;
+        for (int r = 0; r < RB; r++) memset(C + (m + (size_t)r) * ldc, 0, v0 * ATT_VEC * sizeof(float));
     }
-    float *c = C + m * ldc + v0 * ATT_LANES;
-    const float *a = A + m * sam + k0 * sak, *b = B + k0 * ldb + v0 * ATT_LANES;
-    size_t nn = n - v0 * ATT_LANES;
+    float *c = C + m * ldc + v0 * ATT_VEC;
+    const float *a = A + m * sam + k0 * sak, *b = B + k0 * ldb + v0 * ATT_VEC;
+    size_t nn = n - v0 * ATT_VEC;
     switch (nv - v0) {
     case 1: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 1); break;
+#if ATT_NV_MAX == 4
     case 2: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 2); break;
     case 3: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 3); break;
-    default: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, 4); break;
+#endif
+    default: tile_block(c, ldc, a, sam, sak, b, ldb, k1 - k0, alpha, accumulate, nn, RB, ATT_NV_MAX); break;
     }
 }
 
 /* C [M, N] (=/+=) alpha * sum_k a(m, k) B [k, 0:N]; a(m, k) = A[m*sam + k*sak]; B has row
  * stride ldb and readable columns up to N rounded up to 16. tri (diagonal tiles, above):
- * TRI_N_START needs N <= 64 (one chunk of columns); RB (8 or 4) divides every block's first
- * row, so each block reads only entries at or after the 16-vector holding its first row. */
+ * RB (8 or 4) divides every block's first row, so each block reads only entries at or after
+ * the 16-vector holding its first row. Blocks of 16 accumulators (AVX-512: 8 rows x 2
+ * vectors or 4 x 4) or 8 (AVX2: 8 x 1 or 4 x 2), leaving registers for B's vectors. */
 static ATT_FMA void tile_product(float *C, size_t ldc, const float *A, size_t sam, size_t sak, const float *B,
                                  size_t ldb, size_t M, size_t N, size_t K, float alpha, int accumulate, int tri) {
-    for (size_t n0 = 0; n0 < N; n0 += 4 * ATT_LANES) {
-        size_t n = N - n0 < 4 * ATT_LANES ? N - n0 : 4 * ATT_LANES, nv = (n + ATT_LANES - 1) / ATT_LANES, m = 0;
+    const size_t chunk = ATT_NV_MAX * ATT_VEC;
+    for (size_t n0 = 0; n0 < N; n0 += chunk) {
+        size_t n = N - n0 < chunk ? N - n0 : chunk, nv = (n + ATT_VEC - 1) / ATT_VEC, m = 0;
         float *c = C + n0;
         const float *b = B + n0;
-        if (nv <= 2) /* 8 rows x 2 vectors: 16 accumulators, as 4 x 4 below */
-            for (; m + 8 <= M; m += 8) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, m, 8, tri);
-        for (; m + 4 <= M; m += 4) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, m, 4, tri);
-        for (; m < M; m++) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, m, 1, tri);
+        if (nv <= ATT_NV_MAX / 2)
+            for (; m + 8 <= M; m += 8) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, n0, m, 8, tri);
+        for (; m + 4 <= M; m += 4) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, n0, m, 4, tri);
+        for (; m < M; m++) tile_rows(c, ldc, A, sam, sak, b, ldb, K, alpha, accumulate, n, nv, n0, m, 1, tri);
     }
 }
 
