@@ -57,6 +57,16 @@ typedef float decode_keys __attribute__((vector_size(DECODE_KEYS * sizeof(float)
  * contracting a * b + c itself): ~10% faster, one rounding per step. */
 #define DECODE_IBLOCK 32
 #define DECODE_GROUP_ROWS 8
+/* rows of a group whose 48 accumulators stay in registers while the tile runs down the block:
+ * all 8 in AVX-512's 32 registers (24), 2 in AVX2's 16 (12; 8 rows there spilled every
+ * accumulator to the stack, 2x slower), the block's strip read again from L1 per pass */
+#if defined(__AVX512F__)
+#define DECODE_PASS_ROWS 8
+#elif defined(__AVX__)
+#define DECODE_PASS_ROWS 2
+#else
+#define DECODE_PASS_ROWS 1
+#endif
 #ifdef FP_FAST_FMAF
 #define DECODE_FMA(a, b, c) fmaf(a, b, c)
 #else
@@ -74,18 +84,22 @@ static inline void decode_strip_block(float acc[DECODE_GROUP_ROWS][DECODE_STRIP]
                                       const float *w, size_t R, size_t OC, size_t o0, size_t ob, size_t i0,
                                       size_t i1) {
     if (R == DECODE_GROUP_ROWS && ob == DECODE_STRIP) { /* constant bounds: acc stays in registers */
-        for (size_t i = i0; i < i1; i++) {
-            const float *wi = w + i * OC + o0;
-            /* the same piece of the next block's row: read after this block's other strips
-             * (past the last block it points beyond w: a prefetch never faults) */
-            __builtin_prefetch(wi + DECODE_IBLOCK * OC, 0, 2);
-            __builtin_prefetch(wi + DECODE_IBLOCK * OC + 16, 0, 2);
-            __builtin_prefetch(wi + DECODE_IBLOCK * OC + 32, 0, 2);
-            for (size_t r = 0; r < DECODE_GROUP_ROWS; r++) {
-                float a = inp[r * ldx + i];
-                for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+#pragma GCC unroll 8
+        for (size_t r0 = 0; r0 < DECODE_GROUP_ROWS; r0 += DECODE_PASS_ROWS) /* one pass on AVX-512 */
+            for (size_t i = i0; i < i1; i++) {
+                const float *wi = w + i * OC + o0;
+                /* the same piece of the next block's row: read after this block's other strips
+                 * (past the last block it points beyond w: a prefetch never faults) */
+                if (r0 == 0) {
+                    __builtin_prefetch(wi + DECODE_IBLOCK * OC, 0, 2);
+                    __builtin_prefetch(wi + DECODE_IBLOCK * OC + 16, 0, 2);
+                    __builtin_prefetch(wi + DECODE_IBLOCK * OC + 32, 0, 2);
+                }
+                for (size_t r = r0; r < r0 + DECODE_PASS_ROWS; r++) {
+                    float a = inp[r * ldx + i];
+                    for (size_t j = 0; j < DECODE_STRIP; j++) acc[r][j] = DECODE_FMA(a, wi[j], acc[r][j]);
+                }
             }
-        }
     } else if (ob == DECODE_STRIP) {
         for (size_t i = i0; i < i1; i++) {
             const float *wi = w + i * OC + o0;
@@ -225,6 +239,49 @@ static inline void decode_tile_widen_portable_rows(float acc[DECODE_GROUP_ROWS][
     }
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* The portable tile on AVX2 (built with -march=native on such a CPU): the same sums in the
+ * same order. 8 x 48 accumulators are 48 of AVX2's 16 registers (the generic loop kept them
+ * on the stack); a pass keeps NR <= 2 rows x 24 columns (6 accumulators) and the half
+ * strip's 6 widened weight vectors in registers, and the strip's pairs are read again, from
+ * L2, by each of the 2 x ceil(nr/2) passes. A 256-bit load of a pair's 8 columns holds row
+ * 2p in its low halves and 2p + 1 in its high halves: a shift and a mask widen them. */
+static inline __attribute__((always_inline)) void decode_widen_avx2_pass(float *acc, const float *xb, size_t ldx,
+                                                                        const uint16_t *ws, size_t np, int load,
+                                                                        size_t h, const size_t NR) {
+    const __m256i high = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 a[2][3];
+    for (size_t r = 0; r < NR; r++)
+        for (size_t k = 0; k < 3; k++)
+            a[r][k] = load ? _mm256_loadu_ps(acc + r * DECODE_STRIP + 24 * h + 8 * k) : _mm256_setzero_ps();
+    for (size_t p = 0; p < np; p++) {
+        const uint16_t *wp = ws + p * DECODE_STRIP * 2 + 48 * h;
+        __m256 we[3], wo[3];
+        for (size_t k = 0; k < 3; k++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(wp + 16 * k));
+            we[k] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            wo[k] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+        }
+        for (size_t r = 0; r < NR; r++) {
+            __m256 x0 = _mm256_set1_ps(xb[r * ldx + 2 * p]), x1 = _mm256_set1_ps(xb[r * ldx + 2 * p + 1]);
+            for (size_t k = 0; k < 3; k++) a[r][k] = _mm256_fmadd_ps(x0, we[k], a[r][k]);
+            for (size_t k = 0; k < 3; k++) a[r][k] = _mm256_fmadd_ps(x1, wo[k], a[r][k]);
+        }
+    }
+    for (size_t r = 0; r < NR; r++)
+        for (size_t k = 0; k < 3; k++) _mm256_storeu_ps(acc + r * DECODE_STRIP + 24 * h + 8 * k, a[r][k]);
+}
+
+static void decode_tile_widen_portable(float *acc, const float *xb, size_t ldx, const uint16_t *ws, size_t np,
+                                       size_t nr, int load) {
+    for (size_t r0 = 0; r0 < nr; r0 += 2)
+        for (size_t h = 0; h < 2; h++) {
+            if (nr - r0 >= 2) decode_widen_avx2_pass(acc + r0 * DECODE_STRIP, xb + r0 * ldx, ldx, ws, np, load, h, 2);
+            else decode_widen_avx2_pass(acc + r0 * DECODE_STRIP, xb + r0 * ldx, ldx, ws, np, load, h, 1);
+        }
+}
+#else
 static void decode_tile_widen_portable(float *acc, const float *xb, size_t ldx, const uint16_t *ws, size_t np,
                                        size_t nr, int load) {
     float a[DECODE_GROUP_ROWS][DECODE_STRIP];
@@ -234,6 +291,7 @@ static void decode_tile_widen_portable(float *acc, const float *xb, size_t ldx, 
     else decode_tile_widen_portable_rows(a, xb, ldx, ws, np, nr);
     memcpy(acc, a, nr * DECODE_STRIP * sizeof(float));
 }
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
