@@ -1086,3 +1086,54 @@ def test_a_changed_lora_reference_hash_names_the_earlier_fdpo_as_a_cause(tmp_pat
     (tmp_path / "d" / "training_state.json").write_text(json.dumps(state))
     r = run(*args, "--resume", check=False)
     assert r.returncode != 0 and "saved by an earlier fdpo, which scored this LoRA reference unmerged" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["rl", "online-step"])
+def test_resume_from_another_directory_takes_the_reward_file_spelt_relative(tmp_path, cmd):
+    """rl and online --mode step saved --reward as typed (the rounds save it resolved): a run
+    started with lexicon:w.txt could not resume from another directory, where the saved spec
+    named no file (`--out DIR --resume` alone) and the same file spelt absolute was refused as
+    another spec. The state records it resolved, lexicon:/abs/w.txt; another file of that name
+    is still refused, and a state of an older fdpo (the spec as typed) resumes from its own
+    directory."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+    (tmp_path / "w.txt").write_text("a\t1\ne\t1\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "w.txt").write_text("a\t-5\ne\t3\n")   # another file of that name
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    if cmd == "rl":
+        first = ["rl", "--prompts-per-step", 2, "--n", 3]
+    else:
+        first = ["online", "--mode", "step", "--prompts-per-round", 2, "--n", 3]
+    first += ["--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", out, "--steps", 5,
+              "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1, "--quiet"]
+    resume = [first[0], "--out", out, "--resume", "--quiet"]
+
+    def fdpo(cwd, *args):
+        return subprocess.run([FDPO, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+    def step():
+        return json.loads((out / "training_state.json").read_text())["step"]
+
+    r = fdpo(tmp_path, *first, "--reward", "lexicon:w.txt", "--stop-at", 1)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["settings"]["reward"] == f"lexicon:{tmp_path}/w.txt"
+    r = fdpo(tmp_path / "empty", *resume, "--stop-at", 2)   # the saved spec: the file the run scored with
+    assert r.returncode == 0 and step() == 2, r.stderr
+    r = fdpo(tmp_path / "elsewhere", *resume, "--reward", f"lexicon:{tmp_path}/w.txt", "--stop-at", 3)
+    assert r.returncode == 0 and step() == 3, r.stderr
+    r = fdpo(tmp_path / "elsewhere", *resume, "--reward", "lexicon:w.txt", "--stop-at", 4)
+    assert r.returncode == 1 and f"--reward: lexicon:{tmp_path}/elsewhere/w.txt differs from the saved run's " \
+        f"lexicon:{tmp_path}/w.txt" in r.stderr, r.stderr
+    assert step() == 3
+    # a state of an earlier fdpo holds the spec as typed: the same file, resolved from its directory
+    state = json.loads((out / "training_state.json").read_text())
+    state["settings"]["reward"] = "lexicon:w.txt"
+    (out / "training_state.json").write_text(json.dumps(state))
+    r = fdpo(tmp_path, *resume, "--reward", "lexicon:./w.txt", "--stop-at", 4)
+    assert r.returncode == 0 and step() == 4, r.stderr
