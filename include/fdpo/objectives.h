@@ -124,6 +124,16 @@ double fdpo_shaped_reward(const fdpo_divergence *d, double beta, double reward, 
 double fdpo_shaped_reward_pg(const fdpo_divergence *d, double beta, double reward, double log_ratio);
 void fdpo_rloo_advantages(const double *shaped, size_t k, double *adv);
 void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *adv);
+/* One group's advantages (k >= 2 samples of one prompt) from its rewards and log-ratios: GRPO
+ * (grpo != 0, grpo_eps) or RLOO over fdpo_shaped_reward_pg's rewards, bit for bit, while every
+ * exponent of the group (-l fkl, -A l alpha) is at most 64. Past it the group's largest
+ * exponent m is factored out: its shaped rewards are taken times e^-(m - 64), so RLOO's
+ * advantages are the float64 ones times that factor (their direction, at the cap's size) and
+ * GRPO's, with eps scaled alike, the float64 ones; capping each sample made samples past the
+ * cap tie (a group wholly past it got advantages of 0). x[k]: scratch (the group's shaped
+ * rewards as used, possibly as deviations from sample 0's). fdpo_rl_step and the lab use it. */
+void fdpo_pg_group_advantages(const fdpo_divergence *d, double beta, const double *reward, const double *log_ratio,
+                              size_t k, int grpo, double grpo_eps, double *x, double *adv);
 /* GRPO's eps: a finite number > 0, else an error naming --grpo-eps ("--grpo-eps: must be > 0
  * (got inf)"): an inf eps made every advantage 0 (an exact lab grpo run did no step and reported
  * converged). fdpo_rl_config_check and fdpo_lab_algo_opts_check both check it here. */

@@ -529,8 +529,9 @@ fdpo_train_opts fdpo_train_opts_over_prompts(const fdpo_train_opts *base, const 
  * prompts of PROMPTS (--data; none is an error), the reward of REWARD (--reward, refused
  * where MPI ranks disagree), t's tokenizer (fdpo_trainer_load_tokenizer) and the reference:
  * --ref REF, else --model MODEL (fdpo_trainer_load_ref), or none (ref NULL, ref_is_base 1)
- * when t trains LoRA adapters without --ref on a MODEL that is no LoRA checkpoint: then the
- * reference is the policy with its adapters off. The reference and the reward are recorded on
+ * when t trains LoRA adapters on a MODEL that is no LoRA checkpoint without --ref or with a
+ * REF naming MODEL (fdpo_settings_same_path): then the reference is the policy with its
+ * adapters off (one model in memory, as online's rounds take it). The reference and the reward are recorded on
  * t (ref_flag, ref_dir, ref_hash; reward_spec, reward_lexicon, reward_hash) so that --resume
  * refuses other files. 0 when all opened; -1 with the error of the first that failed (the
  * rest is not tried). Either way fdpo_prompt_run_close(pr, t, trainer_opened) frees what

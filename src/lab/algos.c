@@ -1,7 +1,7 @@
 /* Tabular algorithm checks (include/fdpo/lab_algos.h): offline f-DPO on a pair distribution
  * that does not cover pi*, online f-DPO, f-RLOO and f-GRPO on a softmax policy, each compared
  * with the exact optimum of fdpo_lab_solve. The losses and shaped rewards are the trainer's
- * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward_pg, fdpo_rloo/grpo_advantages,
+ * own pure functions (fdpo_pref_loss_pair, fdpo_shaped_reward_pg, fdpo_pg_group_advantages,
  * fdpo_kto_loss_one). */
 #include <float.h>
 #include <math.h>
@@ -258,16 +258,18 @@ typedef struct {
     size_t k;
     double *pi, *l, *gl, *w, *shaped, *adv;
     size_t *ys;
+    double *gr, *gls;   /* a group's rewards and log-ratios (pg_group_grad) */
 } step_ctx;
 
 static void pg_group_grad(step_ctx *c, double weight, double *g) {
     /* ascent direction of E[r] - beta D_f from one group: (1/k) sum_i adv_i (e_{y_i} - pi);
      * g accumulates its negative (descent) scaled by weight */
     const size_t n = c->pp->n, k = c->k;
-    for (size_t i = 0; i < k; i++)
-        c->shaped[i] = fdpo_shaped_reward_pg(&c->o->div, c->o->beta, c->pp->reward[c->ys[i]], c->l[c->ys[i]]);
-    if (c->o->method == FDPO_LAB_RLOO) fdpo_rloo_advantages(c->shaped, k, c->adv);
-    else fdpo_grpo_advantages(c->shaped, k, c->o->grpo_eps, c->adv);
+    for (size_t i = 0; i < k; i++) { c->gr[i] = c->pp->reward[c->ys[i]]; c->gls[i] = c->l[c->ys[i]]; }
+    /* the trainer's group rule (fdpo_rl_step): f''s exponent capped at 64, factored out of a
+     * group that passes it */
+    fdpo_pg_group_advantages(&c->o->div, c->o->beta, c->gr, c->gls, k, c->o->method != FDPO_LAB_RLOO, c->o->grpo_eps,
+                             c->shaped, c->adv);
     for (size_t i = 0; i < k; i++) {
         double a = weight * c->adv[i] / (double)k;
         g[c->ys[i]] -= a;
@@ -366,7 +368,8 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
     const int pairs = o->exact && o->method == FDPO_LAB_ONLINE;
     step_ctx c = {pp, o, L, k, fdpo_malloc(n * sizeof(double)), fdpo_malloc(n * sizeof(double)),
                   fdpo_malloc(n * sizeof(double)), pairs ? fdpo_malloc(n * n * sizeof(double)) : NULL,
-                  fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(size_t))};
+                  fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(size_t)),
+                  fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double))};
     double *g = fdpo_malloc(n * sizeof(double)), *avg = fdpo_calloc(n, sizeof(double));
     double *trial = fdpo_malloc(n * sizeof(double)), *scratch = fdpo_malloc(n * sizeof(double));
     fdpo_rng rng;
@@ -432,7 +435,7 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
         for (size_t i = 0; i < n; i++) theta[i] = avg[i] / (double)averaged;
     res->iterations = t;
     res->final_lr = o->exact ? step : NAN;
-    free(c.pi); free(c.l); free(c.gl); free(c.w); free(c.shaped); free(c.adv); free(c.ys); free(g); free(avg);
+    free(c.pi); free(c.l); free(c.gl); free(c.w); free(c.shaped); free(c.adv); free(c.ys); free(c.gr); free(c.gls); free(g); free(avg);
     free(trial); free(scratch);
     return 0;
 }

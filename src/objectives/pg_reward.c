@@ -58,6 +58,58 @@ void fdpo_grpo_advantages(const double *shaped, size_t k, double eps, double *ad
     for (size_t i = 0; i < k; i++) adv[i] = (shaped[i] - shaped[0] - mean) / (sd + eps);
 }
 
+/* f''s exponent at l: fkl e^x with x = -l, alpha e^x/A with x = -A l (f' = (1 - e^x)/A); rkl and
+ * js have none (returns 0: *has = 0) */
+static double fprime_exponent(const fdpo_divergence *d, double l, int *has) {
+    *has = d->kind == FDPO_DIV_FKL || d->kind == FDPO_DIV_ALPHA;
+    return d->kind == FDPO_DIV_FKL ? -l : d->kind == FDPO_DIV_ALPHA ? -d->alpha * l : 0;
+}
+
+/* The e^64 cap of fdpo_shaped_reward_pg (the f-DPO derivative's, fdpo_score_grad_capped) */
+#define PG_EXP_CAP 64.0
+
+void fdpo_pg_group_advantages(const fdpo_divergence *d, double beta, const double *reward, const double *log_ratio,
+                              size_t k, int grpo, double grpo_eps, double *x, double *adv) {
+    /* m: the group's largest exponent (NaN log-ratios skipped: their advantages come out NaN) */
+    int has = 0;
+    double m = -INFINITY;
+    for (size_t i = 0; i < k; i++) {
+        const double e = fprime_exponent(d, log_ratio[i], &has);
+        if (e > m) m = e;
+    }
+    if (!has || !(m > PG_EXP_CAP)) {   /* the cap is not reached: the per-sample rule, bit for bit */
+        for (size_t i = 0; i < k; i++) x[i] = fdpo_shaped_reward_pg(d, beta, reward[i], log_ratio[i]);
+        if (grpo) fdpo_grpo_advantages(x, k, grpo_eps, adv);
+        else fdpo_rloo_advantages(x, k, adv);
+        return;
+    }
+    /* The group's shaped rewards times e^-s, s = m - 64, so that its largest exponent is the
+     * cap's: RLOO's advantages are linear in them (the float64 ones times e^-s: their
+     * direction at the cap's size), GRPO's are scale-free once eps is scaled too (the float64
+     * ones themselves). Written as deviations from sample 0, which both functions take them
+     * as: the penalty's constant cancels exactly and equal exponents leave the rewards'
+     * difference (r_i - r_0) e^-s, which r_i e^-s + beta e^64 would round away. m = +inf (a
+     * log-ratio of -inf): those samples take e^64 and every other term e^-inf = 0. */
+    const double s = m - PG_EXP_CAP, scale = exp(-s), coef = d->kind == FDPO_DIV_ALPHA ? beta / d->alpha : beta;
+    const double e0 = fprime_exponent(d, log_ratio[0], &has);
+    const double p0 = exp(e0 == m ? PG_EXP_CAP : e0 - s);
+    for (size_t i = 0; i < k; i++) {
+        const double e = fprime_exponent(d, log_ratio[i], &has);
+        const double p = exp(e == m ? PG_EXP_CAP : e - s);
+        /* shaped = r - beta f'(e^l) = r + coef e^x - (alpha: coef); minus sample 0's, times e^-s */
+        x[i] = i == 0 ? 0 : (reward[i] - reward[0]) * scale + coef * (p - p0);
+    }
+    if (!grpo) { fdpo_rloo_advantages(x, k, adv); return; }
+    const double eps = grpo_eps * scale;
+    size_t same = 1;
+    while (same < k && x[same] == x[0]) same++;
+    if (!(eps > 0) && same == k) {   /* eps underflowed (s > ~745): equal x (sd 0) give 0, not 0/0 */
+        for (size_t i = 0; i < k; i++) adv[i] = 0;
+        return;
+    }
+    fdpo_grpo_advantages(x, k, eps, adv);
+}
+
 int fdpo_grpo_eps_check(double eps) {
     if (!(eps > 0) || !isfinite(eps)) return fdpo_error("--grpo-eps: must be > 0 (got %g)", eps);
     return 0;

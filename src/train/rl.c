@@ -198,8 +198,10 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     float *tlp = fdpo_malloc((N ? N : 1) * sizeof(float));
     double *slp = fdpo_malloc(n * sizeof(double));
     float *dtok = fdpo_calloc(N ? N : 1, sizeof(float));   /* 0 on the prompt rows */
-    /* shaped: the logged r - beta f'(u); pg: the one the advantages weigh grad log pi by (e^64 cap) */
+    /* shaped: the logged r - beta f'(u); pg: the one the advantages weigh grad log pi by (e^64
+     * cap, factored out of a group that passes it: fdpo_pg_group_advantages); lr: l per sample */
     double *shaped = fdpo_malloc(n * sizeof(double)), *pg = fdpo_malloc(n * sizeof(double)), *adv = fdpo_malloc(n * sizeof(double));
+    double *lr = fdpo_malloc(n * sizeof(double));
     if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, NULL);
     if (rc == 0) {
         rl_sample_sums(tlp, n, row0, n_comp, slp);
@@ -209,7 +211,7 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
         for (size_t i = 0; i < n; i++) {
             double l = slp[i] - ref_logp[i];
             shaped[i] = fdpo_shaped_reward(&c->div, c->beta, reward[i], l);
-            pg[i] = fdpo_shaped_reward_pg(&c->div, c->beta, reward[i], l);
+            lr[i] = l;
             out->scores += reward[i] * inv;
             out->kl += l * inv;
             out->fdiv += fdpo_f_over_u_log(&c->div, l) * inv;   /* D_f(pi || pi_ref) = E_pi[f(u)/u] */
@@ -217,8 +219,8 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
             out->shaped += shaped[i] * inv;
         }
         for (size_t g = 0; g < n / c->k; g++) {
-            if (c->algo == FDPO_RL_RLOO) fdpo_rloo_advantages(pg + g * c->k, c->k, adv + g * c->k);
-            else fdpo_grpo_advantages(pg + g * c->k, c->k, c->grpo_eps, adv + g * c->k);
+            fdpo_pg_group_advantages(&c->div, c->beta, reward + g * c->k, lr + g * c->k, c->k, c->algo != FDPO_RL_RLOO,
+                                     c->grpo_eps, pg + g * c->k, adv + g * c->k);
         }
         for (size_t i = 0; i < n; i++) {
             out->loss -= adv[i] * slp[i] * inv;
@@ -233,7 +235,7 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
         rc = fdpo_gpt2_backward(m, dtok);
     }
     rl_pack_free(&pk);
-    free(row0); free(tlp); free(slp); free(dtok); free(shaped); free(pg); free(adv);
+    free(row0); free(tlp); free(slp); free(dtok); free(shaped); free(pg); free(adv); free(lr);
     return rc;
 }
 
@@ -376,7 +378,13 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
+    /* resolved (lexicon:/abs/FILE), as online's rounds record it: a resume from another
+     * directory restores the file the run scored with (as typed, lexicon:FILE was read from
+     * there, and the same file spelt from there was refused); a state that holds it as typed
+     * (an older fdpo) still compares as the file it names from here */
+    char *reward = o->reward ? fdpo_reward_spec_resolved(o->reward) : NULL;
+    fdpo_settings_reward_spec(s, "reward", reward, 1);
+    free(reward);
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_num(s, "beta", o->rl.beta, 1);

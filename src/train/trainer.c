@@ -325,10 +325,12 @@ int fdpo_prompt_run_open(fdpo_prompt_run *pr, fdpo_train_opts *t, const char *pr
     if (pr->reward && fdpo_reward_check_agree(pr->reward)) { fdpo_reward_free(pr->reward); pr->reward = NULL; }
     if (!pr->reward) return -1;   /* the message names --reward */
     if (!(pr->tok = fdpo_trainer_load_tokenizer(t))) return -1;
-    /* LoRA without --ref: the reference is the policy with its adapters off (no second copy),
-     * unless --model is a LoRA checkpoint this run continues: then the reference is that
-     * checkpoint (base + its adapter, a second copy), not its base, as in dpo, kto and rounds */
-    pr->ref_is_base = t->lora_r > 0 && !ref && !fdpo_lora_is_checkpoint(model);
+    /* LoRA without --ref, or with a --ref naming --model (any spelling: fdpo_settings_same_path),
+     * the adapters' base: the reference is the policy with its adapters off (no second copy, as
+     * online's rounds take it: is_lora_base), unless --model is a LoRA checkpoint this run
+     * continues: then the reference is that checkpoint (base + its adapter, a second copy), not
+     * its base, as in dpo, kto and rounds */
+    pr->ref_is_base = t->lora_r > 0 && (!ref || fdpo_settings_same_path(ref, model)) && !fdpo_lora_is_checkpoint(model);
     if (!pr->ref_is_base) {
         /* with no --ref the reference is --model: refused as a reward model under that name */
         if (!(pr->ref = fdpo_trainer_load_ref(ref, model, pr->tok, 0, t->lora_r <= 0, &t->ref_hash))) return -1;

@@ -78,11 +78,57 @@ START_TEST(rloo_and_grpo_advantages) {
 }
 END_TEST
 
+/* A group's advantages from its rewards and log-ratios: below f''s e^64 cap, bit for bit the
+ * per-sample rule; past it, the group's largest exponent factored out, checked against the
+ * formulas by hand */
+START_TEST(group_advantages_factor_out_the_cap) {
+    fdpo_divergence d;
+    double x[3], adv[3], want[3], pg[3];
+    const double r[3] = {1, 2, 4};
+    /* below the cap (fkl 63.9 down, alpha:0.5 127 down): the same bits as before */
+    const char *specs[2] = {"fkl", "alpha:0.5"};
+    const double ls[2][3] = {{-63.9, -2, 0.5}, {-127, -3, 1}};
+    for (int s = 0; s < 2; s++)
+        for (int grpo = 0; grpo < 2; grpo++) {
+            fdpo_divergence_parse(specs[s], &d);
+            for (int i = 0; i < 3; i++) pg[i] = fdpo_shaped_reward_pg(&d, 0.05, r[i], ls[s][i]);
+            if (grpo) fdpo_grpo_advantages(pg, 3, 1e-4, want);
+            else fdpo_rloo_advantages(pg, 3, want);
+            fdpo_pg_group_advantages(&d, 0.05, r, ls[s], 3, grpo, 1e-4, x, adv);
+            for (int i = 0; i < 3; i++) ck_assert_msg(adv[i] == want[i], "%s grpo %d: %.17g vs %.17g", specs[s], grpo, adv[i], want[i]);
+        }
+    /* all three 100 nats down (fkl): their penalties are equal, the rewards decide. Capping each
+     * gave r_i + beta e^64, which rounds r away (advantages 0); factored out, the shaped rewards
+     * are taken times e^-36: RLOO (r_i - mean of the others) e^-36, GRPO, its eps scaled alike,
+     * (r - mean)/(sd + eps) */
+    fdpo_divergence_parse("fkl", &d);
+    const double l100[3] = {-100, -100, -100};
+    fdpo_pg_group_advantages(&d, 0.05, r, l100, 3, 0, 1e-4, x, adv);
+    want[0] = -2; want[1] = -0.5; want[2] = 2.5;
+    for (int i = 0; i < 3; i++) ck_assert_double_eq_tol(adv[i], want[i] * exp(-36), 1e-15 * exp(-36));
+    fdpo_pg_group_advantages(&d, 0.05, r, l100, 3, 1, 1e-4, x, adv);
+    const double sd = sqrt((16.0 / 9 + 1.0 / 9 + 25.0 / 9) / 2);   /* r - mean: -4/3, -1/3, 5/3 */
+    want[0] = -4.0 / 3; want[1] = -1.0 / 3; want[2] = 5.0 / 3;
+    for (int i = 0; i < 3; i++) ck_assert_double_eq_tol(adv[i], want[i] / (sd + 1e-4), 1e-14);
+    /* a log-ratio of -inf: that sample takes beta e^64, the others 0 (finite advantages) */
+    const double linf[3] = {-INFINITY, -1, -2};
+    fdpo_pg_group_advantages(&d, 0.05, r, linf, 3, 0, 1e-4, x, adv);
+    ck_assert_double_eq_tol(adv[0], 0.05 * exp(64), 1e-15 * exp(64));
+    ck_assert_double_eq_tol(adv[1], -0.025 * exp(64), 1e-15 * exp(64));
+    ck_assert_double_eq_tol(adv[2], -0.025 * exp(64), 1e-15 * exp(64));
+    /* 1000 down, equal: eps e^-936 underflows to 0 and the group is flat: 0, not 0/0 */
+    const double l1000[2] = {-1000, -1000};
+    fdpo_pg_group_advantages(&d, 0.05, r, l1000, 2, 1, 1e-4, x, adv);
+    ck_assert(adv[0] == 0 && adv[1] == 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("pg_reward");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, shaped_reward_is_r_minus_beta_fprime);
     tcase_add_test(tc, rloo_and_grpo_advantages);
+    tcase_add_test(tc, group_advantages_factor_out_the_cap);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -354,6 +354,41 @@ def test_rl_lora_peak_memory_below_full_rl(tmp_path):
     assert full - lora >= 2.5 * copy_mib, (full, lora, copy_mib)
 
 
+@pytest.mark.parametrize("cmd", ["online-step", "rl"])
+def test_lora_step_loops_take_a_ref_naming_the_base_as_the_adapters_off_policy(tmp_path, cmd):
+    """--lora-r with --ref naming --model (here spelt BASE/): online's rounds score that
+    reference as the policy with its adapters off (one model in memory); --mode step (and rl)
+    loaded a second copy of the weights and scored that from step 2 on. They now take the
+    policy with its adapters off, as without --ref: the same adapters and metrics byte for byte
+    as the run without --ref (whose reference is documented as the adapters-off base), a state
+    that records the base's hash and no second reference (as that run's), and no second copy in
+    memory: peak RSS within half a copy of the run without --ref (it was a whole copy above)."""
+    from test_lora import peak_rss_mib
+    base = make_gpt2(tmp_path / "base", C=256, L=6)
+    copy_mib = sum(v.size for v in st.load(str(base / "model.safetensors"))[0].values()) * 4 / 2 ** 20
+    loop_cmd(cmd, tmp_path, base, tmp_path / "a")
+    loop_cmd(cmd, tmp_path, base, tmp_path / "c", "--ref", f"{base}/")
+    for f in ("adapter_model.safetensors", "training_state.safetensors", "metrics.jsonl"):
+        if f == "metrics.jsonl":
+            strip = lambda d: [{k: v for k, v in json.loads(l).items() if not k.startswith("time/") and k != "tokens_per_sec"}
+                               for l in open(d / f)]
+            assert strip(tmp_path / "a") == strip(tmp_path / "c")
+        else:
+            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "c" / f).read_bytes(), f
+    sa, sc = (json.loads((tmp_path / d / "training_state.json").read_text()) for d in ("a", "c"))
+    assert "ref_hash" not in sa and "ref_hash" not in sc, (sa.get("ref_hash"), sc.get("ref_hash"))
+    assert sc["lora_base_hash"] == sa["lora_base_hash"]
+    # no second copy of the weights (the loop's own flags, peak RSS of the whole run)
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {i}:\n" for i in range(6)))
+    args = ["--model", base, "--data", tmp_path / "prompts.txt", "--reward", "length", "--max-new-tokens", 8,
+            "--threads", 1, "--quiet", "--lora-r", 4, "--steps", 2, "--n", 2]
+    args = (["rl", "--prompts-per-step", 2] if cmd == "rl" else ["online", "--mode", "step", "--prompts-per-round", 2]) + args
+    without = peak_rss_mib([*args, "--out", tmp_path / "m1"])
+    with_ref = peak_rss_mib([*args, "--out", tmp_path / "m2", "--ref", base])
+    print(f"peak RSS: {cmd} without --ref {without:.1f} MiB, --ref BASE {with_ref:.1f} MiB ({copy_mib:.1f} MiB a copy)")
+    assert with_ref - without <= 0.5 * copy_mib, (with_ref, without, copy_mib)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_lora_reward_model(tmp_path, family):
     """fdpo rm --lora-r on a language model: adapters + the score head trained in full (PEFT's

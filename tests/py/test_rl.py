@@ -64,17 +64,48 @@ def fprime_capped(div, l):
     return fprime(div, torch.exp(torch.as_tensor(l)))
 
 
-def reference_step(model, samples, algo, div, beta, k, eps=1e-4, fprime_of_l=None):
+def advantages_mp(div, beta, rewards, l, algo, k, eps=1e-4):
+    """The advantages docs/rl.md gives a group past f''s e^64 cap, in mpmath at 1200 digits (no
+    exponent capped: e^1000 is exact enough there): TRL's RLOO / GRPO of the shaped rewards
+    r - beta f'(e^l); RLOO's times e^-(m - 64), m the group's largest exponent of f' (-l fkl,
+    -A l alpha) where m > 64; GRPO's as they are (its eps is scaled with the group)."""
+    import mpmath as mp
+    with mp.workdps(1200):
+        return _advantages_mp(mp, div, beta, rewards, l, algo, k, eps)
+
+
+def _advantages_mp(mp, div, beta, rewards, l, algo, k, eps):
+    A = 1.0 if div == "fkl" else float(div[6:])
+    out = []
+    for g in range(len(rewards) // k):
+        r = [mp.mpf(x) for x in rewards[g * k:(g + 1) * k]]
+        x = [-A * mp.mpf(v) for v in l[g * k:(g + 1) * k]]   # exact: A l in doubles is not what fdpo needs
+        shaped = [ri + beta * mp.exp(xi) / A - (0 if div == "fkl" else beta / A) for ri, xi in zip(r, x)]
+        m = max(x)
+        scale = mp.exp(-(m - 64)) if m > 64 else mp.mpf(1)
+        mean = sum(shaped) / k
+        if algo == "rloo":
+            out += [(si - (sum(shaped) - si) / (k - 1)) * scale for si in shaped]
+        else:
+            sd = mp.sqrt(sum((si - mean) ** 2 for si in shaped) / (k - 1))
+            out += [(si - mean) / (sd + eps) for si in shaped]
+    return np.array([float(v) for v in out])
+
+
+def reference_step(model, samples, algo, div, beta, k, eps=1e-4, fprime_of_l=None, adv_of_l=None):
     logp = torch.stack([completion_logp(model, s["prompt"], s["completion"]) for s in samples])
     l = logp.detach() - torch.tensor([s["ref_logp"] for s in samples])
-    fp = fprime_of_l(div, l) if fprime_of_l else fprime(div, torch.exp(l))
-    shaped = torch.tensor([s["reward"] for s in samples]) - beta * fp
-    g = shaped.view(-1, k)
-    if algo == "rloo":  # TRL RLOOTrainer: baseline = mean of the other k - 1
-        adv = g - (g.sum(1, keepdim=True) - g) / (k - 1)
-    else:  # TRL GRPOTrainer: (x - mean) / (std + 1e-4), torch.std (unbiased)
-        adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
-    adv = adv.reshape(-1)
+    if adv_of_l is not None:   # advantages given from l (advantages_mp)
+        adv = torch.as_tensor(adv_of_l(l.numpy()))
+    else:
+        fp = fprime_of_l(div, l) if fprime_of_l else fprime(div, torch.exp(l))
+        shaped = torch.tensor([s["reward"] for s in samples]) - beta * fp
+        g = shaped.view(-1, k)
+        if algo == "rloo":  # TRL RLOOTrainer: baseline = mean of the other k - 1
+            adv = g - (g.sum(1, keepdim=True) - g) / (k - 1)
+        else:  # TRL GRPOTrainer: (x - mean) / (std + 1e-4), torch.std (unbiased)
+            adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
+        adv = adv.reshape(-1)
     loss = -(adv * logp).mean()
     model.zero_grad()
     loss.backward()
@@ -119,8 +150,10 @@ def test_sample_far_below_the_reference_keeps_the_gradient_finite(tmp_path, algo
     """A sample 89 nats below the reference (fkl; alpha:0.5 at 200): f'(u) = -e^(-l) took the
     score's exponent cap, 88.72, so the RLOO advantage was beta 3.4e38 and the step's gradient
     inf ("gradient norm is inf", whatever --lr). The advantages now take f' with the exponent
-    capped at 64, as the f-DPO derivative does (docs/rl.md); reference: that rule and TRL's
-    RLOO/GRPO in PyTorch float64. GRPO normalises, but samples past the cap (70 and 100 down) now tie."""
+    capped at 64, as the f-DPO derivative does (docs/rl.md), the group's largest exponent
+    factored out: reference, TRL's RLOO/GRPO of the uncapped shaped reward in mpmath, RLOO's
+    times e^-(m - 64) (advantages_mp). With one sample past the cap RLOO's is the per-sample
+    cap's to rounding; GRPO's with two (70 and 100 down) no longer tie them, as capping each did."""
     torch.manual_seed(0)
     V, k = 11, len(far) + 1
     model = GPT2(V, 16, 8, 2, 2, seed=5)
@@ -134,9 +167,45 @@ def test_sample_far_below_the_reference_keeps_the_gradient_finite(tmp_path, algo
     harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
     res = json.load(open(tmp_path / "out" / "result.json"))
     grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
-    loss, adv, g_ref = reference_step(model, samples, algo, div, 1.0, k, fprime_of_l=fprime_capped)
+    rewards = [s["reward"] for s in samples]
+    loss, adv, g_ref = reference_step(model, samples, algo, div, 1.0, k,
+                                      adv_of_l=lambda l: advantages_mp(div, 1.0, rewards, l, algo, k))
     assert rel_err(res["advantages"], adv) < 1e-5, (res["advantages"], adv)
     assert abs(res["loss"] - loss) <= 1e-5 * abs(loss), (res["loss"], loss)
+    for name, g in g_ref.items():
+        assert np.all(np.isfinite(grads[name])), name
+        assert rel_err(grads[name], g) < 1e-4, name
+
+
+@pytest.mark.parametrize("algo,div,far", [("rloo", "fkl", [-100.0, -101.5, -103.0]), ("grpo", "fkl", [-100.0, -101.5, -103.0]),
+                                          ("rloo", "alpha:0.5", [-300.0, -302.0, -301.0]),
+                                          ("grpo", "fkl", [-1000.0, -997.0, -1000.5]), ("rloo", "fkl", [-700.0, -700.0, -698.0])])
+def test_group_wholly_past_the_cap_keeps_its_advantages(tmp_path, algo, div, far):
+    """A group whose samples are all past f''s e^64 cap (fkl more than 64 nats below the
+    reference, alpha:0.5 128): capping each sample gave them all beta e^64, so the group's
+    advantages were exactly 0 and it taught nothing. The group's largest exponent m is now
+    factored out (docs/rl.md): reference, TRL's RLOO/GRPO of the uncapped shaped rewards in
+    mpmath at 1200 digits, RLOO's times e^-(m - 64) (advantages_mp); the largest fkl case
+    (e^1000) is past float64's range, where only the factored form exists."""
+    torch.manual_seed(0)
+    V, k = 11, len(far)
+    model = GPT2(V, 16, 8, 2, 2, seed=5)
+    model.save_hf(str(tmp_path / "policy"))
+    samples = random_groups(np.random.default_rng(3), V, k, [2, 3], lambda p, j: 2 + j, 0.0, 0.0)
+    for i, s in enumerate(samples):   # every sample of each group far below the reference
+        s["ref_logp"] = float(completion_logp(model, s["prompt"], s["completion"])) - far[i % k]
+    spec = {"algo": algo, "divergence": div, "beta": 0.05, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    res = json.load(open(tmp_path / "out" / "result.json"))
+    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+    rewards = [s["reward"] for s in samples]
+    loss, adv, g_ref = reference_step(model, samples, algo, div, 0.05, k,
+                                      adv_of_l=lambda l: advantages_mp(div, 0.05, rewards, l, algo, k))
+    assert np.all(np.abs(adv) > 0)   # the reference: every advantage nonzero (the old rule gave 0)
+    assert rel_err(res["advantages"], adv) < 1e-5, (res["advantages"], adv)
+    scale = float(np.abs(adv).max())
+    assert abs(res["loss"] - loss) <= 1e-5 * scale, (res["loss"], loss)
     for name, g in g_ref.items():
         assert np.all(np.isfinite(grads[name])), name
         assert rel_err(grads[name], g) < 1e-4, name
@@ -1017,3 +1086,54 @@ def test_a_changed_lora_reference_hash_names_the_earlier_fdpo_as_a_cause(tmp_pat
     (tmp_path / "d" / "training_state.json").write_text(json.dumps(state))
     r = run(*args, "--resume", check=False)
     assert r.returncode != 0 and "saved by an earlier fdpo, which scored this LoRA reference unmerged" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["rl", "online-step"])
+def test_resume_from_another_directory_takes_the_reward_file_spelt_relative(tmp_path, cmd):
+    """rl and online --mode step saved --reward as typed (the rounds save it resolved): a run
+    started with lexicon:w.txt could not resume from another directory, where the saved spec
+    named no file (`--out DIR --resume` alone) and the same file spelt absolute was refused as
+    another spec. The state records it resolved, lexicon:/abs/w.txt; another file of that name
+    is still refused, and a state of an older fdpo (the spec as typed) resumes from its own
+    directory."""
+    import subprocess
+    from test_generate import make_model
+    from dpo_common import FDPO
+    make_model(tmp_path / "model", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(5)))
+    (tmp_path / "w.txt").write_text("a\t1\ne\t1\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "w.txt").write_text("a\t-5\ne\t3\n")   # another file of that name
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    if cmd == "rl":
+        first = ["rl", "--prompts-per-step", 2, "--n", 3]
+    else:
+        first = ["online", "--mode", "step", "--prompts-per-round", 2, "--n", 3]
+    first += ["--model", tmp_path / "model", "--data", tmp_path / "p.txt", "--out", out, "--steps", 5,
+              "--max-new-tokens", 8, "--lr", "1e-2", "--threads", 1, "--quiet"]
+    resume = [first[0], "--out", out, "--resume", "--quiet"]
+
+    def fdpo(cwd, *args):
+        return subprocess.run([FDPO, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+    def step():
+        return json.loads((out / "training_state.json").read_text())["step"]
+
+    r = fdpo(tmp_path, *first, "--reward", "lexicon:w.txt", "--stop-at", 1)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "training_state.json").read_text())["settings"]["reward"] == f"lexicon:{tmp_path}/w.txt"
+    r = fdpo(tmp_path / "empty", *resume, "--stop-at", 2)   # the saved spec: the file the run scored with
+    assert r.returncode == 0 and step() == 2, r.stderr
+    r = fdpo(tmp_path / "elsewhere", *resume, "--reward", f"lexicon:{tmp_path}/w.txt", "--stop-at", 3)
+    assert r.returncode == 0 and step() == 3, r.stderr
+    r = fdpo(tmp_path / "elsewhere", *resume, "--reward", "lexicon:w.txt", "--stop-at", 4)
+    assert r.returncode == 1 and f"--reward: lexicon:{tmp_path}/elsewhere/w.txt differs from the saved run's " \
+        f"lexicon:{tmp_path}/w.txt" in r.stderr, r.stderr
+    assert step() == 3
+    # a state of an earlier fdpo holds the spec as typed: the same file, resolved from its directory
+    state = json.loads((out / "training_state.json").read_text())
+    state["settings"]["reward"] = "lexicon:w.txt"
+    (out / "training_state.json").write_text(json.dumps(state))
+    r = fdpo(tmp_path, *resume, "--reward", "lexicon:./w.txt", "--stop-at", 4)
+    assert r.returncode == 0 and step() == 4, r.stderr
