@@ -541,6 +541,37 @@ def test_tokenizer_train_under_mpirun_is_one_run(work, tmp_path):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.lock").exists()
 
 
+def test_tokenizer_train_ranks_must_name_one_out(work, tmp_path):
+    """Rank 0 trains alone and writes its --out; the other ranks were never read: rank 1's
+    --out xb was accepted silently (rc 0, xa written, xb nothing). Every rank now reads its flags
+    and the ranks agree as the trainers do, on the place --out names ("xa" and "./xa/" agree)
+    and on the other flags and files, before rank 0 trains; a refusal or a rank's bad flag is
+    said once, and nothing is made."""
+    from test_tokenizer_train import naive_train, read_merges
+    base = ["tokenizer", "train", "--vocab-size", 300]
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--out", "xb", work / "text.txt"], cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    real = os.path.realpath(tmp_path)
+    said = f"fdpo tokenizer: --out differs between ranks (rank 0: xa = {real}/xa, rank 1: xb = {real}/xb)"
+    assert r.stderr.count("--out differs between ranks") == 1 and said in r.stderr, r.stderr
+    assert "MPI_ABORT" not in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--vocab-size", 301, "--out", "xa", work / "text.txt"],
+             cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.count("the flags or files (--vocab-size, --min-frequency, --overwrite, FILE...) "
+                                                "differs between ranks") == 1, r.stderr
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--vocab-size", "3x00", "--out", "xa", work / "text.txt"],
+             cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("fdpo tokenizer: rank 1 of 2 failed: --vocab-size: '3x00' is not an integer") == 1, r.stderr
+    assert "MPI_ABORT" not in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--out", "./xa/", work / "text.txt"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert read_merges(tmp_path / "xa") == naive_train((work / "text.txt").read_text(encoding="utf-8"), 300, 2)
+    assert sorted(os.listdir(tmp_path)) == ["xa", "xa.lock"], os.listdir(tmp_path)
+
+
 def proc_stat(pid):
     """the fields of /proc/PID/stat after the command's parentheses (the state is [0], the
     parent [1], user and system CPU ticks [11] and [12])"""
