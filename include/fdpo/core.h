@@ -320,6 +320,14 @@ int fdpo_jsonl_check_nul(const char *where, const char *raw, size_t n, const str
 int fdpo_jsonl_check_nul_in(const char *field, const char *raw, size_t n, const struct cJSON *root);
 /* path_join returns a malloc'd "a/b". */
 char *fdpo_path_join(const char *a, const char *b);
+/* The place PATH names, as an absolute path (malloc'd): the real path of its directory (the
+ * deepest part that exists resolved by realpath, symlinks followed; the rest added with '.'
+ * and '..' taken lexically), joined with its last component, which is not followed (a lock or
+ * a swap works beside the name given). A trailing '/' is dropped; a last component '.' or '..'
+ * names its directory. So "x", "./x", "x/" and "sub/../x" in one working directory give the
+ * same text, and "x" in two working directories two texts. Never fails: where even the
+ * working directory cannot be resolved, the part that could not is kept as given. */
+char *fdpo_path_identity(const char *path);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */
 #define FDPO_HASH_INIT 0xcbf29ce484222325ULL
 uint64_t fdpo_hash64(uint64_t h, const void *data, size_t n);

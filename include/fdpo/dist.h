@@ -37,6 +37,12 @@ int fdpo_dist_bcast(void *buf, size_t n, int root);
 /* Every rank passes the hash of what must agree (config, data, flags); if any differs the
  * call fails on every rank with "WHAT differs between ranks (rank 0: H0, rank K: HK)". */
 int fdpo_dist_check_agree(const char *what, uint64_t hash);
+/* Every rank names the same place with PATH (FLAG's value, rank 0 alone writing there): what
+ * they name is compared (fdpo_path_identity: "x" and "./x" agree, "x" from two working
+ * directories does not), not the text. If any rank's differs the call fails on every rank with
+ * "FLAG differs between ranks (rank 0: P0 = /abs/p0, rank K: PK = /abs/pk): ...". Collective;
+ * 0 for one process. */
+int fdpo_dist_check_same_path(const char *flag, const char *path);
 /* Under MPI, every --precision bf16 rank takes rank 0's bf16 route (fdpo_bf16_route_pin; a
  * collective every rank joins whatever its --precision). Each rank measures its own route,
  * and ranks on two routes would sum their shares of one job in different orders (and look

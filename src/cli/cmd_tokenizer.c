@@ -27,7 +27,7 @@ static int tokenizer_train(int argc, char **argv) {
     char **pos = NULL;
     int rc = flags_parse("tokenizer train", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
     if (rc == FLAGS_HELP) { free(pos); return 0; }
-    if (rc) { free(pos); return -1; }
+    if (rc) { free(pos); (void)cli_alone_gate(-1, NULL, NULL, NULL, 0); return -1; }   /* every rank hears it */
     if (n_pos > 0 && flags_from_config("data")) data.n = 0;   /* FILE... replaces a config file's data */
     size_t n_files = (size_t)n_pos + data.n;   /* every --data (a second one used to replace the first) */
     const char **files = fdpo_malloc((n_files ? n_files : 1) * sizeof *files);
@@ -41,9 +41,20 @@ static int tokenizer_train(int argc, char **argv) {
     int locked = 0;
     rc = -1;
     fdpo_bpe_train_opts o = {(size_t)vocab_size, (size_t)min_frequency};   /* signs: FLAG_COUNT; ranges: fdpo_bpe_train */
-    if (!out) { fdpo_error("--out: required (usage: %s)", usage); goto done; }
-    if (n_files == 0) { fdpo_error("no text files given (usage: %s)", usage); goto done; }
-    if (fdpo_bpe_train_opts_check(&o)) goto done;
+    int checked = !out ? fdpo_error("--out: required (usage: %s)", usage)
+                : n_files == 0 ? fdpo_error("no text files given (usage: %s)", usage)
+                : fdpo_bpe_train_opts_check(&o);
+    /* under mpirun rank 0 alone trains and writes --out, so every rank must name the same
+     * --out (a rank given another one was ignored) and the same flags and files (the place
+     * each names); the others then wait for rank 0 */
+    uint64_t h = fdpo_hash64(FDPO_HASH_INIT, (const long[]){vocab_size, min_frequency, overwrite}, 3 * sizeof(long));
+    for (size_t i = 0; !checked && i < n_files; i++) {
+        char *id = fdpo_path_identity(files[i]);
+        h = fdpo_hash64(h, id, strlen(id) + 1);
+        free(id);
+    }
+    int gate = cli_alone_gate(checked, "--out", out, "the flags or files (--vocab-size, --min-frequency, --overwrite, FILE...)", h);
+    if (gate) { rc = gate > 0 ? 0 : -1; goto done; }
     /* one writer per --out, as for every run's OUT: the check below and the save under it */
     if (fdpo_dir_lock(out, "--out")) goto done;
     locked = 1;
@@ -143,5 +154,7 @@ int cmd_tokenizer(int argc, char **argv) {
         printf("usage: fdpo tokenizer train --vocab-size N --out DIR FILE...  (fdpo tokenizer train --help)\n");
         return 0;
     }
-    return fdpo_error("expected a subcommand: train (usage: fdpo tokenizer train --vocab-size N --out DIR FILE...)");
+    fdpo_error("expected a subcommand: train (usage: fdpo tokenizer train --vocab-size N --out DIR FILE...)");
+    (void)cli_alone_gate(-1, NULL, NULL, NULL, 0);   /* under mpirun: said once, every rank ending */
+    return -1;
 }

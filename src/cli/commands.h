@@ -20,4 +20,14 @@ int cmd_sacpo(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_kto(int argc, char **argv);
+/* The start of a command rank 0 runs alone once every rank has read its flags (main.c's
+ * "gated" commands: tokenizer train). Every rank calls it once, with its own verdict on its
+ * flags (rc: 0, or -1 after an error) and what must agree: out_flag's path (the place it
+ * names, fdpo_dist_check_same_path; NULL: none) and a hash of the other flags (what names
+ * them). Collective under MPI. Returns 0 where the command goes on (one process; rank 0 of
+ * a job whose ranks agreed), 1 on another rank after rank 0 ran the command successfully
+ * (it waited), and -1 otherwise: on every rank when a rank's flags failed or the ranks
+ * disagree (said once, by rank 0), on a waiting rank when rank 0's run failed (rank 0 said
+ * why). */
+int cli_alone_gate(int rc, const char *out_flag, const char *out, const char *what, unsigned long long hash);
 #endif

@@ -21,6 +21,10 @@
  * it and the others wait for it and end with its status: the job is one process's run (every
  * rank running it whole printed its output once per rank, and tokenizer train's ranks raced
  * for --out's lock, every one failing or writing over the others). */
+/* alone GATED: every rank runs the command up to cli_alone_gate, where the ranks vote on their
+ * flags and compare what they name (tokenizer train's --out: a rank given another one was
+ * ignored, rank 0 writing its own); then rank 0 goes on alone as above. */
+enum { GATED = 2 };
 typedef struct { const char *name; int (*fn)(int, char **); const char *summary; int models, alone; } command;
 
 static const command COMMANDS[] = {
@@ -40,7 +44,7 @@ static const command COMMANDS[] = {
     {"lab",      cmd_lab,      "exact f-regularised alignment on finite problems", 0, 1},
     {"report",   cmd_report,   "self-contained HTML report of run directories", 0, 1},
     {"tokenize", cmd_tokenize, "text <-> token ids with a checkpoint's tokenizer", 0, 1},
-    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text", 0, 1},
+    {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer (GPT-2 pre-tokenisation) on text", 0, GATED},
     {"info",     cmd_info,     "print a checkpoint's config and parameter count", 0, 1},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
@@ -77,6 +81,23 @@ static void release_waiting(int rc) {
     if (fdpo_dist_barrier_idle() == 0) (void)fdpo_dist_all_ok(rc);
 }
 
+/* a GATED command's cli_alone_gate: 0 not reached (or one process), 1 passed, -1 failed on
+ * every rank (each knows: nobody waits in a collective) */
+static int g_gate;
+
+int cli_alone_gate(int rc, const char *out_flag, const char *out, const char *what, unsigned long long hash) {
+    if (fdpo_dist_size() < 2) return rc ? -1 : 0;
+    /* a rank whose flags failed: every rank fails with its message (none waits for it) */
+    if (fdpo_dist_all_ok(rc) || (out_flag && fdpo_dist_check_same_path(out_flag, out)) ||
+        fdpo_dist_check_agree(what, (uint64_t)hash)) {
+        g_gate = -1;
+        return -1;
+    }
+    g_gate = 1;
+    if (fdpo_dist_is_root()) return 0;
+    return fdpo_dist_barrier_idle() || fdpo_dist_all_ok(0) ? -1 : 1;   /* rank 0's status */
+}
+
 int main(int argc, char **argv) {
     fdpo_omp_spin_reexec(argv); /* libgomp's spin before it sleeps: see cli/omp_spin.h */
     interrupts_start();         /* before any thread: see cli/interrupts.h */
@@ -93,7 +114,9 @@ int main(int argc, char **argv) {
             /* rank 0 alone prints (results, --help): the other ranks' stdout was each a copy */
             if (rc == 0 && !fdpo_dist_is_root() && !freopen("/dev/null", "w", stdout))
                 rc = fdpo_error("cannot silence stdout on rank %d", fdpo_dist_rank());
-            const int alone = COMMANDS[i].alone && fdpo_dist_size() > 1, waits = rc == 0 && alone && !fdpo_dist_is_root();
+            const int gated = COMMANDS[i].alone == GATED && fdpo_dist_size() > 1;
+            const int alone = COMMANDS[i].alone && !gated && fdpo_dist_size() > 1;
+            int waits = rc == 0 && alone && !fdpo_dist_is_root();
             term_install(COMMANDS[i].name);
             if (waits) rc = fdpo_dist_barrier_idle() || fdpo_dist_all_ok(0) ? -1 : 0;   /* rank 0's status */
             /* an item -h or --help may be a flag's value ("--stop -h"), which only the command's
@@ -105,6 +128,9 @@ int main(int argc, char **argv) {
             }
             if (rc == 0 && !waits) rc = COMMANDS[i].fn(argc - 1, argv + 1);
             flags_defer_check(NULL);
+            /* a GATED command past its gate: rank 0 ran it alone, the others waited for it */
+            const int alone_root = (alone && fdpo_dist_is_root()) || (gated && g_gate == 1 && fdpo_dist_is_root());
+            if (gated && g_gate == 1 && !fdpo_dist_is_root()) waits = 1;
             /* what a command printed (generate/score --out -, eval's table, info) must have
              * reached stdout: a full disk or a closed pipe lost it with exit 0 */
             errno = 0;
@@ -118,7 +144,14 @@ int main(int argc, char **argv) {
                  * file's path and line are added */
                 char buf[2 * PATH_MAX + 2304];
                 const char *msg = flags_error_origin(fdpo_last_error(), buf, sizeof buf);
-                if (alone && fdpo_dist_is_root()) {
+                if (gated && g_gate == -1) {
+                    /* every rank failed at the gate, knowing why: said once, by rank 0 */
+                    if (fdpo_dist_is_root()) fprintf(stderr, "fdpo %s: %s\n", argv[1], msg);
+                    fflush(stderr);
+                    fdpo_dist_finalize();
+                    return 1;
+                }
+                if (alone_root) {
                     /* one process's run: its message as one process says it, then the waiting
                      * ranks go with its status and every rank ends normally (an abort's banner
                      * followed the message) */
@@ -137,7 +170,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "fdpo %s: %s\n", argv[1], msg);
                 return 1;
             }
-            if (alone && fdpo_dist_is_root()) release_waiting(0);
+            if (alone_root) release_waiting(0);
             fdpo_dist_finalize();
             return 0;
         }

@@ -732,6 +732,64 @@ char *fdpo_path_join(const char *a, const char *b) {
     return r;
 }
 
+/* d[0..n) split at its last '/': *s the start of the last component (trailing slashes
+ * already stripped by the caller, n >= 1) */
+static size_t last_component(const char *d, size_t n) {
+    size_t s = n;
+    while (s > 0 && d[s - 1] != '/') s--;
+    return s;
+}
+
+/* the directory d[0..n) names, resolved (fdpo_path_identity) */
+static char *resolve_dir(const char *d, size_t n) {
+    while (n > 1 && d[n - 1] == '/') n--;   /* "a/" is "a"; "/" stays */
+    char *copy = fdpo_malloc(n + 1);
+    memcpy(copy, d, n);
+    copy[n] = 0;
+    char *real = realpath(copy, NULL);
+    if (real || !strcmp(copy, ".") || !strcmp(copy, "/")) { if (real) free(copy); return real ? real : copy; }
+    size_t s = last_component(copy, n), pn = s;
+    while (pn > 1 && copy[pn - 1] == '/') pn--;
+    /* "name": the working directory's; "/name": the root's */
+    char *parent = s == 0 ? resolve_dir(".", 1) : resolve_dir(copy, pn);
+    const char *name = copy + s;
+    char *out;
+    if (!strcmp(name, ".")) {
+        out = parent;
+    } else if (!strcmp(name, "..")) {
+        char *slash = strrchr(parent, '/');
+        if (slash && slash > parent) *slash = 0;
+        else if (slash) slash[1] = 0;   /* the root's parent is the root */
+        out = parent;
+    } else {
+        out = fdpo_path_join(parent, name);
+        free(parent);
+    }
+    free(copy);
+    return out;
+}
+
+char *fdpo_path_identity(const char *path) {
+    size_t n = strlen(path);
+    if (n == 0) return fdpo_strdup(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    size_t s = last_component(path, n), pn = s;
+    const char *name = path + s;
+    size_t name_n = n - s;
+    if ((name_n == 1 && name[0] == '.') || (name_n == 2 && name[0] == '.' && name[1] == '.') || name_n == 0 ||
+        (n == 1 && path[0] == '/'))
+        return resolve_dir(path, n);   /* ".", "..", "/": a directory named by itself */
+    while (pn > 1 && path[pn - 1] == '/') pn--;
+    char *parent = s == 0 ? resolve_dir(".", 1) : resolve_dir(path, pn);
+    char *last = fdpo_malloc(name_n + 1);
+    memcpy(last, name, name_n);
+    last[name_n] = 0;
+    char *out = fdpo_path_join(parent, last);
+    free(parent);
+    free(last);
+    return out;
+}
+
 uint64_t fdpo_hash64(uint64_t h, const void *data, size_t n) {
     const unsigned char *p = data;
     for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }

@@ -173,6 +173,33 @@ int fdpo_dist_check_agree(const char *what, uint64_t hash) {
     return 0;
 }
 
+int fdpo_dist_check_same_path(const char *flag, const char *path) {
+    if (g_size < 2) return 0;
+    /* "GIVEN\0RESOLVED\0" per rank, in rank order */
+    char *id = fdpo_path_identity(path);
+    size_t ng = strlen(path) + 1, ni = strlen(id) + 1;
+    char *mine = fdpo_malloc(ng + ni), *all = NULL;
+    memcpy(mine, path, ng);
+    memcpy(mine + ng, id, ni);
+    free(id);
+    size_t len = 0;
+    int rc = fdpo_dist_allgather_bytes(mine, ng + ni, &all, &len);
+    free(mine);
+    if (rc) return -1;
+    const char *given0 = all, *id0 = given0 + strlen(given0) + 1, *at = id0 + strlen(id0) + 1;
+    for (int r = 1; r < g_size && at < all + len; r++) {
+        const char *given = at, *idr = given + strlen(given) + 1;
+        at = idr + strlen(idr) + 1;
+        if (strcmp(idr, id0)) {
+            rc = fdpo_error("%s differs between ranks (rank 0: %s = %s, rank %d: %s = %s): every rank must name the "
+                            "same directory (rank 0 alone writes there)", flag, given0, id0, r, given, idr);
+            break;
+        }
+    }
+    free(all);
+    return rc;
+}
+
 int fdpo_dist_allgather_bytes(const void *mine, size_t n, char **all, size_t *len) {
     *all = NULL;
     *len = 0;

@@ -509,7 +509,7 @@ int fdpo_checkpoint_recover(const char *out) {
         /* one OUT for the job, said before anything is made (beside the barrier below, which
          * every rank joins already): rank 0 alone writes the run, so a rank given another --out
          * got nothing there (its empty directory was the only trace) */
-        if (fdpo_dist_check_agree("--out", fdpo_hash64(FDPO_HASH_INIT, out, strlen(out) + 1))) return -1;
+        if (fdpo_dist_check_same_path("--out", out)) return -1;   /* what it names: "x" and "./x" agree */
         if (fdpo_dist_rank() == 0) {
             if (fdpo_dir_lock(out, "--out")) return -1;
             if (start_checks(out)) { fdpo_dir_unlock(out); return -1; }

@@ -684,7 +684,7 @@ static int online_run(const fdpo_online_opts *o) {
     /* one run per directory: a second one would sample and rename the same rounds */
     /* one OUT for the job, said before anything is made, as the trainers' (fdpo_checkpoint_recover):
      * rank 0 alone writes the rounds, and a rank given another --out was ignored */
-    int rc = fdpo_dist_check_agree("--out", fdpo_hash64(FDPO_HASH_INIT, o->out, strlen(o->out) + 1)), locked = 0;
+    int rc = fdpo_dist_check_same_path("--out", o->out), locked = 0;   /* what it names, not its text */
     if (rc == 0 && fdpo_dist_is_root()) locked = (rc = fdpo_dir_lock(o->out, "--out")) == 0;   /* rank 0 holds it */
     /* rank 0 alone makes OUT, under its lock: another rank's mkdir ran before rank 0's refusal
      * (inside a running run's OUT, whose saves then carried the new directory) */

@@ -147,7 +147,7 @@ int fdpo_refcache_get(const char *dir, const fdpo_refcache_key *k, fdpo_gpt2 *re
     if (fdpo_dist_check_agree("the reference log-probs' key (--ref, the pairs, --precision, --layout)", k->key)) return -1;
     /* rank 0 alone looks for the file and says hit for every rank, which then reads its own
      * directory's: another directory there failed with a bare "No such file" */
-    if (fdpo_dist_check_agree("--ref-cache-dir", fdpo_hash64(FDPO_HASH_INIT, dir, strlen(dir) + 1))) return -1;
+    if (fdpo_dist_check_same_path("--ref-cache-dir", dir)) return -1;
     char *path = fdpo_refcache_path(dir, k);
     *hit = 0;
     /* under MPI rank 0 decides hit or miss for every rank (a miss is computed by all) */

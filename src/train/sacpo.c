@@ -1219,8 +1219,16 @@ static int plan_agree(const fdpo_sacpo_opts *o, const sacpo_stage *s, size_t n) 
     const uint64_t counts[3] = {n, o->n_lambdas, o->n_merge_weights};
     h = fdpo_hash64(h, counts, sizeof counts);
     for (size_t i = 0; i < n; i++) {
-        const char *text[] = {s[i].dir, s[i].init ? s[i].init : "", s[i].data ? s[i].data : "", s[i].spec ? s[i].spec : ""};
-        for (size_t k = 0; k < sizeof text / sizeof text[0]; k++) h = fdpo_hash64(h, text[k], strlen(text[k]) + 1);
+        /* the paths as the places they name (fdpo_path_identity): "--out s" on one rank and
+         * "--out ./s" on another are one plan; the spec as its text */
+        const char *path[] = {s[i].dir, s[i].init, s[i].data};
+        for (size_t k = 0; k < sizeof path / sizeof path[0]; k++) {
+            char *id = path[k] ? fdpo_path_identity(path[k]) : fdpo_strdup("");
+            h = fdpo_hash64(h, id, strlen(id) + 1);
+            free(id);
+        }
+        const char *spec = s[i].spec ? s[i].spec : "";
+        h = fdpo_hash64(h, spec, strlen(spec) + 1);
         h = fdpo_hash64(h, &s[i].beta, sizeof s[i].beta);
     }
     h = fdpo_hash64(h, o->merge_weights, o->n_merge_weights * sizeof *o->merge_weights);

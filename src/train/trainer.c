@@ -843,13 +843,27 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             h = fdpo_hash64(h, ev, sizeof ev);
         }
         for (size_t i = 0; i < s->settings.n; i++) {
+            const fdpo_setting *x = &s->settings.v[i];
+            const size_t kn = strlen(x->key);
+            /* KEY.resolved: there or not by how KEY was spelt; KEY's place is hashed below */
+            if (kn > 9 && !strcmp(x->key + kn - 9, ".resolved")) continue;
             char v[256];
-            fdpo_setting_text(&s->settings.v[i], v, sizeof v);
-            h = fdpo_hash64(h, s->settings.v[i].key, strlen(s->settings.v[i].key) + 1);
-            /* per process: the thread count; the bf16 route, which fdpo_dist_agree_bf16_route
-             * made one already */
-            if (strcmp(s->settings.v[i].key, "threads") && strcmp(s->settings.v[i].key, "bf16-route"))
+            fdpo_setting_text(x, v, sizeof v);
+            h = fdpo_hash64(h, x->key, kn + 1);
+            if ((x->path || !strcmp(x->key, "ref-cache-dir")) && x->type == FDPO_SETTING_STR) {
+                /* a path as the place it names, not its text: "pairs.jsonl" on one rank and
+                 * "./pairs.jsonl" on another agree (an online round's pairs file lies under
+                 * --out, so "xo" and "./xo" gave two texts); the same text from another
+                 * working directory does not. (--ref-cache-dir is saved as typed, without
+                 * KEY.resolved, but names a directory all the same.) */
+                char *id = fdpo_path_identity(x->str);
+                h = fdpo_hash64(h, id, strlen(id) + 1);
+                free(id);
+            } else if (strcmp(x->key, "threads") && strcmp(x->key, "bf16-route")) {
+                /* per process: the thread count; the bf16 route, which fdpo_dist_agree_bf16_route
+                 * made one already */
                 h = fdpo_hash64(h, v, strlen(v) + 1);
+            }
         }
         h = fdpo_hash64(h, &s->step, sizeof s->step);
         if (fdpo_dist_check_agree("the flags, training data or held-out data", h)) goto fail;

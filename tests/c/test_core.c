@@ -438,6 +438,60 @@ START_TEST(mkdir_p_and_path_check_refuse_an_empty_path) {
 }
 END_TEST
 
+/* fdpo_path_identity, the rule of include/fdpo/core.h: the directory's real path (symlinks
+ * in it followed, the missing part taken lexically) joined with the last component, which is
+ * not followed. Expected texts are built from the temp directory's own realpath. */
+static void expect_identity(const char *path, const char *want) {
+    char *got = fdpo_path_identity(path);
+    ck_assert_msg(!strcmp(got, want), "%s: got %s, want %s", path, got, want);
+    free(got);
+}
+
+START_TEST(path_identity_names_the_place_not_the_text) {
+    char dir[] = "/tmp/fdpo_pathid_XXXXXX", cwd[4096], want[8192], want2[8192];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    char *real = realpath(dir, NULL);
+    ck_assert_ptr_nonnull(real);
+    char sub[4096], link[4096];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    snprintf(link, sizeof link, "%s/ln", dir);
+    ck_assert_int_eq(mkdir(sub, 0777), 0);
+    ck_assert_int_eq(symlink("sub", link), 0);
+    ck_assert_int_eq(chdir(dir), 0);
+    snprintf(want, sizeof want, "%s/x", real);
+    const char *same[] = {"x", "./x", "x/", "x//", ".//x", "sub/../x", "sub/./../x", "missing/../x", "ln/../x"};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) expect_identity(same[i], want);
+    snprintf(want2, sizeof want2, "%s/x", dir);
+    expect_identity(want2, want);                  /* absolute */
+    snprintf(want, sizeof want, "%s/sub/x", real);
+    expect_identity("ln/x", want);                 /* a symlinked directory: followed */
+    expect_identity("sub/x", want);
+    snprintf(want, sizeof want, "%s/ln", real);
+    expect_identity("ln", want);                   /* the last component: not followed */
+    snprintf(want, sizeof want, "%s/a/b/c", real);
+    expect_identity("a/b/c", want);                /* nothing of it there yet */
+    expect_identity("a/./b//c/", want);
+    snprintf(want, sizeof want, "%s/a/c", real);
+    expect_identity("a/b/../c", want);
+    expect_identity(".", real);                    /* '.' and '..' name directories */
+    expect_identity("sub/..", real);
+    expect_identity("a/b/../..", real);
+    expect_identity("/", "/");
+    expect_identity("//", "/");
+    ck_assert_int_eq(chdir(sub), 0);
+    snprintf(want, sizeof want, "%s/sub/x", real);
+    expect_identity("x", want);                    /* the same text elsewhere: another place */
+    snprintf(want, sizeof want, "%s/x", real);
+    expect_identity("../x", want);
+    ck_assert_int_eq(chdir(cwd), 0);
+    ck_assert_int_eq(unlink(link), 0);
+    ck_assert_int_eq(rmdir(sub), 0);
+    ck_assert_int_eq(rmdir(dir), 0);
+    free(real);
+}
+END_TEST
+
 /* Under AddressSanitizer a failed malloc must return NULL (as libc's does) for the test below. */
 const char *__asan_default_options(void);
 const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
@@ -785,6 +839,7 @@ int main(void) {
     tcase_add_test(tc, parse_number_decimal_finite_not_rounding_to_0);
     tcase_add_test(tc, env_switch_warns_and_keeps_the_pending_error);
     tcase_add_test(tc, mkdir_p_and_path_check_refuse_an_empty_path);
+    tcase_add_test(tc, path_identity_names_the_place_not_the_text);
     tcase_add_test(tc, set_threads_zero_restores_the_default_count);
     suite_add_tcase(s, tc);
     return run_suite(s);

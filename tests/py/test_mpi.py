@@ -541,6 +541,37 @@ def test_tokenizer_train_under_mpirun_is_one_run(work, tmp_path):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.lock").exists()
 
 
+def test_tokenizer_train_ranks_must_name_one_out(work, tmp_path):
+    """Rank 0 trains alone and writes its --out; the other ranks were never read: rank 1's
+    --out xb was accepted silently (rc 0, xa written, xb nothing). Every rank now reads its flags
+    and the ranks agree as the trainers do, on the place --out names ("xa" and "./xa/" agree)
+    and on the other flags and files, before rank 0 trains; a refusal or a rank's bad flag is
+    said once, and nothing is made."""
+    from test_tokenizer_train import naive_train, read_merges
+    base = ["tokenizer", "train", "--vocab-size", 300]
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--out", "xb", work / "text.txt"], cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    real = os.path.realpath(tmp_path)
+    said = f"fdpo tokenizer: --out differs between ranks (rank 0: xa = {real}/xa, rank 1: xb = {real}/xb)"
+    assert r.stderr.count("--out differs between ranks") == 1 and said in r.stderr, r.stderr
+    assert "MPI_ABORT" not in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--vocab-size", 301, "--out", "xa", work / "text.txt"],
+             cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.count("the flags or files (--vocab-size, --min-frequency, --overwrite, FILE...) "
+                                                "differs between ranks") == 1, r.stderr
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--vocab-size", "3x00", "--out", "xa", work / "text.txt"],
+             cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("fdpo tokenizer: rank 1 of 2 failed: --vocab-size: '3x00' is not an integer") == 1, r.stderr
+    assert "MPI_ABORT" not in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--out", "./xa/", work / "text.txt"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert read_merges(tmp_path / "xa") == naive_train((work / "text.txt").read_text(encoding="utf-8"), 300, 2)
+    assert sorted(os.listdir(tmp_path)) == ["xa", "xa.lock"], os.listdir(tmp_path)
+
+
 def proc_stat(pid):
     """the fields of /proc/PID/stat after the command's parentheses (the state is [0], the
     parent [1], user and system CPU ticks [11] and [12])"""
@@ -1166,13 +1197,15 @@ def test_ranks_disagreeing_on_allreduce_overlap_are_refused(work, tmp_path):
     assert "--allreduce-overlap differs between ranks" in r.stderr, r.stderr
 
 
-def mpmd(rank0, rank1, timeout=60):
-    """mpirun with one command line per rank (-np 1 RANK0 : -np 1 RANK1). A job whose ranks
+def mpmd(rank0, rank1, timeout=60, cwd=None, wdirs=None):
+    """mpirun with one command line per rank (-np 1 RANK0 : -np 1 RANK1), started in cwd, and
+    with wdirs=(D0, D1) each rank in its own working directory (-wdir). A job whose ranks
     wait for each other for ever fails the test as hung after `timeout` seconds, every process
     of it killed (the ranks are in mpirun's session, each in its own process group)."""
-    p = subprocess.Popen([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", FDPO, *map(str, rank0), ":",
-                          "-np", "1", FDPO, *map(str, rank1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+    w0, w1 = (["-wdir", str(wdirs[0])], ["-wdir", str(wdirs[1])]) if wdirs else ([], [])
+    p = subprocess.Popen([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", "1", *w0, FDPO, *map(str, rank0), ":",
+                          "-np", "1", *w1, FDPO, *map(str, rank1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, cwd=cwd)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -1222,6 +1255,72 @@ def test_ranks_with_different_ref_cache_dir_are_refused_by_name(work, tmp_path):
     assert r.returncode != 0
     assert "--ref-cache-dir differs between ranks" in r.stderr and "[rank" in r.stderr, r.stderr
     assert "No such file" not in r.stderr, r.stderr
+
+
+def test_ranks_naming_one_out_two_ways_agree(work, tmp_path):
+    """--out (and --ref-cache-dir) were compared as text: an MPMD job whose ranks named one
+    directory as "xa" and "./xa" was refused ("--out differs between ranks") though both name
+    the same place. What they name is compared now: the run goes to that one directory."""
+    base = ["pretrain", "--steps", 2, *PRETRAIN, work / "text.txt"]
+    r = mpmd([*base, "--out", "xa"], [*base, "--out", "./xa/"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "xa" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "xa" / "training_state.json").read_text())["step"] == 2
+    (tmp_path / "sub").mkdir()
+    r = mpmd(online_args(work, "xo", "--rounds", 1), online_args(work, "sub/../xo", "--rounds", 1), cwd=tmp_path, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "xo" / "round-0" / "model.safetensors").exists()
+    a0 = [str(a) for a in dpo_args(work, tmp_path / "xd", "--steps", 2)]
+    at = a0.index("--ref-cache-dir") + 1
+    a0[at] = "cache"
+    a1 = list(a0)
+    a1[at] = "./sub/../cache/"
+    r = mpmd(a0, a1, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "cache").glob("ref-*.safetensors"))) == 1
+    made = sorted(n for n in os.listdir(tmp_path) if not n.endswith(".lock"))   # a run's lock file stays
+    assert made == ["cache", "sub", "xa", "xd", "xo"], made
+
+
+def test_sacpo_ranks_naming_one_out_two_ways_agree(work, tmp_path):
+    """sacpo's plan held each stage's directory as text (under --out), so "s" and "./s" were
+    two plans ("the stages ... differ between ranks"); the places are compared now, and the
+    stages' trainers agree too"""
+    args = ["sacpo", "--model", work / "pol", "--reward-data", work / "pairs.jsonl", "--safety-data",
+            work / "pairs.jsonl", "--batch-size", 4, "--steps", 1, "--lr", "1e-3", "--threads", 1, "--quiet",
+            "--lambda", 1]
+    r = mpmd([*args, "--out", "s"], [*args, "--out", "./s/"], cwd=tmp_path, timeout=180)
+    assert r.returncode == 0, r.stderr
+    for stage in ("reward", "lambda-1"):
+        assert json.loads((tmp_path / "s" / stage / "training_state.json").read_text())["step"] == 1
+    r = mpmd([*args, "--out", tmp_path / "a" / "s"], [*args, "--out", tmp_path / "b" / "s"])
+    assert r.returncode != 0
+    assert "the stages (--lambda, --merge, --order, --beta, the data or --out) differs between ranks" in r.stderr, \
+        r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["pretrain", "online", "dpo"])
+def test_ranks_naming_two_places_with_one_text_are_refused(work, tmp_path, cmd):
+    """The same text is not the same place: "x" from two working directories (-wdir) names two
+    directories. Compared as text, the job ran and rank 1's x got nothing (rank 0 alone writes).
+    Refused now, naming both places; nothing is made in either."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    if cmd == "pretrain":
+        args, flag = ["pretrain", "--steps", 2, *PRETRAIN, work / "text.txt", "--out", "x"], "--out"
+    elif cmd == "online":
+        args, flag = online_args(work, "x", "--rounds", 1), "--out"
+    else:
+        args = [str(v) for v in dpo_args(work, tmp_path / "xd", "--steps", 2)]
+        args[args.index("--ref-cache-dir") + 1] = "x"
+        flag = "--ref-cache-dir"
+    r = mpmd(args, args, wdirs=(a, b), timeout=120)
+    assert r.returncode != 0
+    real = os.path.realpath(tmp_path)
+    assert f"{flag} differs between ranks (rank 0: x = {real}/a/x, rank 1: x = {real}/b/x)" in r.stderr, r.stderr
+    assert os.listdir(a) == [] and os.listdir(b) == [], (os.listdir(a), os.listdir(b))
+    assert not (tmp_path / "xd").exists()
 
 
 def test_ranks_with_different_stop_at_are_refused_not_hung(work, tmp_path):
