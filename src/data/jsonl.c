@@ -132,18 +132,25 @@ size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
  * duplicate key is left to the caller: a JSONL line that is not an object is named so first.
  * utf8: refuse invalid UTF-8 (every reader of data; the report shows it as U+FFFD). */
 static cJSON *parse_json(const char *path, size_t line_no, const char *line, size_t n, const char *what, int utf8) {
+    /* the file's own byte order mark: line 1 may start with one (a reader that skipped it hands
+     * it on with the line; a whole-file reader never skipped it). Columns count from after it,
+     * as Python's, which decodes the file with utf-8-sig. */
+    const size_t own = line_no == 1 ? fdpo_jsonl_bom(line, n) : 0;
+    line += own;
+    n -= own;
     size_t col, bad = utf8 ? fdpo_utf8_first_invalid(line, n) : n;
     if (bad < n) {   /* anywhere, also in a column or key nobody reads: Python refuses the file */
         size_t ln = fdpo_json_line_col(line, bad, line_no, &col);
         fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)line[bad], col);
         return NULL;
     }
-    /* cJSON skips a BOM at the start of every text it is given; the readers skip the file's
-     * own (fdpo_jsonl_bom), so one that starts a later line is inside the file (cat a.jsonl
-     * b.jsonl, b saved with one), where Python's json refuses it */
-    if (line_no > 1 && fdpo_jsonl_bom(line, n)) {
-        fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line (only the file's start may hold one; "
-                   "Python's json refuses the line)", path, line_no);
+    /* cJSON skips a BOM at the start of every text it is given. Any but the file's own is
+     * inside the file: one starting a later line (cat a.jsonl b.jsonl, b saved with one) or a
+     * second right after the file's own (a file saved with a BOM by a tool that kept the one it
+     * read). Python's json refuses the line ("Unexpected UTF-8 BOM") at column 1. */
+    if (fdpo_jsonl_bom(line, n)) {
+        fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line, column 1 (only the file's start may hold "
+                   "one, once; Python's json refuses the line)", path, line_no);
         return NULL;
     }
     int in_string = 0;

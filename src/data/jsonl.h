@@ -28,7 +28,9 @@ void fdpo_json_python_extensions_as_json(char *t, size_t n);
  * which shows such bytes as U+FFFD rather than drop a line of a run's metrics or samples. */
 cJSON *fdpo_jsonl_parse_object_any_bytes(const char *path, size_t line_no, const char *line, size_t n);
 
-/* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
+/* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. A JSONL reader
+ * skips them to find blank lines but hands line 1 to the parser with them: it skips the file's
+ * own and refuses a second one (EF BB BF EF BB BF), as Python's json after utf-8-sig. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);
 
 /* fdpo_jsonl_check_nul is public too (fdpo/core.h). */

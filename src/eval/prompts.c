@@ -94,7 +94,8 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 fdpo_strv_push(out, s);
                 free(s);
             } else {
-                cJSON *o = fdpo_jsonl_parse_object(path, line, p, n, NULL);
+                const size_t own = p == begin ? (size_t)(begin - text) : 0;   /* line 1's BOM: skipped, a second refused */
+                cJSON *o = fdpo_jsonl_parse_object(path, line, p - own, n + own, NULL);
                 if (!o) rc = -1;
                 else {
                     char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */

@@ -558,7 +558,28 @@ def test_every_jsonl_reader_refuses_a_byte_order_mark_inside_the_file(tmp_path, 
     p = tmp_path / "d.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n\xef\xbb\xbf" + good.encode() + b"\n")
     r = run(tmp_path, p)
-    assert r.returncode != 0 and f"{p}:2: a UTF-8 byte order mark at the start of the line" in r.stderr, r.stderr
+    assert r.returncode != 0 and f"{p}:2: a UTF-8 byte order mark at the start of the line, column 1 " in r.stderr, r.stderr
+
+
+# a plain-text prompts file (its first line does not start with '{') keeps a second BOM as text
+@pytest.mark.parametrize("reader", sorted(set(JSONL_READERS) - {"prompts"}))
+def test_every_jsonl_reader_refuses_a_second_byte_order_mark_at_the_start(tmp_path, reader):
+    """EF BB BF EF BB BF at the start of the file: the readers skipped the file's BOM and cJSON
+    the second, silently. Python decodes the file with utf-8-sig (one BOM gone) and its json
+    refuses the line at column 1 ("Unexpected UTF-8 BOM"); fdpo says FILE:1 and column 1."""
+    good, _, run = JSONL_READERS[reader]
+    raw = b"\xef\xbb\xbf\xef\xbb\xbf" + good.encode() + b"\n" + good.encode() + b"\n"
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(raw.decode("utf-8-sig").splitlines()[0])
+    assert "Unexpected UTF-8 BOM" in str(e.value) and (e.value.lineno, e.value.colno) == (1, 1)
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(raw)
+    r = run(tmp_path, p)
+    assert r.returncode != 0 and f"{p}:1: a UTF-8 byte order mark at the start of the line, column 1 " in r.stderr, \
+        r.stderr
+    p.write_bytes(raw[3:])   # the file's own BOM alone is still skipped (some runs stop later, at the model)
+    r = run(tmp_path, p)
+    assert "byte order mark" not in r.stderr and ":1:" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("reader", sorted(JSONL_READERS))
