@@ -109,6 +109,13 @@ size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *
     return line_no;
 }
 
+int fdpo_json_refuse_invalid_utf8(const char *path, size_t line_no, const char *text, size_t n) {
+    size_t col, bad = fdpo_utf8_first_invalid(text, n);
+    if (bad == n) return 0;
+    size_t ln = fdpo_json_line_col(text, bad, line_no, &col);
+    return fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)text[bad], col);
+}
+
 size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
 #define HEX(c) (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F'))
     int in = 0;
@@ -138,12 +145,9 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
     const size_t own = line_no == 1 ? fdpo_jsonl_bom(line, n) : 0;
     line += own;
     n -= own;
-    size_t col, bad = utf8 ? fdpo_utf8_first_invalid(line, n) : n;
-    if (bad < n) {   /* anywhere, also in a column or key nobody reads: Python refuses the file */
-        size_t ln = fdpo_json_line_col(line, bad, line_no, &col);
-        fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)line[bad], col);
-        return NULL;
-    }
+    size_t col;
+    /* anywhere, also in a column or key nobody reads: Python refuses the file */
+    if (utf8 && fdpo_json_refuse_invalid_utf8(path, line_no, line, n)) return NULL;
     /* cJSON skips a BOM at the start of every text it is given. Any but the file's own is
      * inside the file: one starting a later line (cat a.jsonl b.jsonl, b saved with one) or a
      * second right after the file's own (a file saved with a BOM by a tool that kept the one it
@@ -306,15 +310,11 @@ static void python_extensions_as_json(char *t, size_t n) {
 void fdpo_json_python_extensions_as_json(char *t, size_t n) { python_extensions_as_json(t, n); }
 
 int fdpo_json_check_python_object(const char *path, const char *text, size_t n) {
-    size_t col, bad = fdpo_utf8_first_invalid(text, n);
+    size_t col;
     if (fdpo_jsonl_bom(text, n))
         return fdpo_error("%s:1: a UTF-8 byte order mark starts the file (Python's json refuses it: \"Unexpected "
                           "UTF-8 BOM\")", path);
-    if (bad < n) {
-        size_t ln = fdpo_json_line_col(text, bad, 1, &col);
-        return fdpo_error("%s:%zu: not UTF-8 at column %zu (byte 0x%02X; transformers reads the file as UTF-8)", path, ln,
-                          col, (unsigned)(unsigned char)text[bad]);
-    }
+    if (fdpo_json_refuse_invalid_utf8(path, 1, text, n)) return -1;   /* transformers reads it as UTF-8 */
     const char *nul = memchr(text, 0, n);
     if (nul) {   /* Python's json refuses it in a string and between values; cJSON's string ends there */
         size_t ln = fdpo_json_line_col(text, (size_t)(nul - text), 1, &col);

@@ -58,6 +58,11 @@ size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *
 /* Invalid UTF-8 in a JSON text, anywhere (a string, a key, a column no reader uses): every
  * JSONL reader's words, with the byte and its column. */
 #define FDPO_JSON_INVALID_UTF8 "invalid UTF-8 (byte 0x%02X at column %zu)"
+/* 0 when text[0..n) is valid UTF-8; else -1 after the error every reader of a user's JSON or
+ * word file gives (JSONL lines, --lexicon, words:FILE, prompt files, generation_config.json):
+ * "PATH:LINE: invalid UTF-8 (byte 0xE9 at column C)", text starting on line line_no (a file's
+ * byte order mark skipped by the caller: columns count from after it, as Python's). */
+int fdpo_json_refuse_invalid_utf8(const char *path, size_t line_no, const char *text, size_t n);
 #define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json " \
                                "refuses it; read as U+0000 it would cut the string there)"
 

@@ -711,3 +711,43 @@ def test_escapes_that_are_valid_or_escaped_stay_text(tmp_path):
     p.write_text(line + "\n")
     out = json.loads(harness("dpo-data", "--data", p).stdout)
     assert out["pairs"][0]["prompt"] == list(json.loads(line)["prompt"].encode())
+
+
+def _python_invalid_utf8(raw: bytes):
+    """FILE:LINE's line and column (bytes from 1) of the byte Python's UTF-8 decoder refuses, and that byte."""
+    with pytest.raises(UnicodeDecodeError) as e:
+        raw.decode("utf-8")
+    at = e.value.start
+    return raw.count(b"\n", 0, at) + 1, at - (raw.rfind(b"\n", 0, at) + 1) + 1, raw[at]
+
+
+def test_invalid_utf8_is_worded_alike_by_jsonl_lexicon_and_generation_config(tmp_path):
+    """A Latin-1 "café" on line 2: the JSONL readers said "FILE:2: invalid UTF-8 (byte 0xE9 at
+    column C)", --lexicon "FILE:2: not valid UTF-8 (byte offset N)" and generation_config.json
+    "FILE:2: not UTF-8 at column C (byte 0xE9; ...)". One function words all three, the line and
+    column where Python's decoder stops."""
+    from test_generate import make_model
+    cases = {
+        "jsonl": b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n',
+        "lexicon": b'\xef\xbb\xbf{"good": 3,\n "caf\xe9": 1}\n',   # columns from after the BOM, as utf-8-sig
+        "generation_config": b'{"eos_token_id": 256,\n  "note": "caf\xe9"}\n',
+    }
+    make_model(tmp_path / "gm", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    paths = {"jsonl": tmp_path / "p.jsonl", "lexicon": tmp_path / "lex.json",
+             "generation_config": tmp_path / "gm" / "generation_config.json"}
+    for k, raw in cases.items():
+        paths[k].write_bytes(raw)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "p", "completion": "good"}) + "\n")
+    (tmp_path / "q.txt").write_text("a prompt\n")
+    runs = {
+        "jsonl": harness("data-prompts", paths["jsonl"], check=False),
+        "lexicon": harness("eval-reward", "afinn", tmp_path / "rows.jsonl", "--lexicon", paths["lexicon"], check=False),
+        "generation_config": fdpo("generate", "--model", tmp_path / "gm", "--data", paths["jsonl"].with_name("q.txt"),
+                                  "--max-new-tokens", 1, "--threads", 1, check=False),
+    }
+    for k, raw in cases.items():
+        line, col, byte = _python_invalid_utf8(raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw)
+        want = f"{paths[k]}:{line}: invalid UTF-8 (byte 0x{byte:02X} at column {col})"
+        assert want in runs[k].stderr, (k, want, runs[k].stderr)
+        if k != "generation_config":   # a model's generation_config.json is left out with a warning
+            assert runs[k].returncode != 0, k
