@@ -134,6 +134,19 @@ size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
 #undef HEX
 }
 
+fdpo_json_flaw fdpo_json_cjson_only(const char *s, size_t n) {
+    fdpo_json_flaw f = {FDPO_JSON_STRICT, n, 0, 0, NULL};
+    if ((f.at = fdpo_json_raw_control(s, n, &f.in_string)) < n) { f.kind = FDPO_JSON_RAW_CONTROL; return f; }
+    if ((f.at = fdpo_json_bad_u_escape(s, n)) < n) { f.kind = FDPO_JSON_U_ESCAPE; return f; }
+    size_t len = 0;
+    for (size_t at = fdpo_json_next_number(s, n, 0, &len); at < n; at = fdpo_json_next_number(s, n, at + len, &len)) {
+        const char *why = bad_number(s + at, len);
+        if (why) return (fdpo_json_flaw){FDPO_JSON_NUMBER, at, len, 0, why};
+    }
+    f.at = n;
+    return f;
+}
+
 /* Every check but the root's kind, in the order fdpo_jsonl_parse_object has always made
  * them; what: "object" or "value", the noun of "unexpected text after the JSON ...". The
  * duplicate key is left to the caller: a JSONL line that is not an object is named so first.
@@ -157,18 +170,18 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
                    "one, once; Python's json refuses the line)", path, line_no);
         return NULL;
     }
-    int in_string = 0;
-    size_t ctl = fdpo_json_raw_control(line, n, &in_string);
-    if (ctl < n) {
-        size_t ln = fdpo_json_line_col(line, ctl, line_no, &col);
+    /* what only cJSON reads: a raw control character or a bad \u escape before the parse, a
+     * number outside JSON's grammar after it (its errors come first) */
+    const fdpo_json_flaw flaw = fdpo_json_cjson_only(line, n);
+    if (flaw.kind == FDPO_JSON_RAW_CONTROL) {
+        size_t ln = fdpo_json_line_col(line, flaw.at, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
-                   (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", col,
-                   in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
+                   (unsigned)(unsigned char)line[flaw.at], flaw.in_string ? "inside a string" : "between values", col,
+                   flaw.in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
         return NULL;
     }
-    size_t esc = fdpo_json_bad_u_escape(line, n);
-    if (esc < n) {
-        size_t ln = fdpo_json_line_col(line, esc, line_no, &col);
+    if (flaw.kind == FDPO_JSON_U_ESCAPE) {
+        size_t ln = fdpo_json_line_col(line, flaw.at, line_no, &col);
         fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, path, ln, col);
         return NULL;
     }
@@ -187,13 +200,10 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
         fdpo_error("%s:%zu: unexpected text after the JSON %s at column %zu", path, ln, what, col);
         return NULL;
     }
-    size_t len = 0;
-    for (size_t at = fdpo_json_next_number(line, n, 0, &len); at < n; at = fdpo_json_next_number(line, n, at + len, &len)) {
-        const char *why = bad_number(line + at, len);
-        if (!why) continue;
-        size_t ln = fdpo_json_line_col(line, at, line_no, &col);
+    if (flaw.kind == FDPO_JSON_NUMBER) {
+        size_t ln = fdpo_json_line_col(line, flaw.at, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: the number '%.*s' at column %zu has %s (not a JSON number: Python's "
-                   "json refuses the line)", path, ln, (int)(len > 40 ? 40 : len), line + at, col, why);
+                   "json refuses the line)", path, ln, (int)(flaw.len > 40 ? 40 : flaw.len), line + flaw.at, col, flaw.why);
         cJSON_Delete(obj);
         return NULL;
     }

@@ -76,6 +76,22 @@ size_t fdpo_json_find_nul(const char *raw, size_t n);
  * Python's json refuses the text. */
 size_t fdpo_json_raw_control(const char *line, size_t n, int *in_string);
 
+/* Where a JSON text that cJSON reads is no JSON for Python's json (nor RFC 8259): kind, in the
+ * order checked, a raw control character (in_string: inside a string; see
+ * fdpo_json_raw_control), a \u escape without four hex digits (fdpo_json_bad_u_escape), a number
+ * outside JSON's grammar (01, -01.5, 0., 1.e5: cJSON reads them with strtod; len its length,
+ * why what is wrong with it, "a leading zero"); at its offset. The one rule by which the JSONL
+ * parser and a prompt kept as its messages' JSON text (fdpo_chat_parse_conversation) refuse
+ * what only cJSON reads. */
+typedef enum { FDPO_JSON_STRICT, FDPO_JSON_RAW_CONTROL, FDPO_JSON_U_ESCAPE, FDPO_JSON_NUMBER } fdpo_json_flaw_kind;
+typedef struct {
+    fdpo_json_flaw_kind kind;   /* FDPO_JSON_STRICT: none */
+    size_t at, len;
+    int in_string;
+    const char *why;
+} fdpo_json_flaw;
+fdpo_json_flaw fdpo_json_cjson_only(const char *s, size_t n);
+
 /* The offsets of the opening quotes of the keys of the object that the JSON text s[0..n)
  * (valid JSON) is, in the text's order (cJSON's order of the members), malloc'd; *count
  * gets how many. Where a file of many lines (a --lexicon) names a member's line. */

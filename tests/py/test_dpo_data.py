@@ -270,6 +270,42 @@ def test_a_message_list_with_a_raw_control_character_is_refused_not_a_conversati
     assert len(got["pairs"]) == 1, got
 
 
+# numbers outside JSON's grammar in a message list's text: cJSON read 01, -01.5, 0. and 1.e5
+# (strtod); +1, .5 and 0x10 neither reader takes
+@pytest.mark.parametrize("num,cjson_reads", [("01", True), ("-01.5", True), ("1.", True), ("1.e5", True),
+                                             ("+1", False), (".5", False), ("0x10", False)])
+def test_a_message_list_that_python_json_refuses_for_a_number_is_no_conversation(tmp_path, num, cjson_reads):
+    """A prompt string holding a message list whose text has a number Python's json refuses
+    (01, 1.) was read as the conversation because cJSON parses it; Python's json.loads refuses
+    the text, so a Python pipeline has no message list there. Whether it is one is now decided
+    by JSON's grammar, the JSONL line's rule (as for a raw control character): refused by
+    FILE:LINE, the number and its byte named, where cJSON alone read it; plain text where
+    neither reads it. The same list with a JSON number is the conversation."""
+    text = '[{"role": "user", "content": "a", "n": ' + num + '}]'
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    d = tmp_path / "d.jsonl"
+    d.write_text(json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}) + "\n"
+                 + json.dumps({"prompt": text, "chosen": "a", "rejected": "b"}) + "\n")
+    r = harness("dpo-data", "--data", d, check=False)
+    p = tmp_path / "p.txt"
+    p.write_text(text + "\n")
+    rp = harness("data-chat-prompts", "byte", "plain", p, check=False)
+    if cjson_reads:
+        want = (f"prompt: its messages' JSON text has the number '{num}' at byte {text.index(num) + 1}, which has ")
+        assert r.returncode == 1 and f"{d}:2: {want}" in r.stderr, r.stdout + r.stderr
+        assert rp.returncode == 1 and f"{p}:1: {want}" in rp.stderr, rp.stdout + rp.stderr
+    else:   # plain text: the prompt's tokens are its bytes, no template
+        got = json.loads(r.stdout)
+        assert got["summary"]["conversational"] == 0 and got["pairs"][1]["prompt"] == list(text.encode()), got
+        assert rp.returncode == 0, rp.stderr
+    # a JSON number there: the conversation it stands for
+    good = '[{"role": "user", "content": "a", "n": 1}]'
+    assert json.loads(good)[0]["role"] == "user"
+    d.write_text(json.dumps({"prompt": good, "chosen": "a", "rejected": "b"}) + "\n")
+    assert json.loads(harness("dpo-data", "--data", d).stdout)["summary"]["conversational"] == 1
+
+
 def test_other_columns_named_like_prompt_keep_the_implicit_prompt(tmp_path):
     """Only a misspelt "prompt" is refused: a dataset's other columns that start with it
     (prompt_id, promptId, prompts) leave a pair without "prompt" to TRL's implicit prompt."""
