@@ -112,8 +112,9 @@ int fdpo_chat_is_conversation(const char *prompt);
 /* Is text the JSON text of a message list? The whole text (blanks after it allowed) must be
  * a non-empty JSON array of objects that all have a "role": else it is plain text (0; text
  * after the list made it one, and that text was dropped). Such a list is then checked as a
- * prompt (fdpo_chat_check_prompt; field names it in the message; a key twice in one object and
- * a \u escape without four hex digits are refused, as in a JSONL line): 1 and *out the parsed
+ * prompt (fdpo_chat_check_prompt; field names it in the message; a key twice in one object, and
+ * what only cJSON reads (a raw control character, a \u escape without four hex digits, a number
+ * such as 01 or 1.) are refused, as in a JSONL line): 1 and *out the parsed
  * list (the caller deletes it with cJSON_Delete), or -1 with the error set. */
 struct cJSON;
 int fdpo_chat_parse_conversation(const char *text, const char *field, struct cJSON **out);

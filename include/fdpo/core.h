@@ -295,7 +295,8 @@ void fdpo_json_add_whole(struct cJSON *obj, const char *key, long long v);
  * reads them with strtod, Python's json refuses them); a raw control character (a 0 byte
  * between values too); a key twice; "invalid UTF-8 (byte 0xE9 at column C)" anywhere in the
  * text, also in a key or a field the caller does not read (Python refuses the file); a UTF-8
- * byte order mark starting a line_no > 1 (the caller skips the file's own, fdpo_jsonl_bom).
+ * byte order mark starting the line, column 1, but the file's own at the start of line_no 1
+ * (which the caller hands on with line 1, or not at all), once: a second is refused.
  * Columns count bytes from 1; a text of several lines (a --lexicon file) is named by the line
  * and column where it goes wrong. The one parser of a JSONL line for every JSONL reader:
  * preference, SFT, prompts, unpaired (KTO), scored samples, tokenize --jsonl-field, and

@@ -577,22 +577,23 @@ int fdpo_chat_parse_conversation(const char *text, const char *field, cJSON **ou
                               "without it", field, at + 1);
     }
     if (!is_message_list(list)) { cJSON_Delete(list); return 0; }
-    /* cJSON reads a raw tab inside a string, Python's json refuses the text (it would be a
-     * plain prompt there): refused, as a JSONL line holding one is, rather than read as a
+    /* what only cJSON reads (a raw tab inside a string, a \u escape without four hex digits, a
+     * number such as 01 or 1.e5), Python's json refuses (it would be a plain prompt there):
+     * refused, by the rule of a JSONL line (fdpo_json_cjson_only), rather than read as a
      * conversation that other tools read as text */
-    int in_string = 0;
-    size_t ctl = fdpo_json_raw_control(text, n, &in_string);
-    if (ctl < n) {
+    const fdpo_json_flaw flaw = fdpo_json_cjson_only(text, n);
+    if (flaw.kind == FDPO_JSON_RAW_CONTROL)
         fdpo_error("%s: its messages' JSON text has a raw control character (U+%04X) %s at byte %zu, which JSON and "
-                   "Python's json refuse%s", field, (unsigned)(unsigned char)text[ctl],
-                   in_string ? "inside a string" : "between values", ctl + 1,
-                   in_string ? ": escape it (\\t, \\n or \\u00XX)" : "");
-        cJSON_Delete(list);
-        return -1;
-    }
-    size_t esc = fdpo_json_bad_u_escape(text, n);   /* cJSON cut a string there */
-    if (esc < n) {
-        fdpo_error("%s (its messages' JSON text): " FDPO_JSON_BAD_U_ESCAPE, field, esc + 1);
+                   "Python's json refuse%s", field, (unsigned)(unsigned char)text[flaw.at],
+                   flaw.in_string ? "inside a string" : "between values", flaw.at + 1,
+                   flaw.in_string ? ": escape it (\\t, \\n or \\u00XX)" : "");
+    else if (flaw.kind == FDPO_JSON_U_ESCAPE)   /* cJSON cut a string there */
+        fdpo_error("%s (its messages' JSON text): " FDPO_JSON_BAD_U_ESCAPE, field, flaw.at + 1);
+    else if (flaw.kind == FDPO_JSON_NUMBER)
+        fdpo_error("%s: its messages' JSON text has the number '%.*s' at byte %zu, which has %s (not a JSON number: "
+                   "JSON and Python's json refuse the text)", field, (int)(flaw.len > 40 ? 40 : flaw.len),
+                   text + flaw.at, flaw.at + 1, flaw.why);
+    if (flaw.kind != FDPO_JSON_STRICT) {
         cJSON_Delete(list);
         return -1;
     }

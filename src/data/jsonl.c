@@ -109,6 +109,13 @@ size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *
     return line_no;
 }
 
+int fdpo_json_refuse_invalid_utf8(const char *path, size_t line_no, const char *text, size_t n) {
+    size_t col, bad = fdpo_utf8_first_invalid(text, n);
+    if (bad == n) return 0;
+    size_t ln = fdpo_json_line_col(text, bad, line_no, &col);
+    return fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)text[bad], col);
+}
+
 size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
 #define HEX(c) (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F'))
     int in = 0;
@@ -127,37 +134,54 @@ size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
 #undef HEX
 }
 
+fdpo_json_flaw fdpo_json_cjson_only(const char *s, size_t n) {
+    fdpo_json_flaw f = {FDPO_JSON_STRICT, n, 0, 0, NULL};
+    if ((f.at = fdpo_json_raw_control(s, n, &f.in_string)) < n) { f.kind = FDPO_JSON_RAW_CONTROL; return f; }
+    if ((f.at = fdpo_json_bad_u_escape(s, n)) < n) { f.kind = FDPO_JSON_U_ESCAPE; return f; }
+    size_t len = 0;
+    for (size_t at = fdpo_json_next_number(s, n, 0, &len); at < n; at = fdpo_json_next_number(s, n, at + len, &len)) {
+        const char *why = bad_number(s + at, len);
+        if (why) return (fdpo_json_flaw){FDPO_JSON_NUMBER, at, len, 0, why};
+    }
+    f.at = n;
+    return f;
+}
+
 /* Every check but the root's kind, in the order fdpo_jsonl_parse_object has always made
  * them; what: "object" or "value", the noun of "unexpected text after the JSON ...". The
  * duplicate key is left to the caller: a JSONL line that is not an object is named so first.
  * utf8: refuse invalid UTF-8 (every reader of data; the report shows it as U+FFFD). */
 static cJSON *parse_json(const char *path, size_t line_no, const char *line, size_t n, const char *what, int utf8) {
-    size_t col, bad = utf8 ? fdpo_utf8_first_invalid(line, n) : n;
-    if (bad < n) {   /* anywhere, also in a column or key nobody reads: Python refuses the file */
-        size_t ln = fdpo_json_line_col(line, bad, line_no, &col);
-        fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)line[bad], col);
+    /* the file's own byte order mark: line 1 may start with one (a reader that skipped it hands
+     * it on with the line; a whole-file reader never skipped it). Columns count from after it,
+     * as Python's, which decodes the file with utf-8-sig. */
+    const size_t own = line_no == 1 ? fdpo_jsonl_bom(line, n) : 0;
+    line += own;
+    n -= own;
+    size_t col;
+    /* anywhere, also in a column or key nobody reads: Python refuses the file */
+    if (utf8 && fdpo_json_refuse_invalid_utf8(path, line_no, line, n)) return NULL;
+    /* cJSON skips a BOM at the start of every text it is given. Any but the file's own is
+     * inside the file: one starting a later line (cat a.jsonl b.jsonl, b saved with one) or a
+     * second right after the file's own (a file saved with a BOM by a tool that kept the one it
+     * read). Python's json refuses the line ("Unexpected UTF-8 BOM") at column 1. */
+    if (fdpo_jsonl_bom(line, n)) {
+        fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line, column 1 (only the file's start may hold "
+                   "one, once; Python's json refuses the line)", path, line_no);
         return NULL;
     }
-    /* cJSON skips a BOM at the start of every text it is given; the readers skip the file's
-     * own (fdpo_jsonl_bom), so one that starts a later line is inside the file (cat a.jsonl
-     * b.jsonl, b saved with one), where Python's json refuses it */
-    if (line_no > 1 && fdpo_jsonl_bom(line, n)) {
-        fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line (only the file's start may hold one; "
-                   "Python's json refuses the line)", path, line_no);
-        return NULL;
-    }
-    int in_string = 0;
-    size_t ctl = fdpo_json_raw_control(line, n, &in_string);
-    if (ctl < n) {
-        size_t ln = fdpo_json_line_col(line, ctl, line_no, &col);
+    /* what only cJSON reads: a raw control character or a bad \u escape before the parse, a
+     * number outside JSON's grammar after it (its errors come first) */
+    const fdpo_json_flaw flaw = fdpo_json_cjson_only(line, n);
+    if (flaw.kind == FDPO_JSON_RAW_CONTROL) {
+        size_t ln = fdpo_json_line_col(line, flaw.at, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: a raw control character (U+%04X) %s at column %zu%s", path, ln,
-                   (unsigned)(unsigned char)line[ctl], in_string ? "inside a string" : "between values", col,
-                   in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
+                   (unsigned)(unsigned char)line[flaw.at], flaw.in_string ? "inside a string" : "between values", col,
+                   flaw.in_string ? " (JSON needs it escaped, as \\t or \\u00XX)" : "");
         return NULL;
     }
-    size_t esc = fdpo_json_bad_u_escape(line, n);
-    if (esc < n) {
-        size_t ln = fdpo_json_line_col(line, esc, line_no, &col);
+    if (flaw.kind == FDPO_JSON_U_ESCAPE) {
+        size_t ln = fdpo_json_line_col(line, flaw.at, line_no, &col);
         fdpo_error("%s:%zu: " FDPO_JSON_BAD_U_ESCAPE, path, ln, col);
         return NULL;
     }
@@ -176,13 +200,10 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
         fdpo_error("%s:%zu: unexpected text after the JSON %s at column %zu", path, ln, what, col);
         return NULL;
     }
-    size_t len = 0;
-    for (size_t at = fdpo_json_next_number(line, n, 0, &len); at < n; at = fdpo_json_next_number(line, n, at + len, &len)) {
-        const char *why = bad_number(line + at, len);
-        if (!why) continue;
-        size_t ln = fdpo_json_line_col(line, at, line_no, &col);
+    if (flaw.kind == FDPO_JSON_NUMBER) {
+        size_t ln = fdpo_json_line_col(line, flaw.at, line_no, &col);
         fdpo_error("%s:%zu: invalid JSON: the number '%.*s' at column %zu has %s (not a JSON number: Python's "
-                   "json refuses the line)", path, ln, (int)(len > 40 ? 40 : len), line + at, col, why);
+                   "json refuses the line)", path, ln, (int)(flaw.len > 40 ? 40 : flaw.len), line + flaw.at, col, flaw.why);
         cJSON_Delete(obj);
         return NULL;
     }
@@ -299,15 +320,11 @@ static void python_extensions_as_json(char *t, size_t n) {
 void fdpo_json_python_extensions_as_json(char *t, size_t n) { python_extensions_as_json(t, n); }
 
 int fdpo_json_check_python_object(const char *path, const char *text, size_t n) {
-    size_t col, bad = fdpo_utf8_first_invalid(text, n);
+    size_t col;
     if (fdpo_jsonl_bom(text, n))
         return fdpo_error("%s:1: a UTF-8 byte order mark starts the file (Python's json refuses it: \"Unexpected "
                           "UTF-8 BOM\")", path);
-    if (bad < n) {
-        size_t ln = fdpo_json_line_col(text, bad, 1, &col);
-        return fdpo_error("%s:%zu: not UTF-8 at column %zu (byte 0x%02X; transformers reads the file as UTF-8)", path, ln,
-                          col, (unsigned)(unsigned char)text[bad]);
-    }
+    if (fdpo_json_refuse_invalid_utf8(path, 1, text, n)) return -1;   /* transformers reads it as UTF-8 */
     const char *nul = memchr(text, 0, n);
     if (nul) {   /* Python's json refuses it in a string and between values; cJSON's string ends there */
         size_t ln = fdpo_json_line_col(text, (size_t)(nul - text), 1, &col);

@@ -28,7 +28,9 @@ void fdpo_json_python_extensions_as_json(char *t, size_t n);
  * which shows such bytes as U+FFFD rather than drop a line of a run's metrics or samples. */
 cJSON *fdpo_jsonl_parse_object_any_bytes(const char *path, size_t line_no, const char *line, size_t n);
 
-/* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. */
+/* Bytes to skip at the start of a file: 3 for a UTF-8 byte order mark, else 0. A JSONL reader
+ * skips them to find blank lines but hands line 1 to the parser with them: it skips the file's
+ * own and refuses a second one (EF BB BF EF BB BF), as Python's json after utf-8-sig. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);
 
 /* fdpo_jsonl_check_nul is public too (fdpo/core.h). */
@@ -56,6 +58,11 @@ size_t fdpo_json_line_col(const char *text, size_t off, size_t line_no, size_t *
 /* Invalid UTF-8 in a JSON text, anywhere (a string, a key, a column no reader uses): every
  * JSONL reader's words, with the byte and its column. */
 #define FDPO_JSON_INVALID_UTF8 "invalid UTF-8 (byte 0x%02X at column %zu)"
+/* 0 when text[0..n) is valid UTF-8; else -1 after the error every reader of a user's JSON or
+ * word file gives (JSONL lines, --lexicon, words:FILE, prompt files, generation_config.json):
+ * "PATH:LINE: invalid UTF-8 (byte 0xE9 at column C)", text starting on line line_no (a file's
+ * byte order mark skipped by the caller: columns count from after it, as Python's). */
+int fdpo_json_refuse_invalid_utf8(const char *path, size_t line_no, const char *text, size_t n);
 #define FDPO_JSON_BAD_U_ESCAPE "invalid JSON: the \\u escape at column %zu needs four hex digits (Python's json " \
                                "refuses it; read as U+0000 it would cut the string there)"
 
@@ -68,6 +75,22 @@ size_t fdpo_json_find_nul(const char *raw, size_t n);
  * and LF between tokens; n when none. *in_string: which of the two it was. cJSON takes them,
  * Python's json refuses the text. */
 size_t fdpo_json_raw_control(const char *line, size_t n, int *in_string);
+
+/* Where a JSON text that cJSON reads is no JSON for Python's json (nor RFC 8259): kind, in the
+ * order checked, a raw control character (in_string: inside a string; see
+ * fdpo_json_raw_control), a \u escape without four hex digits (fdpo_json_bad_u_escape), a number
+ * outside JSON's grammar (01, -01.5, 0., 1.e5: cJSON reads them with strtod; len its length,
+ * why what is wrong with it, "a leading zero"); at its offset. The one rule by which the JSONL
+ * parser and a prompt kept as its messages' JSON text (fdpo_chat_parse_conversation) refuse
+ * what only cJSON reads. */
+typedef enum { FDPO_JSON_STRICT, FDPO_JSON_RAW_CONTROL, FDPO_JSON_U_ESCAPE, FDPO_JSON_NUMBER } fdpo_json_flaw_kind;
+typedef struct {
+    fdpo_json_flaw_kind kind;   /* FDPO_JSON_STRICT: none */
+    size_t at, len;
+    int in_string;
+    const char *why;
+} fdpo_json_flaw;
+fdpo_json_flaw fdpo_json_cjson_only(const char *s, size_t n);
 
 /* The offsets of the opening quotes of the keys of the object that the JSON text s[0..n)
  * (valid JSON) is, in the text's order (cJSON's order of the members), malloc'd; *count

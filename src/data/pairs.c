@@ -42,7 +42,8 @@ int fdpo_sample_recs_read(const char *path, fdpo_sample_rec **recs_out, size_t *
         size_t k = 0;
         while (k < n_text && (text[k] == ' ' || text[k] == '\t' || text[k] == '\r' || text[k] == '\n')) k++;
         if (k == n_text) continue; /* blank line */
-        cJSON *o = fdpo_jsonl_parse_object(path, line_no, text, n_text, "{\"prompt\", \"completion\", \"reward\"}");
+        /* with line 1's BOM: the parser skips it and refuses a second one */
+        cJSON *o = fdpo_jsonl_parse_object(path, line_no, line, (size_t)got, "{\"prompt\", \"completion\", \"reward\"}");
         if (!o) { rc = -1; break; }
         char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
         snprintf(where, sizeof where, "%s:%zu", path, line_no);

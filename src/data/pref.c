@@ -342,7 +342,8 @@ static int parse_lines(const char *name, const char *text, size_t len, const fdp
     memset(out, 0, sizeof *out);
     if (check_options(opt)) return -1;
     size_t cap = 0;
-    for (size_t pos = fdpo_jsonl_bom(text, len); pos < len;) { /* a UTF-8 BOM is not data */
+    const size_t bom = fdpo_jsonl_bom(text, len);
+    for (size_t pos = bom; pos < len;) { /* a UTF-8 BOM is not data */
         const char *line = text + pos;
         const char *nl = memchr(line, '\n', len - pos);
         size_t n = nl ? (size_t)(nl - line) : len - pos;
@@ -352,7 +353,9 @@ static int parse_lines(const char *name, const char *text, size_t len, const fdp
         while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
         if (k == n) continue;
         out->summary.lines++;
-        cJSON *obj = fdpo_jsonl_parse_object(name, w->line, line, n, "{\"prompt\", \"chosen\", \"rejected\"}");
+        /* line 1 with the file's BOM: the parser skips it and refuses a second one */
+        const size_t own = line == text + bom ? bom : 0;
+        cJSON *obj = fdpo_jsonl_parse_object(name, w->line, line - own, n + own, "{\"prompt\", \"chosen\", \"rejected\"}");
         if (!obj) { fdpo_pref_free(out); return -1; }
         char where_nul[PATH_MAX + 32];   /* "PATH:LINE", a path of up to PATH_MAX whole */
         snprintf(where_nul, sizeof where_nul, "%s:%zu", name, w->line);

@@ -237,7 +237,8 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
     const int32_t eot = fdpo_tokenizer_eot(tok);
     char *eos = fdpo_tokenizer_decode(tok, &eot, 1, &eos_len);   /* its text, "<|endoftext|>" */
     int rc = 0;
-    for (const char *p = buf + fdpo_jsonl_bom(buf, len); p < buf + len; line++) { /* a UTF-8 BOM is not data */
+    const size_t bom = fdpo_jsonl_bom(buf, len);
+    for (const char *p = buf + bom; p < buf + len; line++) { /* a UTF-8 BOM is not data */
         const char *nl = memchr(p, '\n', (size_t)(buf + len - p));
         const char *end = nl ? nl : buf + len;
         char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */
@@ -246,7 +247,8 @@ static int parse_text(const char *path, const char *buf, size_t len, builder *b,
         int blank = 1;
         for (size_t i = 0; i < ll; i++) if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r') { blank = 0; break; }
         if (!blank) {
-            cJSON *obj = fdpo_jsonl_parse_object(path, line, p, ll, NULL);   /* invalid UTF-8 too */
+            const size_t own = p == buf + bom ? bom : 0;   /* line 1's BOM: the parser skips it, refuses a second */
+            cJSON *obj = fdpo_jsonl_parse_object(path, line, p - own, ll + own, NULL);   /* invalid UTF-8 too */
             if (!obj) { rc = -1; break; }
             if (fdpo_jsonl_check_nul(where, p, ll, obj)) { cJSON_Delete(obj); rc = -1; break; }
             int err = 0;

@@ -70,7 +70,8 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
     if (!text) return -1;
     int rc = 0;
     size_t cap = 0, line = 0;
-    for (size_t pos = fdpo_jsonl_bom(text, len); pos < len && !rc;) {   /* a UTF-8 BOM is not data */
+    const size_t bom = fdpo_jsonl_bom(text, len);
+    for (size_t pos = bom; pos < len && !rc;) {   /* a UTF-8 BOM is not data */
         const char *ln = text + pos;
         const char *nl = memchr(ln, '\n', len - pos);
         size_t n = nl ? (size_t)(nl - ln) : len - pos;
@@ -80,7 +81,8 @@ int fdpo_unpaired_load(const char *path, const fdpo_tokenizer *tok, const fdpo_p
         while (k < n && (ln[k] == ' ' || ln[k] == '\t' || ln[k] == '\r')) k++;
         if (k == n) continue;
         out->summary.lines++;
-        cJSON *obj = fdpo_jsonl_parse_object(path, line, ln, n, "{\"prompt\", \"completion\", \"label\"}");
+        const size_t own = ln == text + bom ? bom : 0;   /* line 1's BOM: the parser skips it, refuses a second */
+        cJSON *obj = fdpo_jsonl_parse_object(path, line, ln - own, n + own, "{\"prompt\", \"completion\", \"label\"}");
         if (!obj) { rc = -1; break; }
         /* "PATH:LINE", a path of up to PATH_MAX whole. A NUL ends a string (a key too) where
          * cJSON decodes it: refused, as every reader does */

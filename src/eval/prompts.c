@@ -50,12 +50,9 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                        size_t n_fields, fdpo_strv *out, size_t **lines) {
     size_t n_lines = 0, cap_lines = 0;
     if (lines) *lines = NULL;
-    size_t bad = fdpo_utf8_first_invalid(text, len);
-    if (bad != len) {   /* named by line, in the words of every JSONL reader (also for a text file) */
-        size_t col, line = fdpo_json_line_col(text, bad, 1, &col);
-        return fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, line, (unsigned)(unsigned char)text[bad], col);
-    }
     const char *begin = text + fdpo_jsonl_bom(text, len); /* a UTF-8 BOM is not data */
+    /* named by line, in the words of every JSONL reader (also for a text file) */
+    if (fdpo_json_refuse_invalid_utf8(path, 1, begin, (size_t)(text + len - begin))) return -1;
     /* JSONL iff the first non-blank line starts with '{' */
     int jsonl = !allow_text;
     if (allow_text) {
@@ -94,7 +91,8 @@ static int parse_lines(const char *path, const char *text, size_t len, int allow
                 fdpo_strv_push(out, s);
                 free(s);
             } else {
-                cJSON *o = fdpo_jsonl_parse_object(path, line, p, n, NULL);
+                const size_t own = p == begin ? (size_t)(begin - text) : 0;   /* line 1's BOM: skipped, a second refused */
+                cJSON *o = fdpo_jsonl_parse_object(path, line, p - own, n + own, NULL);
                 if (!o) rc = -1;
                 else {
                     char where[PATH_MAX + 32];   /* "PATH:LINE": a path of up to PATH_MAX survives whole */

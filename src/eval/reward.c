@@ -229,12 +229,8 @@ static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t
 
 /* --lexicon's text (a byte order mark skipped): JSON when it starts with '{', else index.js. */
 static int lex_parse(lexicon *L, const char *path, const char *text, size_t len) {
-    size_t bom = fdpo_jsonl_bom(text, len), bad = fdpo_utf8_first_invalid(text, len);
-    if (bad < len) {
-        size_t line = 1;
-        for (size_t i = 0; i < bad; i++) line += text[i] == '\n';
-        return fdpo_error("%s:%zu: not valid UTF-8 (byte offset %zu)", path, line, bad);
-    }
+    size_t bom = fdpo_jsonl_bom(text, len);
+    if (fdpo_json_refuse_invalid_utf8(path, 1, text + bom, len - bom)) return -1;   /* as every JSON reader */
     size_t i = bom;
     while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n')) i++;
     /* a NUL byte ends the JavaScript form's text: the JSON reader names it */
@@ -329,16 +325,14 @@ static int lex_each_line(lexicon *L, const char *spec, const char *path, const c
     }
     /* a key of invalid UTF-8 could never match (scored text is valid UTF-8): a typo, as
      * --lexicon and every other data reader refuse it */
-    size_t bad = fdpo_utf8_first_invalid(text, len);
-    if (bad < len) {
-        size_t col, ln = fdpo_json_line_col(text, bad, 1, &col);
-        int e = fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)text[bad], col);
+    const size_t bom = fdpo_jsonl_bom(text, len);
+    if (fdpo_json_refuse_invalid_utf8(path, 1, text + bom, len - bom)) {
         free(text);
-        return e;
+        return -1;
     }
     int rc = 0;
     size_t line = 0;
-    for (char *p = text + fdpo_jsonl_bom(text, len); *p && !rc;) {
+    for (char *p = text + bom; *p && !rc;) {
         char *nl = strchr(p, '\n');
         if (nl) *nl = 0;
         line++;

@@ -270,6 +270,42 @@ def test_a_message_list_with_a_raw_control_character_is_refused_not_a_conversati
     assert len(got["pairs"]) == 1, got
 
 
+# numbers outside JSON's grammar in a message list's text: cJSON read 01, -01.5, 0. and 1.e5
+# (strtod); +1, .5 and 0x10 neither reader takes
+@pytest.mark.parametrize("num,cjson_reads", [("01", True), ("-01.5", True), ("1.", True), ("1.e5", True),
+                                             ("+1", False), (".5", False), ("0x10", False)])
+def test_a_message_list_that_python_json_refuses_for_a_number_is_no_conversation(tmp_path, num, cjson_reads):
+    """A prompt string holding a message list whose text has a number Python's json refuses
+    (01, 1.) was read as the conversation because cJSON parses it; Python's json.loads refuses
+    the text, so a Python pipeline has no message list there. Whether it is one is now decided
+    by JSON's grammar, the JSONL line's rule (as for a raw control character): refused by
+    FILE:LINE, the number and its byte named, where cJSON alone read it; plain text where
+    neither reads it. The same list with a JSON number is the conversation."""
+    text = '[{"role": "user", "content": "a", "n": ' + num + '}]'
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    d = tmp_path / "d.jsonl"
+    d.write_text(json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}) + "\n"
+                 + json.dumps({"prompt": text, "chosen": "a", "rejected": "b"}) + "\n")
+    r = harness("dpo-data", "--data", d, check=False)
+    p = tmp_path / "p.txt"
+    p.write_text(text + "\n")
+    rp = harness("data-chat-prompts", "byte", "plain", p, check=False)
+    if cjson_reads:
+        want = (f"prompt: its messages' JSON text has the number '{num}' at byte {text.index(num) + 1}, which has ")
+        assert r.returncode == 1 and f"{d}:2: {want}" in r.stderr, r.stdout + r.stderr
+        assert rp.returncode == 1 and f"{p}:1: {want}" in rp.stderr, rp.stdout + rp.stderr
+    else:   # plain text: the prompt's tokens are its bytes, no template
+        got = json.loads(r.stdout)
+        assert got["summary"]["conversational"] == 0 and got["pairs"][1]["prompt"] == list(text.encode()), got
+        assert rp.returncode == 0, rp.stderr
+    # a JSON number there: the conversation it stands for
+    good = '[{"role": "user", "content": "a", "n": 1}]'
+    assert json.loads(good)[0]["role"] == "user"
+    d.write_text(json.dumps({"prompt": good, "chosen": "a", "rejected": "b"}) + "\n")
+    assert json.loads(harness("dpo-data", "--data", d).stdout)["summary"]["conversational"] == 1
+
+
 def test_other_columns_named_like_prompt_keep_the_implicit_prompt(tmp_path):
     """Only a misspelt "prompt" is refused: a dataset's other columns that start with it
     (prompt_id, promptId, prompts) leave a pair without "prompt" to TRL's implicit prompt."""
@@ -558,7 +594,28 @@ def test_every_jsonl_reader_refuses_a_byte_order_mark_inside_the_file(tmp_path, 
     p = tmp_path / "d.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n\xef\xbb\xbf" + good.encode() + b"\n")
     r = run(tmp_path, p)
-    assert r.returncode != 0 and f"{p}:2: a UTF-8 byte order mark at the start of the line" in r.stderr, r.stderr
+    assert r.returncode != 0 and f"{p}:2: a UTF-8 byte order mark at the start of the line, column 1 " in r.stderr, r.stderr
+
+
+# a plain-text prompts file (its first line does not start with '{') keeps a second BOM as text
+@pytest.mark.parametrize("reader", sorted(set(JSONL_READERS) - {"prompts"}))
+def test_every_jsonl_reader_refuses_a_second_byte_order_mark_at_the_start(tmp_path, reader):
+    """EF BB BF EF BB BF at the start of the file: the readers skipped the file's BOM and cJSON
+    the second, silently. Python decodes the file with utf-8-sig (one BOM gone) and its json
+    refuses the line at column 1 ("Unexpected UTF-8 BOM"); fdpo says FILE:1 and column 1."""
+    good, _, run = JSONL_READERS[reader]
+    raw = b"\xef\xbb\xbf\xef\xbb\xbf" + good.encode() + b"\n" + good.encode() + b"\n"
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(raw.decode("utf-8-sig").splitlines()[0])
+    assert "Unexpected UTF-8 BOM" in str(e.value) and (e.value.lineno, e.value.colno) == (1, 1)
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(raw)
+    r = run(tmp_path, p)
+    assert r.returncode != 0 and f"{p}:1: a UTF-8 byte order mark at the start of the line, column 1 " in r.stderr, \
+        r.stderr
+    p.write_bytes(raw[3:])   # the file's own BOM alone is still skipped (some runs stop later, at the model)
+    r = run(tmp_path, p)
+    assert "byte order mark" not in r.stderr and ":1:" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("reader", sorted(JSONL_READERS))
@@ -690,3 +747,43 @@ def test_escapes_that_are_valid_or_escaped_stay_text(tmp_path):
     p.write_text(line + "\n")
     out = json.loads(harness("dpo-data", "--data", p).stdout)
     assert out["pairs"][0]["prompt"] == list(json.loads(line)["prompt"].encode())
+
+
+def _python_invalid_utf8(raw: bytes):
+    """FILE:LINE's line and column (bytes from 1) of the byte Python's UTF-8 decoder refuses, and that byte."""
+    with pytest.raises(UnicodeDecodeError) as e:
+        raw.decode("utf-8")
+    at = e.value.start
+    return raw.count(b"\n", 0, at) + 1, at - (raw.rfind(b"\n", 0, at) + 1) + 1, raw[at]
+
+
+def test_invalid_utf8_is_worded_alike_by_jsonl_lexicon_and_generation_config(tmp_path):
+    """A Latin-1 "café" on line 2: the JSONL readers said "FILE:2: invalid UTF-8 (byte 0xE9 at
+    column C)", --lexicon "FILE:2: not valid UTF-8 (byte offset N)" and generation_config.json
+    "FILE:2: not UTF-8 at column C (byte 0xE9; ...)". One function words all three, the line and
+    column where Python's decoder stops."""
+    from test_generate import make_model
+    cases = {
+        "jsonl": b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n',
+        "lexicon": b'\xef\xbb\xbf{"good": 3,\n "caf\xe9": 1}\n',   # columns from after the BOM, as utf-8-sig
+        "generation_config": b'{"eos_token_id": 256,\n  "note": "caf\xe9"}\n',
+    }
+    make_model(tmp_path / "gm", 257, seed=3, n_positions=64, byte_tokenizer=True)
+    paths = {"jsonl": tmp_path / "p.jsonl", "lexicon": tmp_path / "lex.json",
+             "generation_config": tmp_path / "gm" / "generation_config.json"}
+    for k, raw in cases.items():
+        paths[k].write_bytes(raw)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "p", "completion": "good"}) + "\n")
+    (tmp_path / "q.txt").write_text("a prompt\n")
+    runs = {
+        "jsonl": harness("data-prompts", paths["jsonl"], check=False),
+        "lexicon": harness("eval-reward", "afinn", tmp_path / "rows.jsonl", "--lexicon", paths["lexicon"], check=False),
+        "generation_config": fdpo("generate", "--model", tmp_path / "gm", "--data", paths["jsonl"].with_name("q.txt"),
+                                  "--max-new-tokens", 1, "--threads", 1, check=False),
+    }
+    for k, raw in cases.items():
+        line, col, byte = _python_invalid_utf8(raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw)
+        want = f"{paths[k]}:{line}: invalid UTF-8 (byte 0x{byte:02X} at column {col})"
+        assert want in runs[k].stderr, (k, want, runs[k].stderr)
+        if k != "generation_config":   # a model's generation_config.json is left out with a warning
+            assert runs[k].returncode != 0, k
