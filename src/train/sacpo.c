@@ -519,6 +519,11 @@ static int same_pairs_settings(const cJSON *then, const cJSON *now) {
 /* and a stage whose directory holds what no stage of this plan left (no training state): sacpo
  * has no --resume or --overwrite, which the trainer's message named */
 #define SACPO_OCCUPIED "not a stage this sacpo run started: move it away, or give sacpo another --out"
+/* and a stage cut short whose resume is refused (a flag changed before any stage was done, so
+ * that sacpo.json did not hold the plan yet; its reference retrained in place): the trainer's
+ * message said to keep --flag "on --resume", which sacpo does not have */
+#define SACPO_RESUME "run fdpo sacpo with the flags and files that stage started with to resume it, or remove that " \
+                     "directory to start the stage over"
 
 static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     st->path = fdpo_path_join(o->out, "sacpo.json");
@@ -878,6 +883,7 @@ static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *
     on.dpo.train.continue_how = SACPO_CONTINUE;
     on.dpo.train.init_in_run = init_in_out(o, init);
     on.dpo.train.occupied_how = SACPO_OCCUPIED;
+    on.dpo.train.resume_how = SACPO_RESUME;
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
     on.dpo.train.save_every = 0;
@@ -935,6 +941,7 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     d.train.continue_how = SACPO_CONTINUE;
     d.train.init_in_run = init_in_out(o, init);
     d.train.occupied_how = SACPO_OCCUPIED;
+    d.train.resume_how = SACPO_RESUME;
     d.plan_saved = 1;   /* a new plan's pairs settings passed fdpo_sacpo_opts_check; a saved one's are kept */
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");

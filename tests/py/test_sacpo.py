@@ -452,6 +452,45 @@ def test_interrupted_stage_says_how_sacpo_continues(data, tmp_path):
     assert "--resume" not in err, err
 
 
+def test_a_refused_resume_of_a_stage_says_what_a_sacpo_user_does(data, tmp_path):
+    """A stage cut short before any stage was done (no plan in sacpo.json yet) is resumed by its
+    trainer, which refused a changed flag "(it cannot change on --resume)" and a reference
+    retrained in place ("--resume: ... resume needs the same reference"): sacpo has no --resume.
+    Both now name the stage's directory and say to rerun with what it started with, or remove it."""
+    import signal
+    import time
+    model = tmp_path / "base"
+    shutil.copytree(data / "base", model)
+    args = lambda lr: [FDPO_BIN, "sacpo", "--model", model, "--reward-data", data / "reward.jsonl",
+                       "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1",
+                       "--threads", 1, "--batch-size", 8, "--lr", lr, "--eval-fraction", 0, "--quiet",
+                       "--steps", 400, "--log-every", 1]
+    p = subprocess.Popen(list(map(str, args("1e-3"))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "reward" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    stage = tmp_path / "s" / "reward"
+    how = (f"run fdpo sacpo with the flags and files that stage started with to resume it, or remove that directory "
+           f"to start the stage over")
+    r = subprocess.run(list(map(str, args("2e-3"))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: sacpo reward stage: --lr: 0.002 differs from the saved run's 0.001 (the run cut short in {stage} "
+        f"was saved with it: {how})\n"), r.stderr
+    GPT2(**TINY, seed=4).save_hf(str(model))   # --model retrained in place: the reward stage's reference
+    r = subprocess.run(list(map(str, args("1e-3"))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--resume" not in r.stderr, r.stderr
+    tail = r.stderr.splitlines()[-1]
+    assert tail.startswith(f"fdpo sacpo: sacpo reward stage: --model {model}: the reference's weights differ from the "
+                           f"ones the run cut short in {stage} trained against (hash ") and tail.endswith(
+        f"; re-trained in place?): {how}"), r.stderr
+    assert not (tmp_path / "s" / "sacpo.json").exists()
+
+
 def test_missing_data_is_named(data, tmp_path):
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--lambda", "1",
              "--out", tmp_path / "s", *COMMON, check=False)
