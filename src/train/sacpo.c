@@ -502,6 +502,23 @@ static void stages_done_kinds(const sacpo_state *st, const char *out, int *onlin
     }
 }
 
+/* Which stage kinds' inputs the stages the saved state lists done read (a merge reads none):
+ * reward first, OUT/reward the reward input and OUT/lambda-L the safety one; safety first (the
+ * saved plan's order), OUT/safety-lambda-L the safety input and OUT/lambda-L the reward one. */
+static void stages_done_read(const sacpo_state *st, const cJSON *saved, int *reward, int *safety) {
+    const cJSON *order = cJSON_GetObjectItemCaseSensitive(saved, "order");
+    const int safety_first = cJSON_IsString(order) && !strcmp(order->valuestring, "safety-first");
+    *reward = *safety = 0;
+    for (const cJSON *e = st->done->child; e; e = e->next) {
+        const char *name;
+        if (!cJSON_IsString(e)) continue;
+        size_t n = stage_name(e->valuestring, &name);
+        if ((n == 6 && !strncmp(name, "reward", 6)) || (safety_first && n > 7 && !strncmp(name, "lambda-", 7))) *reward = 1;
+        else if ((!safety_first && n > 7 && !strncmp(name, "lambda-", 7)) || (n > 14 && !strncmp(name, "safety-lambda-", 14)))
+            *safety = 1;
+    }
+}
+
 /* 1 when the saved plan's training settings (then) record now's pairs settings, --max-prompt-length
  * and --on-long */
 static int same_pairs_settings(const cJSON *then, const cJSON *now) {
@@ -579,6 +596,20 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         if (cJSON_IsObject(online_was) && ref_logps && !cJSON_HasObjectItem(online_was, "ref_logps"))
             cJSON_AddItemToObject(online_was, "ref_logps", cJSON_Duplicate(ref_logps, 1));
         plan_same_paths(a, b);
+        /* the inputs of one stage kind (its pairs file's or spec's content, and the file's path)
+         * are compared only once a stage of that kind is done: a --safety-data corrected in place
+         * (or given anew) after the reward stage, before any safety stage read it, was refused
+         * as another content than the stages had trained on */
+        int reward_read, safety_read;
+        stages_done_read(st, a, &reward_read, &safety_read);
+        static const char *const data_keys[2] = {"reward_data", "safety_data"};
+        for (int k = 0; k < 2; k++) {
+            if (k ? safety_read : reward_read) continue;
+            const cJSON *pa = cJSON_GetObjectItemCaseSensitive(a, data_keys[k]), *pb = cJSON_GetObjectItemCaseSensitive(b, data_keys[k]);
+            if (!cJSON_IsString(pa) || !cJSON_IsString(pb)) continue;   /* a file for a spec: named below */
+            cJSON_DeleteItemFromObjectCaseSensitive(a, data_keys[k]);
+            cJSON_DeleteItemFromObjectCaseSensitive(b, data_keys[k]);
+        }
         /* the files' contents after the plan (a different path is named as such first); a plan
          * of an earlier fdpo records none */
         const char *edited = NULL;
@@ -587,7 +618,10 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             cJSON *pa = plan_hash_parent(a, PLAN_HASHES[i].parent), *pb = plan_hash_parent(b, PLAN_HASHES[i].parent);
             const cJSON *ha = cJSON_GetObjectItemCaseSensitive(pa, PLAN_HASHES[i].key);
             const cJSON *hb = cJSON_GetObjectItemCaseSensitive(pb, PLAN_HASHES[i].key);
-            if (!edited && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
+            const char *flag = PLAN_HASHES[i].flag;
+            const int read = (strcmp(flag, "reward-data") && strcmp(flag, "reward") ? 1 : reward_read) &&
+                             (strcmp(flag, "safety-data") && strcmp(flag, "safety") ? 1 : safety_read);
+            if (!edited && read && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
                 edited = PLAN_HASHES[i].flag;
                 snprintf(was_hash, sizeof was_hash, "%s", ha->valuestring);
                 snprintf(now_hash, sizeof now_hash, "%s", hb->valuestring);
@@ -1149,11 +1183,43 @@ static int online_prompts_check(const fdpo_sacpo_opts *o) {
     return rc;
 }
 
+/* A stage's pairs file read as its stage reads it (fdpo_dpo_train): --model's tokenizer and
+ * chat template (every stage's model is --model's shape and tokenizer), --max-length (default
+ * n_positions) and the pairs flags, and at least one training pair left by --eval-fraction's
+ * split. A malformed or empty --safety-data failed the safety stage after the reward stage had
+ * trained. A --max-length the model refuses is left to the first stage, which names it before
+ * it trains. */
+static int pairs_check(const fdpo_sacpo_opts *o, const char *path, const char *flag) {
+    fdpo_train_opts t = o->dpo.train;
+    t.resume = 0;
+    t.out = NULL;
+    fdpo_gpt2_config c;
+    if (fdpo_checkpoint_load_config(t.init, &c)) return fdpo_error_context("--model %s", t.init);
+    fdpo_pref_options popt = o->dpo.pref;
+    if (popt.max_length == 0) popt.max_length = c.n_positions;
+    if (popt.max_length > c.n_positions) return 0;
+    fdpo_tokenizer *tok = fdpo_trainer_load_tokenizer(&t);
+    if (!tok) return -1;
+    fdpo_pref_set set = {0};
+    size_t *train_idx = NULL, *eval_idx = NULL, n_train = 0, n_eval = 0;
+    int rc = fdpo_pref_load(path, tok, &popt, &set);
+    if (!rc) rc = fdpo_pref_split(set.n, o->dpo.eval_fraction, (uint64_t)t.seed, &train_idx, &n_train, &eval_idx, &n_eval);
+    if (!rc && n_train == 0) rc = fdpo_error("%s: no training pairs left after the eval split", path);
+    if (rc) fdpo_error_context("%s", flag);
+    free(train_idx);
+    free(eval_idx);
+    fdpo_pref_free(&set);
+    fdpo_tokenizer_free(tok);
+    return rc;
+}
+
 /* the inputs of the stages still to run, before any of them trains: their pairs files open (a
  * rerun that adds a lambda needs both files in safety-first order, and the second was found
- * missing only after the first had trained) and the online stages' prompts fit */
+ * missing only after the first had trained) and read as pairs their stage trains on
+ * (pairs_check), and the online stages' prompts fit */
 static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
     int online = 0;
+    const char *checked[2] = {NULL, NULL};   /* the flags whose file was read: each once */
     for (size_t i = 0; i < n; i++) {
         if (st && stage_done(st, s[i].dir)) continue;
         online |= !s[i].data;
@@ -1167,6 +1233,13 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
             return fdpo_error("%s %s", s[i].data_flag, why);
         }
         fclose(f);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((st && stage_done(st, s[i].dir)) || !s[i].data) continue;
+        if ((checked[0] && !strcmp(checked[0], s[i].data_flag)) || (checked[1] && !strcmp(checked[1], s[i].data_flag)))
+            continue;
+        if (pairs_check(o, s[i].data, s[i].data_flag)) return -1;
+        checked[checked[0] ? 1 : 0] = s[i].data_flag;
     }
     return online ? online_prompts_check(o) : 0;
 }

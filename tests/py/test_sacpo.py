@@ -506,6 +506,86 @@ def test_missing_data_is_named(data, tmp_path):
         assert not (tmp_path / "s").exists()
 
 
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+@pytest.mark.parametrize("order", ["reward-first", "safety-first"])
+def test_bad_pairs_are_refused_before_any_stage_and_the_corrected_file_runs(data, tmp_path, order):
+    """A malformed or empty pairs file was read only by its stage: in reward-first order the
+    reward stage trained, then the safety stage failed on --safety-data (safety first: on
+    --reward-data), and the corrected file was then refused as "other content" than the run's.
+    Every pairs file is read as its stage reads it before any stage trains (nothing written);
+    the corrected file runs."""
+    flag = "--safety-data" if order == "reward-first" else "--reward-data"
+    bad = tmp_path / "bad.jsonl"
+    files = {"--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl", flag: bad}
+    run = lambda: fdpo("sacpo", "--model", data / "base", *[x for kv in files.items() for x in kv], "--beta", "0.2",
+                       "--lambda", "1", "--order", order, "--out", tmp_path / "s", *COMMON, check=False)
+    for text, why in [('{"prompt": "a:", "chosen": "b"\n', ":1: invalid JSON"),
+                      ("", ": no usable preference pairs (0 lines read"),
+                      ('{"prompt": "a:", "chosen": "b"}\n', ":1: missing field 'rejected'\n")]:
+        bad.write_text(text)
+        r = run()
+        assert r.returncode == 1 and r.stderr.startswith(f"fdpo sacpo: {flag}: {bad}{why}"), r.stderr
+        assert r.stderr.count("\n") == 1 and not (tmp_path / "s").exists(), r.stderr
+    shutil.copy(data / ("safety.jsonl" if flag == "--safety-data" else "reward.jsonl"), bad)   # corrected
+    r = run()
+    assert r.returncode == 0, r.stderr
+    state = json.loads((tmp_path / "s" / "sacpo.json").read_text())
+    assert state["plan"][flag[2:].replace("-", "_") + "_hash"] == fnv1a64(bad.read_bytes())
+
+
+@pytest.mark.parametrize("order", ["reward-first", "safety-first"])
+def test_a_pairs_file_edited_before_its_stage_ran_is_accepted_not_after(data, tmp_path, order):
+    """The content check compares a pairs file with what the stages listed done read: edited
+    after the first stage was done but before any stage that reads it (here: the run stopped
+    before it, as a kill between the stages leaves it), it is the file that stage trains on; edited
+    after a stage that reads it is done, it is refused, and nothing is written."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    run = lambda lam: fdpo("sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl",
+                           "--safety-data", files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s",
+                           "--lambda", lam, "--order", order, *COMMON, check=False)
+    assert run("1").returncode == 0
+    s = tmp_path / "s"
+    # the second stage not done: the first stage's input is kept, the second's edited
+    first, second = ("reward", "lambda-1") if order == "reward-first" else ("safety-lambda-1", "lambda-1")
+    later, earlier = ("safety", "reward") if order == "reward-first" else ("reward", "safety")
+    state = json.loads((s / "sacpo.json").read_text())
+    state["stages_done"].remove(second)
+    del state["stage_hashes"][second]
+    (s / "sacpo.json").write_text(json.dumps(state))
+    shutil.rmtree(s / second)
+    if order == "reward-first":
+        write_jsonl(files / "safety.jsonl", pairs(64, 7, "mnlr ", "!#$%&"))
+    else:
+        write_jsonl(files / "reward.jsonl", pairs(64, 7, "aeiou", "xyzqw"))
+    r = run("1")
+    assert r.returncode == 0, r.stderr
+    state = json.loads((s / "sacpo.json").read_text())
+    assert state["stages_done"] == [first, second]
+    assert state["plan"][f"{later}_data_hash"] == fnv1a64((files / f"{later}.jsonl").read_bytes())
+    beta = 0.2 if later == "reward" else 0.2 / 1
+    dpo(files, s / first, f"{later}.jsonl", beta, tmp_path / "plain")
+    assert weights(s / second) == weights(tmp_path / "plain")
+    # now both are done: an edit of either is refused before any stage, nothing written
+    saved = (s / "sacpo.json").read_bytes()
+    for name in (later, earlier):
+        before = (files / f"{name}.jsonl").read_bytes()
+        (files / f"{name}.jsonl").write_bytes(before + b"\n")
+        r = run("1,2")
+        assert r.returncode == 1 and r.stderr.startswith(
+            f"fdpo sacpo: --{name}-data: the content it reads differs from what {s / 'sacpo.json'}'s stages trained on ("), r.stderr
+        assert (s / "sacpo.json").read_bytes() == saved and not (s / "lambda-2").exists()
+        (files / f"{name}.jsonl").write_bytes(before)
+
+
 def test_rerun_opens_the_files_of_the_stages_still_to_run_first(data, tmp_path):
     """A rerun adding a lambda in safety-first order trained the new safety stage, then found
     the reward pairs file missing. It now names the file before any stage; a rerun whose stages
