@@ -1260,6 +1260,51 @@ static int online_stage_final_there(const fdpo_sacpo_opts *o, const char *dir) {
     return own;
 }
 
+/* An online stage's rounds directory run that holds rounds (its online.json) must hold this
+ * stage's: their fixed flags (fdpo_online_round_settings, as online.json records them) the
+ * stage's run (online_stage_opts). Another run's rounds there were found only when the stage
+ * started, after the stages before it had trained, by fdpo online's resume; and when they were
+ * as many as --rounds, not at all: the stage copied another run's last round as its model. */
+static int online_rounds_are_the_stage(const fdpo_sacpo_opts *o, const sacpo_stage *s, const char *run) {
+    char *path = fdpo_path_join(run, "online.json");
+    if (!fdpo_file_exists(path)) { free(path); return 0; }   /* none: fdpo online's own checks */
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    cJSON *j = text ? cJSON_ParseWithLength(text, len) : NULL;
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(j, "settings"), *fixed = cJSON_GetObjectItemCaseSensitive(j, "fixed");
+    fdpo_settings saved = {0}, now = {0};
+    int rc = !text ? -1 : !cJSON_IsObject(set) || !cJSON_IsArray(fixed)
+                              ? fdpo_error("%s: not an online run's settings file", path)
+                              : fdpo_settings_from_json(&saved, set, fixed, path);
+    if (rc == 0) {
+        fdpo_online_opts on = online_stage_opts(o, s->init, s->spec, s->spec_flag, s->beta, run);
+        fdpo_online_round_settings(&on, &now);
+        /* as fdpo online's resume compares them (online_plan): an earlier fdpo's "round" mode,
+         * --lora-targets by the modules it selects (at the stage's start), the starting model
+         * of a stage from the stage before, which sacpo's plan pins */
+        const fdpo_setting *md = fdpo_settings_find(&saved, "mode");
+        if (md && md->type == FDPO_SETTING_STR && md->str && !strcmp(md->str, "round"))
+            fdpo_settings_str(&saved, "mode", "rounds", md->fixed);
+        static const char *const by_modules[] = {"lora-targets", NULL};
+        fdpo_settings_remove(&saved, by_modules);
+        fdpo_settings_remove(&now, by_modules);
+        static const char *const init_keys[] = {"model", "model.resolved", NULL};
+        if (on.dpo.train.init_in_run) fdpo_settings_remove(&saved, init_keys);
+        char how[512];
+        snprintf(how, sizeof how, "%s holds rounds that ran with it: if they are this stage's, run fdpo sacpo with the "
+                 "flags and files that stage started with to resume it; else move %s away, or give sacpo another --out",
+                 run, run);
+        rc = fdpo_settings_check_resume_how(&saved, &now, how);
+        if (rc) fdpo_error_context("sacpo %s", s->what);
+    }
+    fdpo_settings_free(&saved);
+    fdpo_settings_free(&now);
+    cJSON_Delete(j);
+    free(text);
+    free(path);
+    return rc;
+}
+
 /* The directories of the stages still to run, before any stage trains: one that holds a
  * checkpoint (or another run's files) with no training state of a stage to resume is refused
  * as its trainer would refuse it (fdpo_train_out_check), which found it only when that stage
@@ -1282,6 +1327,7 @@ static int stages_out_free(const fdpo_sacpo_opts *o, const sacpo_state *st, cons
         const char *held = fdpo_out_holds_run(run, FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER);   /* as fdpo_online_run */
         int rc = held ? fdpo_error("sacpo %s: --out: %s already holds %s of another run (%s)", s[i].what, run, held,
                                    SACPO_OCCUPIED) : 0;
+        if (!rc) rc = online_rounds_are_the_stage(o, &s[i], run);
         free(run);
         if (rc) return -1;
     }

@@ -1537,6 +1537,35 @@ def test_an_online_stage_directory_holding_a_checkpoint_is_refused_before_any_st
         f"fdpo sacpo: sacpo safety stage (lambda 1): --out: {s / 'lambda-1'} already holds a checkpoint {occupied}"), r.stderr
 
 
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_an_online_stage_rounds_directory_holding_another_runs_rounds_is_refused_before_any_stage(data, tmp_path, rounds):
+    """OUT/lambda-1.online holding the rounds of another fdpo online run (here from --model, scored by
+    --reward length, where the stage's are from OUT/reward by length:words): with fewer rounds than
+    --rounds it was refused by fdpo online's resume when the stage started, after the reward stage
+    had trained; with as many, not at all: the stage copied that run's last round as its model, exit
+    0. Its online.json is compared with the stage's flags before any stage trains."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    fdpo("online", "--model", data / "base", "--reward", "length", "--data", tmp_path / "p.txt",
+         "--out", tmp_path / "other", *TINY_ONLINE, "--rounds", rounds)
+    s = tmp_path / "s"
+    s.mkdir()
+    shutil.copytree(tmp_path / "other", s / "lambda-1.online")
+    if rounds == 2:
+        shutil.rmtree(s / "lambda-1.online" / "round-1")
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+            tmp_path / "p.txt", "--lambda", 1, "--out", s, *TINY_ONLINE, "--rounds", rounds]
+    r = fdpo(*args, check=False)
+    run = s / "lambda-1.online"
+    assert r.returncode == 1 and r.stderr.startswith("fdpo sacpo: sacpo safety stage (lambda 1): --"), r.stderr
+    assert r.stderr.endswith(f" ({run} holds rounds that ran with it: if they are this stage's, run fdpo sacpo with the "
+                             f"flags and files that stage started with to resume it; else move {run} away, or give "
+                             "sacpo another --out)\n") and r.stderr.count("\n") == 1, r.stderr
+    assert sorted(p.name for p in s.iterdir()) == ["lambda-1.online"]
+    shutil.rmtree(run)
+    fdpo(*args)
+    assert (s / "lambda-1" / "model.safetensors").exists()
+
+
 def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, tmp_path):
     """Wachi et al. 2024 (sec. 6-7.1): P-SACPO merges the reward-aligned model (lambda = 0) with one
     model realigned for safety at a conservatively large lambda, (1 - q) theta_r + q theta_lambda,
