@@ -505,7 +505,16 @@ static void stages_done_kinds(const sacpo_state *st, const char *out, int *onlin
 /* Which stage kinds' inputs the stages the saved state lists done read (a merge reads none):
  * reward first, OUT/reward the reward input and OUT/lambda-L the safety one; safety first (the
  * saved plan's order), OUT/safety-lambda-L the safety input and OUT/lambda-L the reward one. */
-static void stages_done_read(const sacpo_state *st, const cJSON *saved, int *reward, int *safety) {
+static void stage_reads(const char *name, size_t n, int safety_first, int *reward, int *safety) {
+    if ((n == 6 && !strncmp(name, "reward", 6)) || (safety_first && n > 7 && !strncmp(name, "lambda-", 7))) *reward = 1;
+    else if ((!safety_first && n > 7 && !strncmp(name, "lambda-", 7)) || (n > 14 && !strncmp(name, "safety-lambda-", 14)))
+        *safety = 1;
+}
+
+/* A stage cut short counts too (it trained on its input; its resume would go on with the edited
+ * one, or the stage be recorded done on rounds scored by the old one): a stage on a file whose
+ * directory holds a training state, an online stage whose rounds directory holds round 0. */
+static void stages_done_read(const sacpo_state *st, const cJSON *saved, const char *out, int *reward, int *safety) {
     const cJSON *order = cJSON_GetObjectItemCaseSensitive(saved, "order");
     const int safety_first = cJSON_IsString(order) && !strcmp(order->valuestring, "safety-first");
     *reward = *safety = 0;
@@ -513,10 +522,20 @@ static void stages_done_read(const sacpo_state *st, const cJSON *saved, int *rew
         const char *name;
         if (!cJSON_IsString(e)) continue;
         size_t n = stage_name(e->valuestring, &name);
-        if ((n == 6 && !strncmp(name, "reward", 6)) || (safety_first && n > 7 && !strncmp(name, "lambda-", 7))) *reward = 1;
-        else if ((!safety_first && n > 7 && !strncmp(name, "lambda-", 7)) || (n > 14 && !strncmp(name, "safety-lambda-", 14)))
-            *safety = 1;
+        stage_reads(name, n, safety_first, reward, safety);
     }
+    DIR *d = opendir(out);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") || leftover_suffix(e->d_name)) continue;
+        const int online = n > 7 && !strcmp(e->d_name + n - 7, ".online");
+        char *dir = fdpo_path_join(out, e->d_name);
+        char *mark = fdpo_path_join(dir, online ? "round-0" : "training_state.json");
+        if (fdpo_file_exists(mark)) stage_reads(e->d_name, online ? n - 7 : n, safety_first, reward, safety);
+        free(mark); free(dir);
+    }
+    if (d) closedir(d);
 }
 
 /* 1 when the saved plan's training settings (then) record now's pairs settings, --max-prompt-length
@@ -601,7 +620,7 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
          * (or given anew) after the reward stage, before any safety stage read it, was refused
          * as another content than the stages had trained on */
         int reward_read, safety_read;
-        stages_done_read(st, a, &reward_read, &safety_read);
+        stages_done_read(st, a, o->out, &reward_read, &safety_read);
         static const char *const data_keys[2] = {"reward_data", "safety_data"};
         for (int k = 0; k < 2; k++) {
             if (k ? safety_read : reward_read) continue;

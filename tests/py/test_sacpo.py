@@ -586,6 +586,36 @@ def test_a_pairs_file_edited_before_its_stage_ran_is_accepted_not_after(data, tm
         (files / f"{name}.jsonl").write_bytes(before)
 
 
+def test_a_pairs_file_edited_under_a_stage_cut_short_is_refused(data, tmp_path):
+    """A stage cut short (SIGINT) has read its pairs file though sacpo.json does not list it done:
+    the file edited before the rerun is refused by sacpo's content check, not taken as a file no
+    stage has read yet (test_a_pairs_file_edited_before_its_stage_ran_is_accepted_not_after)."""
+    import signal
+    import time
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl", "--safety-data",
+            files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1", *COMMON[:4], *COMMON[6:],
+            "--steps", 300, "--log-every", 1]
+    p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "lambda-1" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward"]
+    (files / "safety.jsonl").write_bytes((files / "safety.jsonl").read_bytes() + b"\n")
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"fdpo sacpo: --safety-data: the content it reads differs from what {tmp_path / 's' / 'sacpo.json'}'s stages "
+        "trained on ("), r.stderr
+
+
 def test_rerun_opens_the_files_of_the_stages_still_to_run_first(data, tmp_path):
     """A rerun adding a lambda in safety-first order trained the new safety stage, then found
     the reward pairs file missing. It now names the file before any stage; a rerun whose stages
