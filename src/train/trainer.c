@@ -534,7 +534,11 @@ static int resume_lora_targets_check(const fdpo_gpt2 *m, const fdpo_settings *sa
  * fingerprint is compared as that fdpo hashed it (o->eval_legacy_hash) and then records the
  * two fingerprints separately from its next save. */
 static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint64_t data_hash, size_t n_items) {
-    static const char NEED[] = "resume needs the same files and tokenizer";
+    /* a caller without --resume (sacpo's stages) says what its user does (o->resume_how) */
+    char need[1024];
+    if (o->resume_how) snprintf(need, sizeof need, "the run cut short in %s trained on them: %s", o->out, o->resume_how);
+    else snprintf(need, sizeof need, "resume needs the same files and tokenizer");
+    const char *NEED = need, *resume = o->resume_how ? "" : "--resume: ";
     const int legacy = o->eval_name && !s->has_eval_data;   /* one fingerprint of both sets, or of the training items */
     const int train_differs = s->data.n != n_items || s->data_hash != (legacy ? o->eval_legacy_hash : data_hash);
     /* legacy: the held-out set can be the cause only where that fingerprint covered one (dpo's,
@@ -543,17 +547,17 @@ static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint
     const int train_or_eval = legacy && train_differs && o->eval_legacy_hash != data_hash && s->data.n == n_items;
     const int eval_differs = !legacy && o->eval_name && (s->eval_n_items != o->eval_n_items || s->eval_hash != o->eval_hash);
     if (train_or_eval)
-        return fdpo_error("--resume: the training data or the held-out data (%s) differ from the saved run's "
-                          "(%zu training items then, %zu now): %s", o->eval_name, s->data.n, n_items, NEED);
+        return fdpo_error("%sthe training data or the held-out data (%s) differ from the saved run's "
+                          "(%zu training items then, %zu now): %s", resume, o->eval_name, s->data.n, n_items, NEED);
     if (train_differs && eval_differs)
-        return fdpo_error("--resume: the training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
-                          "then, %zu now) differ from the saved run's: %s", s->data.n, n_items, o->eval_name,
+        return fdpo_error("%sthe training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
+                          "then, %zu now) differ from the saved run's: %s", resume, s->data.n, n_items, o->eval_name,
                           s->eval_n_items, o->eval_n_items, NEED);
     if (train_differs)
-        return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
+        return fdpo_error("%sthe training data differ from the saved run's (%zu items then, %zu now): %s", resume,
                           s->data.n, n_items, NEED);
     if (eval_differs)
-        return fdpo_error("--resume: the held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s",
+        return fdpo_error("%sthe held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s", resume,
                           o->eval_name, s->eval_n_items, o->eval_n_items, NEED);
     s->data_hash = data_hash;
     s->has_eval_data = o->eval_name != NULL;

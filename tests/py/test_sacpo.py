@@ -459,9 +459,10 @@ def test_a_refused_resume_of_a_stage_says_what_a_sacpo_user_does(data, tmp_path)
     Both now name the stage's directory and say to rerun with what it started with, or remove it."""
     import signal
     import time
-    model = tmp_path / "base"
+    model, rp = tmp_path / "base", tmp_path / "reward.jsonl"
     shutil.copytree(data / "base", model)
-    args = lambda lr: [FDPO_BIN, "sacpo", "--model", model, "--reward-data", data / "reward.jsonl",
+    shutil.copy(data / "reward.jsonl", rp)
+    args = lambda lr: [FDPO_BIN, "sacpo", "--model", model, "--reward-data", rp,
                        "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1",
                        "--threads", 1, "--batch-size", 8, "--lr", lr, "--eval-fraction", 0, "--quiet",
                        "--steps", 400, "--log-every", 1]
@@ -488,6 +489,14 @@ def test_a_refused_resume_of_a_stage_says_what_a_sacpo_user_does(data, tmp_path)
     assert tail.startswith(f"fdpo sacpo: sacpo reward stage: --model {model}: the reference's weights differ from the "
                            f"ones the run cut short in {stage} trained against (hash ") and tail.endswith(
         f"; re-trained in place?): {how}"), r.stderr
+    # the pairs file edited in place (the model put back): "--resume: ... resume needs the same files"
+    shutil.rmtree(model)
+    shutil.copytree(data / "base", model)
+    write_jsonl(rp, pairs(65, 0, "aeiou", "xyzqw"))
+    r = subprocess.run(list(map(str, args("1e-3"))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: sacpo reward stage: the training data differ from the saved run's (64 items then, 65 now): the run "
+        f"cut short in {stage} trained on them: {how}\n"), r.stderr
     assert not (tmp_path / "s" / "sacpo.json").exists()
 
 
