@@ -93,6 +93,10 @@ typedef struct {
     const char *occupied_how; /* what a fresh run into an OUT that holds a checkpoint or another
                                  run's files should do, in fdpo_train_out_check's messages (sacpo:
                                  it has no --resume or --overwrite); NULL: those flags */
+    const char *resume_how;   /* what to do when a resumed run is refused for a changed flag or other
+                                 reference weights, in those messages, which then name the run cut
+                                 short in OUT (sacpo: it has no --resume); NULL: "it cannot change
+                                 on --resume", "resume needs the same reference" */
     int init_in_run;     /* init is a stage of the caller's own run (sacpo: the stage before, in its
                             OUT), which the caller's plan pins, and the reference's content hash
                             too: --resume does not compare init's path (its "model" setting), so
@@ -259,6 +263,8 @@ void fdpo_setting_text(const fdpo_setting *x, char *buf, size_t n);    /* "0.001
 /* Error "--KEY: NOW differs from the saved run's THEN (it cannot change on --resume)" for the
  * first fixed setting of now whose value differs from saved. */
 int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now);
+/* The same, the parenthesis saying how instead (NULL: "it cannot change on --resume"). */
+int fdpo_settings_check_resume_how(const fdpo_settings *saved, const fdpo_settings *now, const char *how);
 /* The settings of fdpo_train_opts (fixed and kept ones), appended to s. */
 void fdpo_train_opts_settings(const fdpo_train_opts *o, fdpo_settings *s);
 /* A fresh run that replaces OUT's (--overwrite) removes at its first save the replaced run's

@@ -502,6 +502,42 @@ static void stages_done_kinds(const sacpo_state *st, const char *out, int *onlin
     }
 }
 
+/* Which stage kinds' inputs the stages the saved state lists done read (a merge reads none):
+ * reward first, OUT/reward the reward input and OUT/lambda-L the safety one; safety first (the
+ * saved plan's order), OUT/safety-lambda-L the safety input and OUT/lambda-L the reward one. */
+static void stage_reads(const char *name, size_t n, int safety_first, int *reward, int *safety) {
+    if ((n == 6 && !strncmp(name, "reward", 6)) || (safety_first && n > 7 && !strncmp(name, "lambda-", 7))) *reward = 1;
+    else if ((!safety_first && n > 7 && !strncmp(name, "lambda-", 7)) || (n > 14 && !strncmp(name, "safety-lambda-", 14)))
+        *safety = 1;
+}
+
+/* A stage cut short counts too (it trained on its input; its resume would go on with the edited
+ * one, or the stage be recorded done on rounds scored by the old one): a stage on a file whose
+ * directory holds a training state, an online stage whose rounds directory holds round 0. */
+static void stages_done_read(const sacpo_state *st, const cJSON *saved, const char *out, int *reward, int *safety) {
+    const cJSON *order = cJSON_GetObjectItemCaseSensitive(saved, "order");
+    const int safety_first = cJSON_IsString(order) && !strcmp(order->valuestring, "safety-first");
+    *reward = *safety = 0;
+    for (const cJSON *e = st->done->child; e; e = e->next) {
+        const char *name;
+        if (!cJSON_IsString(e)) continue;
+        size_t n = stage_name(e->valuestring, &name);
+        stage_reads(name, n, safety_first, reward, safety);
+    }
+    DIR *d = opendir(out);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (!fdpo_sacpo_out_entry(e->d_name) || !strcmp(e->d_name, "sacpo.json") || leftover_suffix(e->d_name)) continue;
+        const int online = n > 7 && !strcmp(e->d_name + n - 7, ".online");
+        char *dir = fdpo_path_join(out, e->d_name);
+        char *mark = fdpo_path_join(dir, online ? "round-0" : "training_state.json");
+        if (fdpo_file_exists(mark)) stage_reads(e->d_name, online ? n - 7 : n, safety_first, reward, safety);
+        free(mark); free(dir);
+    }
+    if (d) closedir(d);
+}
+
 /* 1 when the saved plan's training settings (then) record now's pairs settings, --max-prompt-length
  * and --on-long */
 static int same_pairs_settings(const cJSON *then, const cJSON *now) {
@@ -519,6 +555,11 @@ static int same_pairs_settings(const cJSON *then, const cJSON *now) {
 /* and a stage whose directory holds what no stage of this plan left (no training state): sacpo
  * has no --resume or --overwrite, which the trainer's message named */
 #define SACPO_OCCUPIED "not a stage this sacpo run started: move it away, or give sacpo another --out"
+/* and a stage cut short whose resume is refused (a flag changed before any stage was done, so
+ * that sacpo.json did not hold the plan yet; its reference retrained in place): the trainer's
+ * message said to keep --flag "on --resume", which sacpo does not have */
+#define SACPO_RESUME "run fdpo sacpo with the flags and files that stage started with to resume it, or remove that " \
+                     "directory to start the stage over"
 
 static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
     st->path = fdpo_path_join(o->out, "sacpo.json");
@@ -574,6 +615,20 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         if (cJSON_IsObject(online_was) && ref_logps && !cJSON_HasObjectItem(online_was, "ref_logps"))
             cJSON_AddItemToObject(online_was, "ref_logps", cJSON_Duplicate(ref_logps, 1));
         plan_same_paths(a, b);
+        /* the inputs of one stage kind (its pairs file's or spec's content, and the file's path)
+         * are compared only once a stage of that kind is done: a --safety-data corrected in place
+         * (or given anew) after the reward stage, before any safety stage read it, was refused
+         * as another content than the stages had trained on */
+        int reward_read, safety_read;
+        stages_done_read(st, a, o->out, &reward_read, &safety_read);
+        static const char *const data_keys[2] = {"reward_data", "safety_data"};
+        for (int k = 0; k < 2; k++) {
+            if (k ? safety_read : reward_read) continue;
+            const cJSON *pa = cJSON_GetObjectItemCaseSensitive(a, data_keys[k]), *pb = cJSON_GetObjectItemCaseSensitive(b, data_keys[k]);
+            if (!cJSON_IsString(pa) || !cJSON_IsString(pb)) continue;   /* a file for a spec: named below */
+            cJSON_DeleteItemFromObjectCaseSensitive(a, data_keys[k]);
+            cJSON_DeleteItemFromObjectCaseSensitive(b, data_keys[k]);
+        }
         /* the files' contents after the plan (a different path is named as such first); a plan
          * of an earlier fdpo records none */
         const char *edited = NULL;
@@ -582,7 +637,10 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
             cJSON *pa = plan_hash_parent(a, PLAN_HASHES[i].parent), *pb = plan_hash_parent(b, PLAN_HASHES[i].parent);
             const cJSON *ha = cJSON_GetObjectItemCaseSensitive(pa, PLAN_HASHES[i].key);
             const cJSON *hb = cJSON_GetObjectItemCaseSensitive(pb, PLAN_HASHES[i].key);
-            if (!edited && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
+            const char *flag = PLAN_HASHES[i].flag;
+            const int read = (strcmp(flag, "reward-data") && strcmp(flag, "reward") ? 1 : reward_read) &&
+                             (strcmp(flag, "safety-data") && strcmp(flag, "safety") ? 1 : safety_read);
+            if (!edited && read && cJSON_IsString(ha) && cJSON_IsString(hb) && strcmp(ha->valuestring, hb->valuestring)) {
                 edited = PLAN_HASHES[i].flag;
                 snprintf(was_hash, sizeof was_hash, "%s", ha->valuestring);
                 snprintf(now_hash, sizeof now_hash, "%s", hb->valuestring);
@@ -878,6 +936,7 @@ static fdpo_online_opts online_stage_opts(const fdpo_sacpo_opts *o, const char *
     on.dpo.train.continue_how = SACPO_CONTINUE;
     on.dpo.train.init_in_run = init_in_out(o, init);
     on.dpo.train.occupied_how = SACPO_OCCUPIED;
+    on.dpo.train.resume_how = SACPO_RESUME;
     on.dpo.train.overwrite = 0;   /* the trainer's flags that rounds mode has no use for (it refuses them) */
     on.dpo.train.stop_at = 0;
     on.dpo.train.save_every = 0;
@@ -935,6 +994,7 @@ static int run_stage(const fdpo_sacpo_opts *o, sacpo_state *st, const char *what
     d.train.continue_how = SACPO_CONTINUE;
     d.train.init_in_run = init_in_out(o, init);
     d.train.occupied_how = SACPO_OCCUPIED;
+    d.train.resume_how = SACPO_RESUME;
     d.plan_saved = 1;   /* a new plan's pairs settings passed fdpo_sacpo_opts_check; a saved one's are kept */
     free(state);
     fdpo_log(FDPO_LOG_INFO, "%s: %s -> %s on %s, beta %g%s", what, init, dir, data, beta, d.train.resume ? " (resuming)" : "");
@@ -1142,11 +1202,43 @@ static int online_prompts_check(const fdpo_sacpo_opts *o) {
     return rc;
 }
 
+/* A stage's pairs file read as its stage reads it (fdpo_dpo_train): --model's tokenizer and
+ * chat template (every stage's model is --model's shape and tokenizer), --max-length (default
+ * n_positions) and the pairs flags, and at least one training pair left by --eval-fraction's
+ * split. A malformed or empty --safety-data failed the safety stage after the reward stage had
+ * trained. A --max-length the model refuses is left to the first stage, which names it before
+ * it trains. */
+static int pairs_check(const fdpo_sacpo_opts *o, const char *path, const char *flag) {
+    fdpo_train_opts t = o->dpo.train;
+    t.resume = 0;
+    t.out = NULL;
+    fdpo_gpt2_config c;
+    if (fdpo_checkpoint_load_config(t.init, &c)) return fdpo_error_context("--model %s", t.init);
+    fdpo_pref_options popt = o->dpo.pref;
+    if (popt.max_length == 0) popt.max_length = c.n_positions;
+    if (popt.max_length > c.n_positions) return 0;
+    fdpo_tokenizer *tok = fdpo_trainer_load_tokenizer(&t);
+    if (!tok) return -1;
+    fdpo_pref_set set = {0};
+    size_t *train_idx = NULL, *eval_idx = NULL, n_train = 0, n_eval = 0;
+    int rc = fdpo_pref_load(path, tok, &popt, &set);
+    if (!rc) rc = fdpo_pref_split(set.n, o->dpo.eval_fraction, (uint64_t)t.seed, &train_idx, &n_train, &eval_idx, &n_eval);
+    if (!rc && n_train == 0) rc = fdpo_error("%s: no training pairs left after the eval split", path);
+    if (rc) fdpo_error_context("%s", flag);
+    free(train_idx);
+    free(eval_idx);
+    fdpo_pref_free(&set);
+    fdpo_tokenizer_free(tok);
+    return rc;
+}
+
 /* the inputs of the stages still to run, before any of them trains: their pairs files open (a
  * rerun that adds a lambda needs both files in safety-first order, and the second was found
- * missing only after the first had trained) and the online stages' prompts fit */
+ * missing only after the first had trained) and read as pairs their stage trains on
+ * (pairs_check), and the online stages' prompts fit */
 static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, const sacpo_stage *s, size_t n) {
     int online = 0;
+    const char *checked[2] = {NULL, NULL};   /* the flags whose file was read: each once */
     for (size_t i = 0; i < n; i++) {
         if (st && stage_done(st, s[i].dir)) continue;
         online |= !s[i].data;
@@ -1160,6 +1252,13 @@ static int stages_data_open(const fdpo_sacpo_opts *o, const sacpo_state *st, con
             return fdpo_error("%s %s", s[i].data_flag, why);
         }
         fclose(f);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((st && stage_done(st, s[i].dir)) || !s[i].data) continue;
+        if ((checked[0] && !strcmp(checked[0], s[i].data_flag)) || (checked[1] && !strcmp(checked[1], s[i].data_flag)))
+            continue;
+        if (pairs_check(o, s[i].data, s[i].data_flag)) return -1;
+        checked[checked[0] ? 1 : 0] = s[i].data_flag;
     }
     return online ? online_prompts_check(o) : 0;
 }
@@ -1178,6 +1277,51 @@ static int online_stage_final_there(const fdpo_sacpo_opts *o, const char *dir) {
     free(last);
     free(run);
     return own;
+}
+
+/* An online stage's rounds directory run that holds rounds (its online.json) must hold this
+ * stage's: their fixed flags (fdpo_online_round_settings, as online.json records them) the
+ * stage's run (online_stage_opts). Another run's rounds there were found only when the stage
+ * started, after the stages before it had trained, by fdpo online's resume; and when they were
+ * as many as --rounds, not at all: the stage copied another run's last round as its model. */
+static int online_rounds_are_the_stage(const fdpo_sacpo_opts *o, const sacpo_stage *s, const char *run) {
+    char *path = fdpo_path_join(run, "online.json");
+    if (!fdpo_file_exists(path)) { free(path); return 0; }   /* none: fdpo online's own checks */
+    size_t len;
+    char *text = fdpo_read_file(path, &len);
+    cJSON *j = text ? cJSON_ParseWithLength(text, len) : NULL;
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(j, "settings"), *fixed = cJSON_GetObjectItemCaseSensitive(j, "fixed");
+    fdpo_settings saved = {0}, now = {0};
+    int rc = !text ? -1 : !cJSON_IsObject(set) || !cJSON_IsArray(fixed)
+                              ? fdpo_error("%s: not an online run's settings file", path)
+                              : fdpo_settings_from_json(&saved, set, fixed, path);
+    if (rc == 0) {
+        fdpo_online_opts on = online_stage_opts(o, s->init, s->spec, s->spec_flag, s->beta, run);
+        fdpo_online_round_settings(&on, &now);
+        /* as fdpo online's resume compares them (online_plan): an earlier fdpo's "round" mode,
+         * --lora-targets by the modules it selects (at the stage's start), the starting model
+         * of a stage from the stage before, which sacpo's plan pins */
+        const fdpo_setting *md = fdpo_settings_find(&saved, "mode");
+        if (md && md->type == FDPO_SETTING_STR && md->str && !strcmp(md->str, "round"))
+            fdpo_settings_str(&saved, "mode", "rounds", md->fixed);
+        static const char *const by_modules[] = {"lora-targets", NULL};
+        fdpo_settings_remove(&saved, by_modules);
+        fdpo_settings_remove(&now, by_modules);
+        static const char *const init_keys[] = {"model", "model.resolved", NULL};
+        if (on.dpo.train.init_in_run) fdpo_settings_remove(&saved, init_keys);
+        char how[512];
+        snprintf(how, sizeof how, "%s holds rounds that ran with it: if they are this stage's, run fdpo sacpo with the "
+                 "flags and files that stage started with to resume it; else move %s away, or give sacpo another --out",
+                 run, run);
+        rc = fdpo_settings_check_resume_how(&saved, &now, how);
+        if (rc) fdpo_error_context("sacpo %s", s->what);
+    }
+    fdpo_settings_free(&saved);
+    fdpo_settings_free(&now);
+    cJSON_Delete(j);
+    free(text);
+    free(path);
+    return rc;
 }
 
 /* The directories of the stages still to run, before any stage trains: one that holds a
@@ -1202,6 +1346,7 @@ static int stages_out_free(const fdpo_sacpo_opts *o, const sacpo_state *st, cons
         const char *held = fdpo_out_holds_run(run, FDPO_RUN_ROUNDS | FDPO_RUN_TOKENIZER);   /* as fdpo_online_run */
         int rc = held ? fdpo_error("sacpo %s: --out: %s already holds %s of another run (%s)", s[i].what, run, held,
                                    SACPO_OCCUPIED) : 0;
+        if (!rc) rc = online_rounds_are_the_stage(o, &s[i], run);
         free(run);
         if (rc) return -1;
     }

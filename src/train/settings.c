@@ -196,6 +196,11 @@ void fdpo_settings_remove(fdpo_settings *s, const char *const *keys) {
 }
 
 int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *now) {
+    return fdpo_settings_check_resume_how(saved, now, NULL);
+}
+
+int fdpo_settings_check_resume_how(const fdpo_settings *saved, const fdpo_settings *now, const char *how) {
+    if (!how) how = "it cannot change on --resume";
     for (size_t i = 0; i < now->n; i++) {
         const fdpo_setting *x = &now->v[i], *was = fdpo_settings_find(saved, x->key);
         if (!was || !(x->fixed || was->fixed)) continue;
@@ -207,15 +212,14 @@ int fdpo_settings_check_resume(const fdpo_settings *saved, const fdpo_settings *
                 if (fdpo_settings_same_path(res, x->str)) continue;
                 char a[128];
                 fdpo_setting_text(x, a, sizeof a);
-                return fdpo_error("--%s: %s differs from the saved run's %s (%s; it cannot change on --resume)", x->key, a,
-                                  was->str, res);
+                return fdpo_error("--%s: %s differs from the saved run's %s (%s; %s)", x->key, a, was->str, res, how);
             }
         }
         if (setting_equal(x, was)) continue;
         char a[128], b[128];
         fdpo_setting_text(x, a, sizeof a);
         fdpo_setting_text(was, b, sizeof b);
-        return fdpo_error("--%s: %s differs from the saved run's %s (it cannot change on --resume)", x->key, a, b);
+        return fdpo_error("--%s: %s differs from the saved run's %s (%s)", x->key, a, b, how);
     }
     return 0;
 }

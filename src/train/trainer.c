@@ -477,12 +477,31 @@ done:
  * to the end). A state that does not read is left to fdpo_train_state_load's error, and one
  * saved without lora-r (a full fine-tune of an older fdpo) to the comparison of all the
  * settings. */
+/* The parenthesis of a resume refused for a changed flag where the caller has no --resume
+ * (fdpo_train_opts.resume_how): "the run cut short in OUT was saved with it: HOW" (malloc'd);
+ * NULL: fdpo_settings_check_resume's own, which names --resume. */
+static char *resume_how(const fdpo_train_opts *o) {
+    if (!o->resume_how) return NULL;
+    const char *fmt = "the run cut short in %s was saved with it: %s";
+    size_t n = strlen(fmt) + strlen(o->out) + strlen(o->resume_how) + 1;
+    char *how = fdpo_malloc(n);
+    snprintf(how, n, fmt, o->out, o->resume_how);
+    return how;
+}
+
+static int check_resume(const fdpo_settings *saved, const fdpo_settings *now, const fdpo_train_opts *o) {
+    char *how = resume_how(o);
+    int rc = fdpo_settings_check_resume_how(saved, now, how);
+    free(how);
+    return rc;
+}
+
 static int resume_early_check(const fdpo_train_opts *o) {
     fdpo_settings saved, now = {0};
     size_t step = 0;
     if (fdpo_train_state_read_settings(o->out, &saved, &step)) return 0;
     fdpo_settings_int(&now, "lora-r", (long long)o->lora_r, 1);
-    int rc = fdpo_settings_check_resume(&saved, &now);
+    int rc = check_resume(&saved, &now, o);
     if (rc == 0 && o->stop_at > 0 && (size_t)o->stop_at <= step)
         rc = fdpo_error("--stop-at: %ld is not after the saved run's step %zu (the checkpoint in %s): give a "
                         "later step, or leave --stop-at out to run to the end", o->stop_at, step, o->out);
@@ -517,7 +536,11 @@ static int resume_lora_targets_check(const fdpo_gpt2 *m, const fdpo_settings *sa
  * fingerprint is compared as that fdpo hashed it (o->eval_legacy_hash) and then records the
  * two fingerprints separately from its next save. */
 static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint64_t data_hash, size_t n_items) {
-    static const char NEED[] = "resume needs the same files and tokenizer";
+    /* a caller without --resume (sacpo's stages) says what its user does (o->resume_how) */
+    char need[1024];
+    if (o->resume_how) snprintf(need, sizeof need, "the run cut short in %s trained on them: %s", o->out, o->resume_how);
+    else snprintf(need, sizeof need, "resume needs the same files and tokenizer");
+    const char *NEED = need, *resume = o->resume_how ? "" : "--resume: ";
     const int legacy = o->eval_name && !s->has_eval_data;   /* one fingerprint of both sets, or of the training items */
     const int train_differs = s->data.n != n_items || s->data_hash != (legacy ? o->eval_legacy_hash : data_hash);
     /* legacy: the held-out set can be the cause only where that fingerprint covered one (dpo's,
@@ -526,17 +549,17 @@ static int resume_data_check(fdpo_train_state *s, const fdpo_train_opts *o, uint
     const int train_or_eval = legacy && train_differs && o->eval_legacy_hash != data_hash && s->data.n == n_items;
     const int eval_differs = !legacy && o->eval_name && (s->eval_n_items != o->eval_n_items || s->eval_hash != o->eval_hash);
     if (train_or_eval)
-        return fdpo_error("--resume: the training data or the held-out data (%s) differ from the saved run's "
-                          "(%zu training items then, %zu now): %s", o->eval_name, s->data.n, n_items, NEED);
+        return fdpo_error("%sthe training data or the held-out data (%s) differ from the saved run's "
+                          "(%zu training items then, %zu now): %s", resume, o->eval_name, s->data.n, n_items, NEED);
     if (train_differs && eval_differs)
-        return fdpo_error("--resume: the training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
-                          "then, %zu now) differ from the saved run's: %s", s->data.n, n_items, o->eval_name,
+        return fdpo_error("%sthe training data (%zu items then, %zu now) and the held-out data (%s; %zu items "
+                          "then, %zu now) differ from the saved run's: %s", resume, s->data.n, n_items, o->eval_name,
                           s->eval_n_items, o->eval_n_items, NEED);
     if (train_differs)
-        return fdpo_error("--resume: the training data differ from the saved run's (%zu items then, %zu now): %s",
+        return fdpo_error("%sthe training data differ from the saved run's (%zu items then, %zu now): %s", resume,
                           s->data.n, n_items, NEED);
     if (eval_differs)
-        return fdpo_error("--resume: the held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s",
+        return fdpo_error("%sthe held-out data (%s) differ from the saved run's (%zu items then, %zu now): %s", resume,
                           o->eval_name, s->eval_n_items, o->eval_n_items, NEED);
     s->data_hash = data_hash;
     s->has_eval_data = o->eval_name != NULL;
@@ -662,6 +685,12 @@ static int trainer_identity(fdpo_trainer *tr, const fdpo_train_opts *o) {
         /* a full run from a LoRA checkpoint saved by an fdpo that scored its LoRA reference
          * unmerged (fdpo_trainer_load_ref's fold_lora): the same files, another hash */
         const int lora_ref = o->lora_r <= 0 && fdpo_lora_is_checkpoint(o->ref_dir);
+        if (o->resume_how)   /* a caller without --resume (sacpo's stages) says what its user does */
+            return fdpo_error("%s %s: the reference's weights differ from the ones the run cut short in %s trained against "
+                              "(hash %016llx then, %016llx now; %s): %s", o->ref_flag, o->ref_dir, o->out,
+                              (unsigned long long)s->ref_hash, (unsigned long long)o->ref_hash,
+                              lora_ref ? "re-trained in place, or saved by an earlier fdpo, which scored this LoRA "
+                                         "reference unmerged (docs/lora.md)" : "re-trained in place?", o->resume_how);
         return fdpo_error("--resume: %s %s: the reference's weights differ from the ones the saved run trained against "
                           "(hash %016llx then, %016llx now; %s): resume needs the same reference", o->ref_flag, o->ref_dir,
                           (unsigned long long)s->ref_hash, (unsigned long long)o->ref_hash,
@@ -770,9 +799,9 @@ int fdpo_trainer_open(fdpo_trainer *tr, const fdpo_train_opts *o, const char *ki
             static const char *const init_keys[] = {"model", "model.resolved", NULL};
             fdpo_settings_remove(&s->settings, init_keys);
         }
-        if (extra && fdpo_settings_check_resume(&s->settings, extra)) goto fail;
+        if (extra && check_resume(&s->settings, extra, o)) goto fail;
         if (resume_lora_targets_check(tr->model, &s->settings, &now)) goto fail;
-        if (fdpo_settings_check_resume(&s->settings, &now)) goto fail;
+        if (check_resume(&s->settings, &now, o)) goto fail;
         if (resume_data_check(s, o, data_hash, n_items)) goto fail;
         if (trainer_identity(tr, o)) goto fail;
         /* a run that started from --model recorded no random-init architecture: keep it so */

@@ -452,6 +452,54 @@ def test_interrupted_stage_says_how_sacpo_continues(data, tmp_path):
     assert "--resume" not in err, err
 
 
+def test_a_refused_resume_of_a_stage_says_what_a_sacpo_user_does(data, tmp_path):
+    """A stage cut short before any stage was done (no plan in sacpo.json yet) is resumed by its
+    trainer, which refused a changed flag "(it cannot change on --resume)" and a reference
+    retrained in place ("--resume: ... resume needs the same reference"): sacpo has no --resume.
+    Both now name the stage's directory and say to rerun with what it started with, or remove it."""
+    import signal
+    import time
+    model, rp = tmp_path / "base", tmp_path / "reward.jsonl"
+    shutil.copytree(data / "base", model)
+    shutil.copy(data / "reward.jsonl", rp)
+    args = lambda lr: [FDPO_BIN, "sacpo", "--model", model, "--reward-data", rp,
+                       "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1",
+                       "--threads", 1, "--batch-size", 8, "--lr", lr, "--eval-fraction", 0, "--quiet",
+                       "--steps", 400, "--log-every", 1]
+    p = subprocess.Popen(list(map(str, args("1e-3"))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "reward" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    stage = tmp_path / "s" / "reward"
+    how = (f"run fdpo sacpo with the flags and files that stage started with to resume it, or remove that directory "
+           f"to start the stage over")
+    r = subprocess.run(list(map(str, args("2e-3"))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: sacpo reward stage: --lr: 0.002 differs from the saved run's 0.001 (the run cut short in {stage} "
+        f"was saved with it: {how})\n"), r.stderr
+    GPT2(**TINY, seed=4).save_hf(str(model))   # --model retrained in place: the reward stage's reference
+    r = subprocess.run(list(map(str, args("1e-3"))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--resume" not in r.stderr, r.stderr
+    tail = r.stderr.splitlines()[-1]
+    assert tail.startswith(f"fdpo sacpo: sacpo reward stage: --model {model}: the reference's weights differ from the "
+                           f"ones the run cut short in {stage} trained against (hash ") and tail.endswith(
+        f"; re-trained in place?): {how}"), r.stderr
+    # the pairs file edited in place (the model put back): "--resume: ... resume needs the same files"
+    shutil.rmtree(model)
+    shutil.copytree(data / "base", model)
+    write_jsonl(rp, pairs(65, 0, "aeiou", "xyzqw"))
+    r = subprocess.run(list(map(str, args("1e-3"))), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"fdpo sacpo: sacpo reward stage: the training data differ from the saved run's (64 items then, 65 now): the run "
+        f"cut short in {stage} trained on them: {how}\n"), r.stderr
+    assert not (tmp_path / "s" / "sacpo.json").exists()
+
+
 def test_missing_data_is_named(data, tmp_path):
     r = fdpo("sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl", "--lambda", "1",
              "--out", tmp_path / "s", *COMMON, check=False)
@@ -465,6 +513,116 @@ def test_missing_data_is_named(data, tmp_path):
         assert r.returncode == 1 and r.stderr.endswith(
             f"fdpo sacpo: {flag} {tmp_path / 'nope.jsonl'}: cannot open: No such file or directory\n"), r.stderr
         assert not (tmp_path / "s").exists()
+
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+@pytest.mark.parametrize("order", ["reward-first", "safety-first"])
+def test_bad_pairs_are_refused_before_any_stage_and_the_corrected_file_runs(data, tmp_path, order):
+    """A malformed or empty pairs file was read only by its stage: in reward-first order the
+    reward stage trained, then the safety stage failed on --safety-data (safety first: on
+    --reward-data), and the corrected file was then refused as "other content" than the run's.
+    Every pairs file is read as its stage reads it before any stage trains (nothing written);
+    the corrected file runs."""
+    flag = "--safety-data" if order == "reward-first" else "--reward-data"
+    bad = tmp_path / "bad.jsonl"
+    files = {"--reward-data": data / "reward.jsonl", "--safety-data": data / "safety.jsonl", flag: bad}
+    run = lambda: fdpo("sacpo", "--model", data / "base", *[x for kv in files.items() for x in kv], "--beta", "0.2",
+                       "--lambda", "1", "--order", order, "--out", tmp_path / "s", *COMMON, check=False)
+    for text, why in [('{"prompt": "a:", "chosen": "b"\n', ":1: invalid JSON"),
+                      ("", ": no usable preference pairs (0 lines read"),
+                      ('{"prompt": "a:", "chosen": "b"}\n', ":1: missing field 'rejected'\n")]:
+        bad.write_text(text)
+        r = run()
+        assert r.returncode == 1 and r.stderr.startswith(f"fdpo sacpo: {flag}: {bad}{why}"), r.stderr
+        assert r.stderr.count("\n") == 1 and not (tmp_path / "s").exists(), r.stderr
+    shutil.copy(data / ("safety.jsonl" if flag == "--safety-data" else "reward.jsonl"), bad)   # corrected
+    r = run()
+    assert r.returncode == 0, r.stderr
+    state = json.loads((tmp_path / "s" / "sacpo.json").read_text())
+    assert state["plan"][flag[2:].replace("-", "_") + "_hash"] == fnv1a64(bad.read_bytes())
+
+
+@pytest.mark.parametrize("order", ["reward-first", "safety-first"])
+def test_a_pairs_file_edited_before_its_stage_ran_is_accepted_not_after(data, tmp_path, order):
+    """The content check compares a pairs file with what the stages listed done read: edited
+    after the first stage was done but before any stage that reads it (here: the run stopped
+    before it, as a kill between the stages leaves it), it is the file that stage trains on; edited
+    after a stage that reads it is done, it is refused, and nothing is written."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    run = lambda lam: fdpo("sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl",
+                           "--safety-data", files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s",
+                           "--lambda", lam, "--order", order, *COMMON, check=False)
+    assert run("1").returncode == 0
+    s = tmp_path / "s"
+    # the second stage not done: the first stage's input is kept, the second's edited
+    first, second = ("reward", "lambda-1") if order == "reward-first" else ("safety-lambda-1", "lambda-1")
+    later, earlier = ("safety", "reward") if order == "reward-first" else ("reward", "safety")
+    state = json.loads((s / "sacpo.json").read_text())
+    state["stages_done"].remove(second)
+    del state["stage_hashes"][second]
+    (s / "sacpo.json").write_text(json.dumps(state))
+    shutil.rmtree(s / second)
+    if order == "reward-first":
+        write_jsonl(files / "safety.jsonl", pairs(64, 7, "mnlr ", "!#$%&"))
+    else:
+        write_jsonl(files / "reward.jsonl", pairs(64, 7, "aeiou", "xyzqw"))
+    r = run("1")
+    assert r.returncode == 0, r.stderr
+    state = json.loads((s / "sacpo.json").read_text())
+    assert state["stages_done"] == [first, second]
+    assert state["plan"][f"{later}_data_hash"] == fnv1a64((files / f"{later}.jsonl").read_bytes())
+    beta = 0.2 if later == "reward" else 0.2 / 1
+    dpo(files, s / first, f"{later}.jsonl", beta, tmp_path / "plain")
+    assert weights(s / second) == weights(tmp_path / "plain")
+    # now both are done: an edit of either is refused before any stage, nothing written
+    saved = (s / "sacpo.json").read_bytes()
+    for name in (later, earlier):
+        before = (files / f"{name}.jsonl").read_bytes()
+        (files / f"{name}.jsonl").write_bytes(before + b"\n")
+        r = run("1,2")
+        assert r.returncode == 1 and r.stderr.startswith(
+            f"fdpo sacpo: --{name}-data: the content it reads differs from what {s / 'sacpo.json'}'s stages trained on ("), r.stderr
+        assert (s / "sacpo.json").read_bytes() == saved and not (s / "lambda-2").exists()
+        (files / f"{name}.jsonl").write_bytes(before)
+
+
+def test_a_pairs_file_edited_under_a_stage_cut_short_is_refused(data, tmp_path):
+    """A stage cut short (SIGINT) has read its pairs file though sacpo.json does not list it done:
+    the file edited before the rerun is refused by sacpo's content check, not taken as a file no
+    stage has read yet (test_a_pairs_file_edited_before_its_stage_ran_is_accepted_not_after)."""
+    import signal
+    import time
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl", "--safety-data",
+            files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1", *COMMON[:4], *COMMON[6:],
+            "--steps", 300, "--log-every", 1]
+    p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "lambda-1" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward"]
+    (files / "safety.jsonl").write_bytes((files / "safety.jsonl").read_bytes() + b"\n")
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"fdpo sacpo: --safety-data: the content it reads differs from what {tmp_path / 's' / 'sacpo.json'}'s stages "
+        "trained on ("), r.stderr
 
 
 def test_rerun_opens_the_files_of_the_stages_still_to_run_first(data, tmp_path):
@@ -1416,6 +1574,35 @@ def test_an_online_stage_directory_holding_a_checkpoint_is_refused_before_any_st
     r = fdpo(*args(s, 1), check=False)
     assert r.returncode == 1 and r.stderr == (
         f"fdpo sacpo: sacpo safety stage (lambda 1): --out: {s / 'lambda-1'} already holds a checkpoint {occupied}"), r.stderr
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_an_online_stage_rounds_directory_holding_another_runs_rounds_is_refused_before_any_stage(data, tmp_path, rounds):
+    """OUT/lambda-1.online holding the rounds of another fdpo online run (here from --model, scored by
+    --reward length, where the stage's are from OUT/reward by length:words): with fewer rounds than
+    --rounds it was refused by fdpo online's resume when the stage started, after the reward stage
+    had trained; with as many, not at all: the stage copied that run's last round as its model, exit
+    0. Its online.json is compared with the stage's flags before any stage trains."""
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}:\n" for i in range(8)))
+    fdpo("online", "--model", data / "base", "--reward", "length", "--data", tmp_path / "p.txt",
+         "--out", tmp_path / "other", *TINY_ONLINE, "--rounds", rounds)
+    s = tmp_path / "s"
+    s.mkdir()
+    shutil.copytree(tmp_path / "other", s / "lambda-1.online")
+    if rounds == 2:
+        shutil.rmtree(s / "lambda-1.online" / "round-1")
+    args = ["sacpo", "--model", data / "base", "--reward", "length", "--safety", "length:words", "--data",
+            tmp_path / "p.txt", "--lambda", 1, "--out", s, *TINY_ONLINE, "--rounds", rounds]
+    r = fdpo(*args, check=False)
+    run = s / "lambda-1.online"
+    assert r.returncode == 1 and r.stderr.startswith("fdpo sacpo: sacpo safety stage (lambda 1): --"), r.stderr
+    assert r.stderr.endswith(f" ({run} holds rounds that ran with it: if they are this stage's, run fdpo sacpo with the "
+                             f"flags and files that stage started with to resume it; else move {run} away, or give "
+                             "sacpo another --out)\n") and r.stderr.count("\n") == 1, r.stderr
+    assert sorted(p.name for p in s.iterdir()) == ["lambda-1.online"]
+    shutil.rmtree(run)
+    fdpo(*args)
+    assert (s / "lambda-1" / "model.safetensors").exists()
 
 
 def test_p_sacpo_merges_the_reward_stage_with_a_large_lambda_as_the_paper(data, tmp_path):
