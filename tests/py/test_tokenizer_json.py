@@ -903,6 +903,17 @@ def test_a_bad_special_tokens_map_is_named(content, msg, tmp_path):
     assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
 
 
+def assert_split_ids(pat, ref_pat, texts, n_merges, tmp_path):
+    """fdpo's ids for texts under the Split regex pat are the reference's (Python's `regex`) under
+    ref_pat, with merges trained on the texts across any boundary, so the pieces show in the ids."""
+    merges = train_merges(texts * 3, ".+", n_merges)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
 # Oniguruma's classes (Hugging Face tokenizers compiles Split patterns with libonig 6.9.8), as
 # that engine matches them, not as its doc/RE words them ("Letter | Mark | Number |
 # Connector_Punctuation"): enumerating every code point assigned in Unicode 14 through libonig
@@ -933,13 +944,8 @@ ONIG_TEXTS = ["cafe xyz", "e\u0301 x", "a\u203fb c_d", "Face 0xBEEF\tdead beef",
 def test_split_escapes_mean_what_oniguruma_says(case, tmp_path):
     import regex
     pat, ref_pat = ONIG_CASES[case]
-    merges = train_merges(ONIG_TEXTS * 3, ".+", 60)   # merges across any boundary, so pieces show in the ids
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
     regex.compile(ref_pat)
-    assert fdpo_ids(str(d), ONIG_TEXTS, str(tmp_path)) == [ref.encode(t) for t in ONIG_TEXTS], pat
+    assert_split_ids(pat, ref_pat, ONIG_TEXTS, 60, tmp_path)
 
 
 @pytest.mark.parametrize("neg", ["W", "H", "S"])
@@ -961,13 +967,7 @@ def test_an_empty_match_is_only_a_boundary(pat, tmp_path):
     from tok_ref import pieces
     assert pieces(r"(?=\p{Lu})", "HelloWorld") == ["Hello", "World"]
     texts = ["HelloWorld", "hello world. 123", "the the.the", "aXbYc12Zd", "\u00e9t\u00e9 \u00c9T\u00c9", "bab aab", ""]
-    merges = train_merges([t for t in texts if t] * 3, ".+", 60)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
-    texts = texts[:-1]
-    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+    assert_split_ids(pat, pat, texts[:-1], 60, tmp_path)
 
 
 @pytest.mark.parametrize("kind,ref_pat", [("Regex", ""), ("String", "")])
@@ -998,12 +998,7 @@ def test_posix_word_and_space_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
     point through libonig 6.9.8, see ONIG_W) and [:space:] is White_Space, as its \s; PCRE2's
     have no marks but No numbers (x² whole, e+U+0301 split) and U+180E."""
     texts = ["e\u0301 x\u00b2 \u2160a_b", "a \u180e b \u180e c \u180e\u3000d\u0085e", "\u24b6\u24b7 \u2460 \u0663\u0664"]
-    merges = train_merges(texts * 3, ".+", 60)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
-    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+    assert_split_ids(pat, ref_pat, texts, 60, tmp_path)
 
 
 # The POSIX classes PCRE2 reads as other sets, as libonig 6.9.8 (UTF-8, Ruby syntax, the one Hugging
@@ -1035,12 +1030,7 @@ def test_posix_classes_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
     [:^lower:]) were refused; they are now Oniguruma's sets (ONIG_POSIX), which differ from
     PCRE2's on these texts (a Devanagari vowel sign, x², circled and Roman-numeral letters, ª,
     U+180E). Against Python's `regex` with the sets written out."""
-    merges = train_merges(POSIX_TEXTS * 3, ".+", 80)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
-    assert fdpo_ids(str(d), POSIX_TEXTS, str(tmp_path)) == [ref.encode(t) for t in POSIX_TEXTS], pat
+    assert_split_ids(pat, ref_pat, POSIX_TEXTS, 80, tmp_path)
 
 
 ONIG_PROBE = r"""
@@ -1098,12 +1088,7 @@ def test_posix_classes_pcre2_shares_with_hugging_face_are_kept(pat, tmp_path):
     by the review of wave 45); the first version of the POSIX refusal refused them. Against
     Python's `regex`, whose POSIX classes are these sets on this text."""
     texts = ["a$+<b, c!! =>^`|~ x", "tab\there (ok) [x]", "\u00e9t\u00e9 \u00bfqu\u00e9?"]
-    merges = train_merges(texts * 3, ".+", 40)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
-    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+    assert_split_ids(pat, pat, texts, 40, tmp_path)
 
 
 @pytest.mark.parametrize("pat,msg", [
