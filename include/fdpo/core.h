@@ -176,6 +176,10 @@ int fdpo_atomic_commit_set(fdpo_atomic_file *const *afs, size_t n);
  * or it is done (the journal removed), -1 when a rename failed or the journal is not of this
  * build's format (logged; all is left, the journal included, so loads keep refusing). */
 int fdpo_atomic_set_recover(const char *dir, long pid);
+/* 1 when the set journal at path (DIR/.fdpo-set.tmp.PID) is one fdpo_atomic_set_recover can act
+ * on (this build's format, or empty, or gone), 0 when it is not (another format: an earlier
+ * build's, another file; or it cannot be read), which no cleanup touches. */
+int fdpo_atomic_set_journal_readable(const char *path);
 /* Large files written past the page cache, atomically as fdpo_atomic_file (PATH.tmp.<pid>,
  * fsync, rename, fsync the dir): O_DIRECT through an aligned bounce buffer, so the kernel
  * does not copy every byte into the page cache on a core the caller computes on (a 500 MB

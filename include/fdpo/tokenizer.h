@@ -20,6 +20,11 @@ typedef enum { FDPO_TOK_BYTE, FDPO_TOK_BPE } fdpo_tokenizer_kind;
 
 fdpo_tokenizer *fdpo_tokenizer_byte(void);
 fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir);
+/* 0 when no save's set journal (DIR/.fdpo-set.tmp.PID) is in DIR, else -1 with an error naming
+ * it: what clears it, or, for a journal this build cannot read (which no cleanup touches), which
+ * files to put back and remove by hand. fdpo_tokenizer_load_dir refuses such a DIR; a save into
+ * it would fail its reload. A DIR that cannot be opened: 0. */
+int fdpo_tokenizer_dir_settled(const char *dir);
 /* 1 if DIR holds any file fdpo_tokenizer_load_dir reads a tokenizer from. */
 int fdpo_tokenizer_dir_has_files(const char *dir);
 /* GPT-2 BPE from file contents in memory (the names are used in messages): vocab.json +

@@ -60,6 +60,9 @@ static int tokenizer_train(int argc, char **argv) {
     locked = 1;
     /* under the lock: the temp files (NAME.tmp.PID) of a save that was killed, as every run's OUT */
     fdpo_remove_stale_tmp(out);
+    /* a journal the cleanup could not act on (one this build cannot read, or of a live process)
+     * would make the reload after training and saving fail: refused before anything is done */
+    if (fdpo_tokenizer_dir_settled(out)) { fdpo_error_context("--out"); goto done; }
     if (!overwrite) {
         /* another tokenizer, or a checkpoint whose tokenizer this one would silently replace */
         static const char *const HELD[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "encoder.json",

@@ -230,6 +230,21 @@ static int write_set_journal(const char *jp, fdpo_atomic_file *const *afs, size_
     return rc;
 }
 
+/* a journal's first line (head: one was read) is of this build's format, or a prefix of its
+ * header (a journal cut short before the first rename, which recovery removes) */
+static int set_journal_header_ok(const char *line, int head) {
+    return !head || strcmp(line, SET_JOURNAL_HEADER) == 0 || strncmp(line, SET_JOURNAL_HEADER, strlen(line)) == 0;
+}
+
+int fdpo_atomic_set_journal_readable(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return errno == ENOENT;
+    char line[4096];
+    int head = fgets(line, sizeof line, f) != NULL, bad = ferror(f);
+    fclose(f);
+    return !bad && set_journal_header_ok(line, head);
+}
+
 int fdpo_atomic_set_recover(const char *dir, long pid) {
     char *jp = set_journal_path(dir, pid);
     FILE *f = fopen(jp, "rb");
@@ -240,7 +255,7 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
     size_t n = 0;
     int head = fgets(line, sizeof line, f) != NULL;
     int ok = head && strcmp(line, SET_JOURNAL_HEADER) == 0;
-    if (!ok && head && strncmp(line, SET_JOURNAL_HEADER, strlen(line)) != 0) {
+    if (!set_journal_header_ok(line, head)) {
         /* not this format (a format 1 or 2 journal of an earlier build, another file): which
          * temp file holds which version is unknown, and they may be the only copies of the old
          * files, so nothing is touched and the journal stays (loads keep refusing) */

@@ -702,6 +702,18 @@ static const char WORD_CLASS[] = WORD_RANGE "\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE
 static const char WORD_CLASS_IN_BRACKETS[] = WORD_RANGE;
 static const char HEX_CLASS[] = "0-9a-fA-F";
 
+/* Whether pat turns case-insensitive matching on anywhere: an inline flag group (?i) or
+ * (?i:...) with i among the flags it sets (before any '-'). */
+static int caseless(const char *pat) {
+    for (const char *p = pat; (p = strstr(p, "(?")) != NULL; p += 2) {
+        if (p > pat && p[-1] == '\\') continue;
+        for (const char *q = p + 2; *q && *q != ')' && *q != ':' && *q != '-'; q++)
+            if (*q == 'i') return 1;
+            else if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z'))) break;
+    }
+    return 0;
+}
+
 /* The file's regex with the escapes whose meaning differs between Oniguruma (Hugging Face
  * tokenizers compiles Split patterns with it) and PCRE2 spelled out as Oniguruma reads them:
  * \s and \S as Unicode White_Space (PCRE2's \s differs at U+180E), \w \W and the \b \B
@@ -751,17 +763,32 @@ static char *pattern_rewrite(const char *pat, const char *where) {
                 /* PCRE2 with UCP has Hugging Face's Oniguruma sets for these (digit, xdigit, cntrl
                  * measured over every code point against libonig 6.9.8; punct, graph, print, ascii
                  * against tokenizers 0.23.2, whose bundled Oniguruma's punct has $ + < as PCRE2's);
-                 * [:word:] and [:space:] are Oniguruma's [\w] and \s */
+                 * the others are spelled as libonig 6.9.8 matches them (every code point compared):
+                 * [:word:] and [:space:] are Oniguruma's [\w] and \s, [:alpha:] is Alphabetic (PCRE2's
+                 * has no marks), [:alnum:] Alphabetic | Nd (PCRE2's has No numbers), [:upper:] and
+                 * [:lower:] Uppercase and Lowercase (PCRE2's are Lu and Ll), [:blank:] tab | Zs
+                 * (PCRE2's has U+180E). A negated one of a single property is its \P; the other
+                 * negated ones cannot be written inside a class, and under (?i) Oniguruma closes
+                 * [:upper:] and [:lower:] over case (PCRE2's \p does not): refused. */
+                const char *set = POSIX_IS("word") ? WORD_CLASS_IN_BRACKETS : POSIX_IS("space") ? WS_CLASS
+                                : POSIX_IS("alnum") ? "\\p{Alphabetic}\\p{Nd}" : POSIX_IS("blank") ? "\\t\\p{Zs}" : NULL;
+                const char *prop = POSIX_IS("alpha") ? "Alphabetic" : POSIX_IS("upper") ? "Uppercase"
+                                 : POSIX_IS("lower") ? "Lowercase" : NULL;
                 if (POSIX_IS("digit") || POSIX_IS("xdigit") || POSIX_IS("cntrl") || POSIX_IS("punct") ||
                     POSIX_IS("graph") || POSIX_IS("print") || POSIX_IS("ascii")) {
                     while (k + (j + 2 - i) + 1 > cap) { cap *= 2; out = fdpo_realloc(out, cap); }
                     memcpy(out + k, pat + i, j + 2 - i); k += j + 2 - i;
-                } else if (!negated && (POSIX_IS("word") || POSIX_IS("space"))) {
-                    k += (size_t)sprintf(out + k, "%s", POSIX_IS("word") ? WORD_CLASS_IN_BRACKETS : WS_CLASS);
+                } else if (!negated && set) {
+                    k += (size_t)sprintf(out + k, "%s", set);
+                } else if (prop && !(pat[name] != 'a' && caseless(pat))) {
+                    k += (size_t)sprintf(out + k, "\\%c{%s}", negated ? 'P' : 'p', prop);
                 } else {
                     free(out);
                     fdpo_error("%s: the POSIX class [:%s%.*s:] in the regex '%.200s' is not supported "
-                               "(PCRE2's set differs from Oniguruma's)", where, negated ? "^" : "", len, pat + name, pat);
+                               "(%s)", where, negated ? "^" : "", len, pat + name, pat,
+                               prop ? "Oniguruma matches it case-insensitively under (?i), PCRE2 does not"
+                               : set ? "a negated class of several properties cannot be written inside a PCRE2 class"
+                               : "PCRE2's set differs from Oniguruma's");
                     return NULL;
                 }
                 #undef POSIX_IS

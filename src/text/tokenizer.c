@@ -37,21 +37,44 @@ static fdpo_tokenizer *load_dir(const char *dir);
 
 /* A directory whose set of tokenizer files is being replaced, or whose save was killed
  * between its renames (the set's journal, fdpo_atomic_commit_set), may hold a new file beside
- * an old one, which can even load: refused, saying that the next cleanup puts the old back. */
-fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
+ * an old one, which can even load: refused, saying that the next cleanup puts the old back, or,
+ * for a journal this build cannot read (no cleanup acts on it), what to do by hand. */
+int fdpo_tokenizer_dir_settled(const char *dir) {
     DIR *d = opendir(dir);
     struct dirent *e;
-    int mixed = 0;
-    while (d && !mixed && (e = readdir(d)))
-        if (strncmp(e->d_name, ".fdpo-set.tmp.", 14) == 0) {
-            mixed = 1;
-            fdpo_error("%s: its tokenizer files are being replaced, or a save that replaced them was killed (%s is there): once "
-                       "no save runs, `fdpo tokenizer train --out %s FILE` with valid options (even one then refused for lacking "
-                       "--overwrite) clears it and says what it did; if %s stays (its process id is in use again), remove it "
-                       "by hand", dir, e->d_name, dir, e->d_name);
+    char journal[256] = "";
+    while (d && !*journal && (e = readdir(d)))
+        if (strncmp(e->d_name, ".fdpo-set.tmp.", 14) == 0) snprintf(journal, sizeof journal, "%s", e->d_name);
+    if (!*journal) { if (d) closedir(d); return 0; }
+    char *jp = fdpo_path_join(dir, journal);
+    int readable = fdpo_atomic_set_journal_readable(jp);
+    free(jp);
+    if (readable) {
+        closedir(d);
+        return fdpo_error("%s: its tokenizer files are being replaced, or a save that replaced them was killed (%s is there): once "
+                          "no save runs, `fdpo tokenizer train --out %s FILE` with valid options (even one then refused for lacking "
+                          "--overwrite) clears it and says what it did; if %s stays (its process id is in use again), remove it "
+                          "by hand", dir, journal, dir, journal);
+    }
+    /* the temp names of that process: the other version of each file the save was replacing */
+    long pid = fdpo_tmp_name_pid(journal);
+    char tmps[2048] = "";
+    rewinddir(d);
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.' && pid > 0 && fdpo_tmp_name_pid(e->d_name) == pid) {
+            size_t l = strlen(tmps);
+            if (l < sizeof tmps - 1) snprintf(tmps + l, sizeof tmps - l, "%s%s", l ? ", " : "", e->d_name);
         }
-    if (d) closedir(d);
-    return mixed ? NULL : load_dir(dir);
+    closedir(d);
+    return fdpo_error("%s: %s is a journal this build cannot read (not an \"fdpo atomic set 3\" one: an earlier build's, or "
+                      "another file), so no cleanup acts on it: the *.tmp.%ld files beside it (%s) may be the only copies of "
+                      "the tokenizer files that save replaced. By hand: compare each NAME.tmp.%ld with NAME, put back the "
+                      "version you want (mv %s/NAME.tmp.%ld %s/NAME), then remove the other *.tmp.%ld files and %s/%s",
+                      dir, journal, pid, *tmps ? tmps : "none here", pid, dir, pid, dir, pid, dir, journal);
+}
+
+fdpo_tokenizer *fdpo_tokenizer_load_dir(const char *dir) {
+    return fdpo_tokenizer_dir_settled(dir) ? NULL : load_dir(dir);
 }
 
 static fdpo_tokenizer *load_dir(const char *dir) {

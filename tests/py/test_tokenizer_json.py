@@ -903,6 +903,17 @@ def test_a_bad_special_tokens_map_is_named(content, msg, tmp_path):
     assert r.returncode == 1 and msg in r.stderr.decode(), r.stderr
 
 
+def assert_split_ids(pat, ref_pat, texts, n_merges, tmp_path):
+    """fdpo's ids for texts under the Split regex pat are the reference's (Python's `regex`) under
+    ref_pat, with merges trained on the texts across any boundary, so the pieces show in the ids."""
+    merges = train_merges(texts * 3, ".+", n_merges)
+    vocab = build_vocab(merges, GPT2_ADDED)
+    d = tmp_path / "t"
+    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
+    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
+    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+
+
 # Oniguruma's classes (Hugging Face tokenizers compiles Split patterns with libonig 6.9.8), as
 # that engine matches them, not as its doc/RE words them ("Letter | Mark | Number |
 # Connector_Punctuation"): enumerating every code point assigned in Unicode 14 through libonig
@@ -933,13 +944,8 @@ ONIG_TEXTS = ["cafe xyz", "e\u0301 x", "a\u203fb c_d", "Face 0xBEEF\tdead beef",
 def test_split_escapes_mean_what_oniguruma_says(case, tmp_path):
     import regex
     pat, ref_pat = ONIG_CASES[case]
-    merges = train_merges(ONIG_TEXTS * 3, ".+", 60)   # merges across any boundary, so pieces show in the ids
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
     regex.compile(ref_pat)
-    assert fdpo_ids(str(d), ONIG_TEXTS, str(tmp_path)) == [ref.encode(t) for t in ONIG_TEXTS], pat
+    assert_split_ids(pat, ref_pat, ONIG_TEXTS, 60, tmp_path)
 
 
 @pytest.mark.parametrize("neg", ["W", "H", "S"])
@@ -961,13 +967,7 @@ def test_an_empty_match_is_only_a_boundary(pat, tmp_path):
     from tok_ref import pieces
     assert pieces(r"(?=\p{Lu})", "HelloWorld") == ["Hello", "World"]
     texts = ["HelloWorld", "hello world. 123", "the the.the", "aXbYc12Zd", "\u00e9t\u00e9 \u00c9T\u00c9", "bab aab", ""]
-    merges = train_merges([t for t in texts if t] * 3, ".+", 60)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
-    texts = texts[:-1]
-    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+    assert_split_ids(pat, pat, texts[:-1], 60, tmp_path)
 
 
 @pytest.mark.parametrize("kind,ref_pat", [("Regex", ""), ("String", "")])
@@ -998,12 +998,87 @@ def test_posix_word_and_space_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
     point through libonig 6.9.8, see ONIG_W) and [:space:] is White_Space, as its \s; PCRE2's
     have no marks but No numbers (x² whole, e+U+0301 split) and U+180E."""
     texts = ["e\u0301 x\u00b2 \u2160a_b", "a \u180e b \u180e c \u180e\u3000d\u0085e", "\u24b6\u24b7 \u2460 \u0663\u0664"]
-    merges = train_merges(texts * 3, ".+", 60)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, ref_pat, GPT2_ADDED)
-    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+    assert_split_ids(pat, ref_pat, texts, 60, tmp_path)
+
+
+# The POSIX classes PCRE2 reads as other sets, as libonig 6.9.8 (UTF-8, Ruby syntax, the one Hugging
+# Face tokenizers bundles) matches them inside a class: measured over every code point with a libonig
+# probe; test_posix_reference_sets_are_libonigs re-checks these sets on the texts below wherever
+# libonig is installed. PCRE2's [:alpha:] is \p{L} (no Alphabetic marks such as U+093F), its
+# [:alnum:] has the No numbers (U+00B2, U+2460), [:upper:]/[:lower:] are Lu/Ll (not U+2160, U+24B6,
+# U+00AA, U+02B0), [:blank:] has U+180E.
+ONIG_POSIX = {"alpha": r"\p{Alphabetic}", "alnum": r"\p{Alphabetic}\p{Nd}", "upper": r"\p{Uppercase}",
+              "lower": r"\p{Lowercase}", "blank": r"\t\p{Zs}"}
+POSIX_TEXTS = ["\u0915\u093f\u0924 x\u00b2 \u2460z", "\u2160\u2161 \u24b6\u24b7\u24d0 Abc \u00aa\u02b0 \u2170\u2171i",
+               "a\u180eb c\td\u3000e\u00a0f", "Hello WORLD \u00c9t\u00e9 e\u0301 \u0345x 42\u0663", "\u0663 \u2070 \u00bd_",
+               "\u24b6\u24d1 A\u00aa\u02b0 \u2160\u2171 AB\u24d0\u24d1 ab\u2170x"]
+POSIX_CASES = [
+    (r"[[:alpha:]]+|.", r"[\p{Alphabetic}]+|."),
+    (r"[[:alnum:]_]+|.", r"[\p{Alphabetic}\p{Nd}_]+|."),
+    (r"[[:upper:]][[:lower:]]*|.", r"[\p{Uppercase}][\p{Lowercase}]*|."),
+    (r"[[:blank:]]+|[^[:blank:]]+", r"[\t\p{Zs}]+|[^\t\p{Zs}]+"),
+    (r"[[:^alpha:]]+|.", r"[\P{Alphabetic}]+|."),
+    (r"[^[:upper:][:digit:]]+|.", r"[^\p{Uppercase}\p{Nd}]+|."),
+    (r"[[:^lower:][:space:]]{1,3}|.", r"[\P{Lowercase}\p{White_Space}]{1,3}|."),
+    (r"(?i:ab)[[:alpha:]]+|.", r"(?i:ab)[\p{Alphabetic}]+|."),
+]
+
+
+@pytest.mark.parametrize("pat,ref_pat", POSIX_CASES)
+def test_posix_classes_mean_what_oniguruma_says(pat, ref_pat, tmp_path):
+    r"""[:alpha:] [:alnum:] [:upper:] [:lower:] [:blank:] (and the negated [:^alpha:] [:^upper:]
+    [:^lower:]) were refused; they are now Oniguruma's sets (ONIG_POSIX), which differ from
+    PCRE2's on these texts (a Devanagari vowel sign, x², circled and Roman-numeral letters, ª,
+    U+180E). Against Python's `regex` with the sets written out."""
+    assert_split_ids(pat, ref_pat, POSIX_TEXTS, 80, tmp_path)
+
+
+ONIG_PROBE = r"""
+#include <stdio.h>
+#include <string.h>
+extern char OnigEncodingUTF8[], OnigSyntaxRuby[];
+int onig_initialize(void *encs[], int n);
+int onig_new(void **reg, const unsigned char *p, const unsigned char *pe, unsigned opt, void *enc, void *syn, void *einfo);
+int onig_match(void *reg, const unsigned char *s, const unsigned char *e, const unsigned char *at, void *region, unsigned opt);
+void *onig_region_new(void);
+int main(int argc, char **argv) { /* argv[1] a pattern, then strings: prints 1 where it matches all of one, else 0 */
+    void *e[1] = {OnigEncodingUTF8}, *reg, *rg;
+    char einfo[64];
+    onig_initialize(e, 1);
+    if (onig_new(&reg, (unsigned char *)argv[1], (unsigned char *)argv[1] + strlen(argv[1]), 0, OnigEncodingUTF8,
+                 OnigSyntaxRuby, einfo)) return 2;
+    rg = onig_region_new();
+    for (int a = 2; a < argc; a++) {
+        const unsigned char *s = (const unsigned char *)argv[a];
+        int n = (int)strlen(argv[a]);
+        putchar(onig_match(reg, s, s + n, s, rg, 0) == n ? '1' : '0');
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("name", sorted(ONIG_POSIX))
+def test_posix_reference_sets_are_libonigs(name, tmp_path):
+    """The reference sets of ONIG_POSIX, and their negations, are the ones libonig itself matches on
+    every code point of POSIX_TEXTS and around the places PCRE2 differs (a probe built against the
+    system's libonig5, the engine Hugging Face tokenizers bundles; skipped where it is absent)."""
+    import regex
+    lib = next((p for p in ("/usr/lib/x86_64-linux-gnu/libonig.so.5", "/usr/lib/aarch64-linux-gnu/libonig.so.5",
+                            "/usr/lib/libonig.so.5") if os.path.exists(p)), None)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not lib or not cc:
+        pytest.skip("no libonig5 or C compiler here")
+    (tmp_path / "probe.c").write_text(ONIG_PROBE)
+    subprocess.run([cc, "-o", str(tmp_path / "probe"), str(tmp_path / "probe.c"), lib], check=True, timeout=120)
+    cps = sorted({ord(c) for t in POSIX_TEXTS for c in t} | {0x9, 0x20, 0xaa, 0xb2, 0xba, 0x180e, 0x2070, 0x2071,
+                                                            0x2160, 0x2170, 0x24b6, 0x24d0, 0x1f130, 0x0903, 0x0345})
+    chars = [chr(c) for c in cps]
+    for neg in ("", "^"):
+        got = subprocess.run([str(tmp_path / "probe"), f"[[:{neg}{name}:]]", *chars], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        want = "".join("1" if bool(regex.fullmatch(f"[{ONIG_POSIX[name]}]", c)) != bool(neg) else "0" for c in chars)
+        assert got == want, (name, neg, [f"{c:X}" for c, g, w in zip(cps, got, want) if g != w])
 
 
 @pytest.mark.parametrize("pat", [r"[[:punct:]]+|\w+|\s+|.", r"[[:graph:]]+|\s+|.", r"[[:print:][:ascii:]]+|."])
@@ -1013,26 +1088,23 @@ def test_posix_classes_pcre2_shares_with_hugging_face_are_kept(pat, tmp_path):
     by the review of wave 45); the first version of the POSIX refusal refused them. Against
     Python's `regex`, whose POSIX classes are these sets on this text."""
     texts = ["a$+<b, c!! =>^`|~ x", "tab\there (ok) [x]", "\u00e9t\u00e9 \u00bfqu\u00e9?"]
-    merges = train_merges(texts * 3, ".+", 40)
-    vocab = build_vocab(merges, GPT2_ADDED)
-    d = tmp_path / "t"
-    write_tokenizer(str(d), "split", pat, vocab, merges, GPT2_ADDED, None, None)
-    ref = RefBPE(vocab, merges, pat, GPT2_ADDED)
-    assert fdpo_ids(str(d), texts, str(tmp_path)) == [ref.encode(t) for t in texts], pat
+    assert_split_ids(pat, pat, texts, 40, tmp_path)
 
 
 @pytest.mark.parametrize("pat,msg", [
     (r"[\p{L}&&[^\p{Lu}]]+|.", "a class intersection '&&' inside a character class"),
     (r"[\p{L}&&\p{Ll}]+|.", "a class intersection '&&' inside a character class"),
     (r"[a[bc]]+|.", "a nested class '[' inside a character class"),
-    (r"[[:alpha:]]+|.", "the POSIX class [:alpha:]"),
-    (r"[[:upper:]\s]+|.", "the POSIX class [:upper:]"),
+    (r"(?i)[[:upper:]\s]+|.", "the POSIX class [:upper:]"),
+    (r"(?i:x[[:^lower:]])|.", "the POSIX class [:^lower:]"),
     (r"[[:^word:]]+|.", "the POSIX class [:^word:]"),
+    (r"[[:^blank:]x]+|.", "the POSIX class [:^blank:]"),
 ])
 def test_an_oniguruma_class_pcre2_reads_otherwise_is_refused(pat, msg, tmp_path):
-    """Oniguruma's class intersection and nested classes are literals to PCRE2, and these POSIX
-    classes are other sets there (libonig 6.9.8: [:alpha:] has the marks):
-    refused, naming the file and the pattern, rather than silently other ids."""
+    """Oniguruma's class intersection and nested classes are literals to PCRE2, a negated POSIX
+    class of several properties cannot be written inside a PCRE2 class, and under (?i) Oniguruma
+    closes [:upper:] and [:lower:] over case (libonig 6.9.8's (?i)[[:upper:]] has a-z; PCRE2's
+    \\p{Uppercase} does not): refused, naming the file and the pattern, rather than silently other ids."""
     merges = train_merges(CORPUS, GPT2_PAT, 10)
     vocab = build_vocab(merges, GPT2_ADDED)
     d = tmp_path / "t"

@@ -729,6 +729,44 @@ def test_a_journal_of_another_format_is_left_with_its_files(tmp_path, journal):
     assert r.returncode == 1 and jp.name.encode() in r.stderr, r.stderr.decode()
 
 
+@pytest.mark.parametrize("journal", ["fdpo atomic set 2\n1 1 2 3 4 5 6 7 8 9 10 vocab.json\nend\n", "garbage\n"])
+def test_a_train_into_an_unreadable_journal_is_refused_before_training(tmp_path, journal):
+    """OUT with a journal this build cannot read (an earlier build's format, another file) and
+    the temp file of its dead process, which may be the only copy of the old vocab.json: a
+    `tokenizer train --overwrite` trained, saved its files over OUT's (the old ones then gone
+    from their names, the mix left) and only then failed reloading, and the loaders' refusal
+    named the journal but not what to do. Now the train is refused before training, nothing in
+    OUT changes, and both refusals name the journal, the temp files and the by-hand remedy; doing
+    that remedy makes OUT load again."""
+    old_dir = train(tmp_path, "hello world, hello there " * 20, 300, name="old")
+    new_src = tmp_path / "new.txt"
+    new_src.write_text("the quick brown fox jumps over the lazy dog " * 20)
+    out = tmp_path / "out"
+    import shutil
+    shutil.copytree(old_dir, out)
+    p = subprocess.Popen(["true"])
+    p.wait()
+    pid = p.pid   # a process that is gone
+    (out / f"vocab.json.tmp.{pid}").write_bytes(b'{"a": 0}')   # the other version of vocab.json
+    jp = out / f".fdpo-set.tmp.{pid}"
+    jp.write_text(journal)
+    before = {q.name: q.read_bytes() for q in out.iterdir()}
+    remedy = f"mv {out}/NAME.tmp.{pid} {out}/NAME"
+    for args in (["tokenizer", "train", "--overwrite", "--vocab-size", 300, "--out", out, new_src],
+                 ["tokenize", "--tokenizer", out, new_src]):
+        r = run(FDPO, *args)
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        assert {q.name: q.read_bytes() for q in out.iterdir()} == before, (args[0], "OUT changed")
+        assert f"{jp.name} is a journal this build cannot read" in err and f"(vocab.json.tmp.{pid})" in err, err
+        assert remedy in err and f"remove the other *.tmp.{pid} files and {jp}" in err, err
+        assert "reloading" not in err and "tokens (" not in err, err   # not trained
+    jp.unlink()   # the remedy: this vocab.json.tmp.PID is not the version wanted
+    (out / f"vocab.json.tmp.{pid}").unlink()
+    r = run(FDPO, "tokenize", "--tokenizer", out, new_src)
+    assert r.returncode == 0, r.stderr.decode()
+
+
 def test_a_kept_file_is_never_renamed_over(tmp_path):
     """The versions of a killed save kept aside when the set was written since went to
     NAME.kept.PID by rename, over a NAME.kept.PID already there (one an earlier process of the
