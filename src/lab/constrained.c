@@ -182,19 +182,21 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
          * the doubling never moved hi (a hang); floored at the smallest double for the same reason */
         double step = lo > 0 ? fmax(hint[2], 1e-6 * lo) : fmax(0.5 * x->beta / (bs->gmax / 2 - bs->gmin / 2), DBL_TRUE_MIN),
                hi = lo + step;
-        /* the last bracket is clamped to 1e300 and tried once: a lambda* between the last lo and
-         * 1e300 was refused as out of reach (hi jumped past the cap unevaluated) */
+        /* every bracket end, the first included, is clamped to 1e300 and the clamped one tried
+         * once: a lambda* between the last lo and 1e300 was refused as out of reach (hi jumped
+         * past the cap unevaluated), and a first step past the cap (safety +-1e-301, beta 1:
+         * 5e300) was taken and returned as lambda* */
         for (int last = 0;;) {
+            if (!(hi < 1e300)) {
+                if (!(lo < 1e300)) return ST_NO_BRACKET;
+                hi = 1e300; last = 1;
+            }
             if (excess(x, hi, b, pi, &fhi)) return ST_SOLVE;
             if (fhi >= 0) break;
             if (last) return ST_NO_BRACKET;
             lo = hi; flo = fhi;
             step *= 2;
             hi = lo + step;
-            if (!(hi < 1e300)) {
-                if (!(lo < 1e300)) return ST_NO_BRACKET;
-                hi = 1e300; last = 1;
-            }
         }
         if (brent(x, b, pi, lo, flo, hi, fhi, &lambda)) return ST_SOLVE;
         if (solve_at(x, lambda, pi, NULL, &r)) return ST_SOLVE;
