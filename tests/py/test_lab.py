@@ -1242,6 +1242,28 @@ def test_constrained_matches_scipy_dual(tmp_path, div, seed):
     assert np.ptp(kkt) < 1e-8
 
 
+@pytest.mark.parametrize("div", CONSTRAINED_DIVS)
+@pytest.mark.parametrize("scale", [1.0, 1e-20, 1e-300])
+def test_constrained_at_every_safety_scale(tmp_path, div, scale):
+    """safety g·s and threshold b·s: pi*_lambda depends on lambda g alone, so lambda*_s = lambda*_1 / s and
+    pi* is the same at every scale s; the reference is the scipy dual at s = 1. Brent's stop test
+    'E[g] - b in [0, 4 eps (1 + |b|)]' was absolute: at s = 1e-20 and 1e-300 every E[g] >= b passed it and
+    the first bracket end came back (lambda* up to 12% off, pi* up to 0.08)."""
+    q, r, g = constrained_problem(40, 1)
+    beta = 0.3
+    pi0 = brentq_solution(div, q, r, beta)
+    b = pi0 @ g + 0.2 * (g.max() - pi0 @ g)     # active; lambda*_1 < 1, so lambda*_s < 1e300
+    lam1, ref = scipy_constrained(div, q, r, g, beta, b)
+    assert lam1 > 0
+    t, pis = run_constrained(tmp_path, div, repr(beta), repr(b * scale), q, r, g * scale)
+    assert t["active"] == "1"
+    assert float(t["lambda"]) * scale == pytest.approx(lam1, rel=1e-9)
+    pi = np.array([float(x["pi"]) for x in pis])
+    np.testing.assert_allclose(pi, ref, rtol=0, atol=1e-9)
+    assert float(t["expected_safety"]) / scale == pytest.approx(b, abs=1e-11)
+    assert float(t["expected_reward"]) == pytest.approx(ref @ r, abs=1e-9)
+
+
 @pytest.mark.filterwarnings("ignore:Values in x were outside bounds")
 @pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5"])
 def test_constrained_equals_slsqp_on_the_primal(tmp_path, div):
