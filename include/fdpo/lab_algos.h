@@ -75,7 +75,8 @@ typedef struct {
     double z0;               /* kto: the reference point at the final policy (NaN otherwise: not applicable) */
     double undesirable_mass; /* kto: pi_ref mass of the net-undesirable responses (NaN otherwise) */
     int converged;           /* exact online, rloo, grpo: 1 when the run stopped because a step no
-                              * longer moved theta by more than 1e-15; 0 when --steps ran out first
+                              * longer moved theta by more than 1e-15 (online, rloo: or returned to
+                              * the iterate before, a 2-cycle at rounding); 0 when --steps ran out first
                               * (and for the other runs: their own stopping rules) */
     int stalled;             /* exact online, rloo: 1 when the run stopped because no step lowered the
                               * exact loss beyond its rounding (before converging or running out) */

@@ -372,6 +372,7 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
                   fdpo_malloc(nk * sizeof(double)), fdpo_malloc(nk * sizeof(double))};
     double *g = fdpo_malloc(n * sizeof(double)), *avg = fdpo_calloc(n, sizeof(double));
     double *trial = fdpo_malloc(n * sizeof(double)), *scratch = fdpo_malloc(n * sizeof(double));
+    double *prev = fdpo_malloc(n * sizeof(double)), prev_step = NAN;   /* exact online/rloo: the iterate before theta */
     fdpo_rng rng;
     fdpo_rng_seed(&rng, o->seed);
     long t, averaged = 0;
@@ -419,7 +420,18 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
                 step /= 2;
             }
             if (!lowered) { res->stalled = 1; t++; break; } /* no step lowers the loss: stop, unconverged */
+            /* converged, too, when the step returns exactly to the iterate before the last one at
+             * the same step length: the run is then a 2-cycle for ever (the map from (theta, step)
+             * is deterministic) whose two points lower the loss to each other within its rounding,
+             * i.e. pi* to rounding. The gradient has a rounding floor of its own (eps times its
+             * terms' scale), which can sit above the 1e-15 test there: online fkl at beta 2.2 and
+             * rkl at 5, rloo at 50 swapped two iterates ~1e-15 apart, within 2e-16 of pi*, for
+             * all --steps and warned "did not converge". A run that stopped before is unchanged. */
+            const int cycle = t > 0 && step == prev_step && memcmp(trial, prev, n * sizeof(double)) == 0;
+            memcpy(prev, theta, n * sizeof(double));
+            prev_step = step;
             memcpy(theta, trial, n * sizeof(double));
+            if (cycle) { res->converged = 1; t++; break; }
         } else {
             sampled_step_grad(&c, theta, &rng, g);
             res->samples += o->method == FDPO_LAB_ONLINE ? 2 * o->k : o->k;
@@ -436,7 +448,7 @@ static int run_iterative(const fdpo_lab_prepared *pp, const fdpo_lab_algo_opts *
     res->iterations = t;
     res->final_lr = o->exact ? step : NAN;
     free(c.pi); free(c.l); free(c.gl); free(c.w); free(c.shaped); free(c.adv); free(c.ys); free(c.gr); free(c.gls); free(g); free(avg);
-    free(trial); free(scratch);
+    free(trial); free(scratch); free(prev);
     return 0;
 }
 

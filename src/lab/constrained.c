@@ -82,7 +82,7 @@ static int excess(dual *x, double lambda, double b, double *pi, double *out) {
 
 /* Brent's root finder on [a, b] with f(a) < 0 <= f(b) (Brent 1973, "zero"). Returns the end
  * of the final bracket where f >= 0, so the reported policy meets the constraint. */
-static int brent(dual *x, double bsafe, double *pi, double a, double fa, double b, double fb, double *root) {
+static int brent(dual *x, double bsafe, double gtol, double *pi, double a, double fa, double b, double fb, double *root) {
     double c = a, fc = fa, d = b - a, e = d;
     for (int it = 0; it < 200; it++) {
         if ((fb > 0 && fc > 0) || (fb < 0 && fc < 0)) { c = a; fc = fa; d = e = b - a; }
@@ -91,8 +91,8 @@ static int brent(dual *x, double bsafe, double *pi, double a, double fa, double 
          * and a floor of 1e-300 returned the bracket's end unrefined (E[g] 9% above b) */
         double tol = 2 * DBL_EPSILON * fabs(b) + DBL_TRUE_MIN, m = 0.5 * (c - b);
         /* done when the bracket is a few ulps wide, or when E[g] meets b from above to
-         * rounding (a flat E[g](lambda) would otherwise need every bisection down to ulps) */
-        if (fabs(m) <= tol || (fb >= 0 && fb <= 4 * DBL_EPSILON * (1 + fabs(bsafe)))) { *root = fb >= 0 ? b : c; return 0; }
+         * rounding, gtol (a flat E[g](lambda) would otherwise need every bisection down to ulps) */
+        if (fabs(m) <= tol || (fb >= 0 && fb <= gtol)) { *root = fb >= 0 ? b : c; return 0; }
         if (fabs(e) >= tol && fabs(fa) > fabs(fb)) {
             double s = fb / fa, p, q;
             if (a == c) { p = 2 * m * s; q = 1 - s; } /* secant */
@@ -182,21 +182,28 @@ static int constrained_core(dual *x, const base *bs, double b, int stepwise, dou
          * the doubling never moved hi (a hang); floored at the smallest double for the same reason */
         double step = lo > 0 ? fmax(hint[2], 1e-6 * lo) : fmax(0.5 * x->beta / (bs->gmax / 2 - bs->gmin / 2), DBL_TRUE_MIN),
                hi = lo + step;
-        /* the last bracket is clamped to 1e300 and tried once: a lambda* between the last lo and
-         * 1e300 was refused as out of reach (hi jumped past the cap unevaluated) */
+        /* every bracket end, the first included, is clamped to 1e300 and the clamped one tried
+         * once: a lambda* between the last lo and 1e300 was refused as out of reach (hi jumped
+         * past the cap unevaluated), and a first step past the cap (safety +-1e-301, beta 1:
+         * 5e300) was taken and returned as lambda* */
         for (int last = 0;;) {
+            if (!(hi < 1e300)) {
+                if (!(lo < 1e300)) return ST_NO_BRACKET;
+                hi = 1e300; last = 1;
+            }
             if (excess(x, hi, b, pi, &fhi)) return ST_SOLVE;
             if (fhi >= 0) break;
             if (last) return ST_NO_BRACKET;
             lo = hi; flo = fhi;
             step *= 2;
             hi = lo + step;
-            if (!(hi < 1e300)) {
-                if (!(lo < 1e300)) return ST_NO_BRACKET;
-                hi = 1e300; last = 1;
-            }
         }
-        if (brent(x, b, pi, lo, flo, hi, fhi, &lambda)) return ST_SOLVE;
+        /* E[g] - b rounds at ~eps (|b| + max|g|): the 1 of the old 4 eps (1 + |b|) is kept where
+         * max|g| >= 1 (no number moves there) and scaled down with the safety below it; an
+         * absolute 4 eps accepted any E[g] >= b for safety of scale 1e-20..1e-300, and the first
+         * bracket end came back as lambda* (12% off) */
+        double gtol = 4 * DBL_EPSILON * (fabs(b) + fmin(1, fmax(fabs(bs->gmin), fabs(bs->gmax))));
+        if (brent(x, b, gtol, pi, lo, flo, hi, fhi, &lambda)) return ST_SOLVE;
         if (solve_at(x, lambda, pi, NULL, &r)) return ST_SOLVE;
         res->active = 1;
     }

@@ -672,6 +672,52 @@ def test_tv_equals_linprog(tmp_path, beta):
     assert int(s["support_lost"]) == lost
 
 
+def tv_vertex_optimum(q, r, beta):
+    """exact tv optimum by enumeration in rationals: the objective E[r] - beta/2 sum |pi - q| is concave and
+    piecewise linear with breaks at pi_i in {0, q_i}, so its maximum on the simplex is at a vertex of that
+    arrangement: every pi_i but one (j) at 0 or q_i, pi_j = 1 - the rest >= 0"""
+    import itertools
+    from fractions import Fraction as Fr
+    Q, R, B = [Fr(float(x)) for x in q], [Fr(float(x)) for x in r], Fr(float(beta))
+    n, best = len(Q), None
+    for j in range(n):
+        others = [i for i in range(n) if i != j]
+        for mask in itertools.product((0, 1), repeat=n - 1):
+            P = [Fr(0)] * n
+            for i, m in zip(others, mask):
+                P[i] = Q[i] if m else Fr(0)
+            P[j] = 1 - sum(P)
+            if P[j] < 0:
+                continue
+            obj = sum(p * x for p, x in zip(P, R)) - B / 2 * sum(abs(p - x) for p, x in zip(P, Q))
+            if best is None or obj > best[0]:
+                best = (obj, P)
+    return best
+
+
+@pytest.mark.parametrize("beta,excess", [(0.5, -5e-10), (0.5, 5e-10), (10.0, 5e-10), (10.0, -5e-10)])
+def test_tv_is_a_distribution_when_pi_ref_sums_to_1_within_1e9(tmp_path, beta, excess):
+    """pi_ref summing to 1 + excess, |excess| <= 1e-9, is kept as given (no renormalisation); pi summed to
+    sum pi_ref (the best responses took only the moved mass), 5e-10 off a distribution. The optimum of the
+    LP for that pi_ref: exact enumeration of the vertices in rationals. beta 10 moves no mass (every
+    r_max - r < beta): with an excess, it comes off the lowest-rewarded response, not the best one."""
+    import math
+    from fractions import Fraction as Fr
+    n = 8
+    rng = np.random.default_rng(11)
+    q = rng.dirichlet(np.ones(n))
+    q = q / math.fsum(q) * (1 + excess)
+    r = rng.normal(size=n)
+    assert abs(math.fsum(q) - 1 - excess) < 1e-15
+    s, pi = solve(tmp_path, "tv", beta, q, r)
+    assert abs(math.fsum(pi) - 1) <= 1e-14
+    assert np.all(pi >= 0)
+    obj, P = tv_vertex_optimum(q, r, beta)
+    np.testing.assert_allclose(pi, [float(x) for x in P], rtol=0, atol=1e-15)
+    assert float(s["objective"]) == pytest.approx(float(obj), abs=1e-14)
+    assert float(s["expected_reward"]) == pytest.approx(float(sum(p * Fr(float(x)) for p, x in zip(P, r))), abs=1e-14)
+
+
 def test_frontier_columns_determinism_and_threads(tmp_path):
     args = ["frontier", "--n", "300", "--seed", "7", "--divergence", "rkl,js,tv,chi2", "--n-betas", "5"]
     a = lab(*args, "--threads", "1").stdout
@@ -1240,6 +1286,28 @@ def test_constrained_matches_scipy_dual(tmp_path, div, seed):
     # KKT of the constrained problem itself: r + lambda g - beta f'(pi/q) is constant
     kkt = r + float(t["lambda"]) * g - beta * fprime(div, pi / q)
     assert np.ptp(kkt) < 1e-8
+
+
+@pytest.mark.parametrize("div", CONSTRAINED_DIVS)
+@pytest.mark.parametrize("scale", [1.0, 1e-20, 1e-300])
+def test_constrained_at_every_safety_scale(tmp_path, div, scale):
+    """safety g·s and threshold b·s: pi*_lambda depends on lambda g alone, so lambda*_s = lambda*_1 / s and
+    pi* is the same at every scale s; the reference is the scipy dual at s = 1. Brent's stop test
+    'E[g] - b in [0, 4 eps (1 + |b|)]' was absolute: at s = 1e-20 and 1e-300 every E[g] >= b passed it and
+    the first bracket end came back (lambda* up to 12% off, pi* up to 0.08)."""
+    q, r, g = constrained_problem(40, 1)
+    beta = 0.3
+    pi0 = brentq_solution(div, q, r, beta)
+    b = pi0 @ g + 0.2 * (g.max() - pi0 @ g)     # active; lambda*_1 < 1, so lambda*_s < 1e300
+    lam1, ref = scipy_constrained(div, q, r, g, beta, b)
+    assert lam1 > 0
+    t, pis = run_constrained(tmp_path, div, repr(beta), repr(b * scale), q, r, g * scale)
+    assert t["active"] == "1"
+    assert float(t["lambda"]) * scale == pytest.approx(lam1, rel=1e-9)
+    pi = np.array([float(x["pi"]) for x in pis])
+    np.testing.assert_allclose(pi, ref, rtol=0, atol=1e-9)
+    assert float(t["expected_safety"]) / scale == pytest.approx(b, abs=1e-11)
+    assert float(t["expected_reward"]) == pytest.approx(ref @ r, abs=1e-9)
 
 
 @pytest.mark.filterwarnings("ignore:Values in x were outside bounds")

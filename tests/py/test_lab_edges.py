@@ -293,3 +293,25 @@ def test_constrained_lambda_just_under_the_1e300_cap(tmp_path, div):
     assert float(row["lambda"]) == pytest.approx(float(lam), rel=1e-12)
     assert float(row["expected_reward"]) == pytest.approx(0.5, rel=1e-12)
     assert float(row["expected_safety"]) >= 0   # the reported lambda* is the bracket end with E[g] >= b
+
+
+# ---- fix B1: the bracket's first step is capped at 1e300 too ----
+
+@pytest.mark.parametrize("div", ["rkl", "fkl", "js", "alpha:0.5"])
+def test_constrained_lambda_above_the_1e300_cap_is_refused(tmp_path, div):
+    """pi_ref (1/2, 1/2), r (1, 0), g (-e, e) with e = 1e-301 and b = 0: as above lambda* = 1/(2e) = 5e300
+    (the documented rule), above the documented cap of 1e300, so the run is refused as out of reach.
+    The bracket's first step, beta/range(g) = 5e300, was not capped: it was taken and returned as
+    lambda* with exit 0. In a --frontier sweep the same threshold is a row with feasible = 0."""
+    import subprocess
+    from test_lab import FDPO
+    p = tmp_path / "sf.csv"
+    write_csv(p, {"pi_ref": [0.5, 0.5], "reward": [1, 0], "safety": [-1e-301, 1e-301]})
+    r = subprocess.run([FDPO, "lab", "constrained", "--data", str(p), "--min-safety", "0", "--divergence", div,
+                        "--beta", "1", "--threads", "1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0 and r.stdout == ""
+    assert "--min-safety 0: no lambda <= 1e300 reaches E[safety] = 0" in r.stderr, r.stderr
+    sweep = rows(lab("constrained", "--data", p, "--frontier", "-8e-302,0", "--divergence", div, "--beta", "1",
+                     "--threads", "1").stdout)
+    assert [row["feasible"] for row in sweep] == ["1", "0"]
+    assert float(sweep[0]["lambda"]) <= 1e300 and sweep[1]["lambda"] == "nan"

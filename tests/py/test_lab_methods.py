@@ -147,6 +147,43 @@ def test_exact_online_dpo_and_rloo_converge_to_pistar_at_large_beta(problem, tmp
     assert "did not converge" not in res.stderr and "stopped after" not in res.stderr
 
 
+@pytest.mark.parametrize("method,beta", [("online", 2.2), ("online", 5.0), ("rloo", 50.0)])
+def test_exact_runs_at_the_gradients_rounding_floor_stop(problem, tmp_path, method, beta):
+    """online fkl at beta 2.2, online rkl at 5 and rloo (every f) at 50 reached pi* to 2e-16, then swapped
+    two iterates ~1e-15 apart for ever: the gradient's rounding floor (~3e-16 .. 3e-14) times the step stayed
+    above the 1e-15 stop test, so they ran all 200000 steps and warned "did not converge". A step that
+    returns to the iterate before the last one (same step length) now ends the run as converged."""
+    _, q, r = problem
+    divs = DIVS + ["alpha:0.3", "alpha:0.7"]
+    pi_file = tmp_path / "pi.csv"
+    res = lab("--data", problem[0], "--export-policy", pi_file, "--method", method, "--divergence", ",".join(divs),
+              "--beta", beta)
+    t = rows(res.stdout)
+    pis = {}
+    for x in rows(pi_file.read_text()):
+        pis.setdefault(x["divergence"], []).append(float(x["pi"]))
+    assert len(t) == len(divs)
+    for row in t:
+        ps = pistar(row["divergence"], beta, q, r)
+        np.testing.assert_allclose(pis[row["divergence"]], ps, rtol=0, atol=1e-13, err_msg=str(row))
+        assert float(row["max_abs_diff"]) == pytest.approx(np.max(np.abs(np.array(pis[row["divergence"]]) - ps)), abs=1e-15)
+        assert int(row["iterations"]) < 1000, row   # stopped at pi* (a few hundred steps), not at the 200000 cap
+    assert "did not converge" not in res.stderr and "stopped after" not in res.stderr, res.stderr
+
+
+def test_a_slow_exact_run_still_warns(problem):
+    """real non-convergence still warns: rkl at beta 0.05 is still 2e-4 from pi* (in-test softmax) after
+    the default 200000 steps, online and rloo alike"""
+    path, q, r = problem
+    res = lab("--data", path, "--method", "online,rloo", "--divergence", "rkl", "--beta", 0.05)
+    ps = pistar("rkl", 0.05, q, r)
+    for row in rows(res.stdout):
+        assert row["iterations"] == "200000" and float(row["max_abs_diff"]) > 1e-5
+        m = row["method"]
+        assert f"--method {m} --divergence rkl --beta 0.05: the exact run did not converge in 200000 steps" in res.stderr
+    assert ps.max() > 0.9
+
+
 def test_an_exact_run_that_runs_out_of_steps_says_so(problem):
     """an exact run stopped by --steps reports where it stopped, which is not the method's limit:
     a warning names the run (a run that converges says nothing)"""
