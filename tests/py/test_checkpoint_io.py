@@ -486,3 +486,44 @@ def test_dpo_checks_tokenizer_before_the_reference_cache(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "the tokenizer has 257 tokens but config.json vocab_size is 97" in r.stderr, r.stderr
     assert not cache.exists() or not any(cache.iterdir())
+
+
+# ---- bytes between the header's tokens: JSON's four whitespace bytes only ----
+
+ST_CONTROL_EDITS = {
+    # cJSON skips any byte <= 32 between tokens: a form feed or vertical tab before the ':'
+    # hid "shape" from the integer-size scan, and the float shape loaded
+    "form_feed_hides_float_shape": lambda t: t.replace(QKV_SHAPE, b'"shape"\x0c: [32, 96.0]'),
+    "vertical_tab_hides_float_shape": lambda t: t.replace(QKV_SHAPE, b'"shape"\x0b: [32, 96.0]'),
+    "form_feed_before_value": lambda t: t.replace(QKV_SHAPE, b'"shape":\x0c[32, 96]'),
+    "unit_separator_after_comma": lambda t: t.replace(QKV_SHAPE, b'"shape": [32,\x1f96]'),
+    "raw_control_in_a_tensor_name": lambda t: t.replace(f'"{BIAS0}"'.encode(), f'"{BIAS0}\x01"'.encode()),
+    # JSON's own whitespace: loads as before
+    "json_whitespace": lambda t: t.replace(QKV_SHAPE, b'"shape" \t\r\n: \n[32,\r 96\t]'),
+}
+
+
+@pytest.mark.parametrize("case", list(ST_CONTROL_EDITS))
+def test_header_control_bytes_follow_json(tmp_path, case):
+    """A header byte below 0x20 other than tab, LF and CR (between tokens, or raw inside a
+    string) is refused naming the file and its byte offset in the header; the reference is
+    Python's json (as the safetensors crate's serde_json, it refuses exactly these)."""
+    d = tmp_path / "ck"
+    GPT2(**CFG).save_hf(str(d))
+    st_edit(d, ST_CONTROL_EDITS[case])
+    text = (lambda raw: raw[8:8 + struct.unpack("<Q", raw[:8])[0]])((d / "model.safetensors").read_bytes())
+    try:
+        json.loads(text)
+        bad = None
+    except json.JSONDecodeError:
+        bad = next(i for i, b in enumerate(text) if b < 0x20 and b not in b"\t\r\n")
+    r = run(FDPO, "info", d)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+    if bad is None:
+        assert case == "json_whitespace"
+        assert r.returncode == 0, r.stderr
+        return
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"fdpo info: {d / 'model.safetensors'}: "), r.stderr
+    assert f"raw control character (0x{text[bad]:02X})" in r.stderr, r.stderr
+    assert f"at byte {bad} of the header" in r.stderr, r.stderr
