@@ -24,6 +24,38 @@ static int config_size(const char *path, const cJSON *root, const char *key, con
     return 0;
 }
 
+/* The first of keys (NULL-ended) that text[0..len) (a config.json, root its parse) writes at
+ * its top level as a number with a fraction or an exponent (2.0, 2e0): Python's json reads
+ * such a literal as a float, which transformers cannot build a layer from (torch.nn sizes and
+ * range() take ints), while cJSON keeps only the double, so the text is looked at. Refused
+ * naming the file, the line and the key; 0 when none. */
+static int config_integer_literals(const char *path, const char *text, size_t len, const cJSON *root,
+                                   const char *const *keys) {
+    size_t count = 0, *at = fdpo_json_member_offsets(text, len, &count), k = 0;
+    int rc = 0;
+    for (const cJSON *e = root->child; e && k < count && !rc; e = e->next, k++) {
+        int wanted = 0;
+        for (size_t i = 0; keys[i] && !wanted; i++) wanted = e->string && !strcmp(e->string, keys[i]);
+        /* n_ctx is read only without n_positions; num_labels only where no id2label decides */
+        if (!strcmp(e->string, "n_ctx") && cJSON_GetObjectItemCaseSensitive(root, "n_positions")) wanted = 0;
+        if (!strcmp(e->string, "num_labels") && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "id2label"))) wanted = 0;
+        if (!wanted || !cJSON_IsNumber(e)) continue;
+        size_t i = at[k] + 1;   /* past the key's string, the ':' and JSON's whitespace */
+        for (; i < len && text[i] != '"'; i++) if (text[i] == '\\') i++;
+        for (i++; i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n' || text[i] == ':'); i++) {}
+        size_t n = 0, num = fdpo_json_next_number(text, len, i, &n);
+        if (num != i) continue;   /* not a number literal here: cannot happen for a parsed number */
+        if (memchr(text + num, '.', n) || memchr(text + num, 'e', n) || memchr(text + num, 'E', n)) {
+            size_t col, line = fdpo_json_line_col(text, num, 1, &col);
+            rc = fdpo_error("%s:%zu: key '%s' must be written as an integer, not %.*s (Python's json reads it as a "
+                            "float, and transformers builds layers from int sizes only)", path, line, e->string,
+                            (int)(n > 40 ? 40 : n), text + num);
+        }
+    }
+    free(at);
+    return rc;
+}
+
 /* A GPT-2 size that GPT2Config also reads under transformers' name (its attribute_map:
  * num_attention_heads -> n_head, num_hidden_layers -> n_layer, hidden_size -> n_embd,
  * max_position_embeddings -> n_positions). transformers sets the alias last, so it is the
@@ -282,7 +314,11 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     const cJSON *scale = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_weights");
     if (!mt) rc = fdpo_error("%s: missing key 'model_type' (want \"gpt2\", \"llama\" or \"qwen2\")", path);
     else if (cJSON_IsString(mt) && (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2"))) {
-        rc = config_load_llama(path, root, mt->valuestring, c);
+        static const char *const ints[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                           "num_attention_heads", "max_position_embeddings", "num_key_value_heads",
+                                           "head_dim", "num_labels", NULL};
+        rc = config_integer_literals(path, text, len, root, ints);
+        if (!rc) rc = config_load_llama(path, root, mt->valuestring, c);
         if (!rc) rc = config_head(path, root, c);
         if (!rc) rc = config_special_ids(path, root, c);
         cJSON_Delete(root);
@@ -302,6 +338,10 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
         rc = fdpo_error("%s: scale_attn_by_inverse_layer_idx true is not supported", path);
     else if (scale && cJSON_IsFalse(scale))
         rc = fdpo_error("%s: scale_attn_weights false is not supported", path);
+    static const char *const ints[] = {"vocab_size", "n_positions", "max_position_embeddings", "n_embd",
+                                       "hidden_size", "n_layer", "num_hidden_layers", "n_head", "num_attention_heads",
+                                       "n_inner", "num_labels", "n_ctx", NULL};
+    if (!rc) rc = config_integer_literals(path, text, len, root, ints);
     if (!rc) rc = config_size(path, root, "vocab_size", NULL, &c->vocab_size);
     if (!rc) rc = config_size_aliased(path, root, "n_positions", "n_ctx", "max_position_embeddings", &c->n_positions);
     if (!rc) rc = config_size_aliased(path, root, "n_embd", NULL, "hidden_size", &c->n_embd);

@@ -527,3 +527,79 @@ def test_header_control_bytes_follow_json(tmp_path, case):
     assert r.stderr.startswith(f"fdpo info: {d / 'model.safetensors'}: "), r.stderr
     assert f"raw control character (0x{text[bad]:02X})" in r.stderr, r.stderr
     assert f"at byte {bad} of the header" in r.stderr, r.stderr
+
+
+# ---- integer sizes written as floats: json.load gives a float, no torch layer takes one ----
+
+LLAMA_CFG = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, tie_word_embeddings=True)
+FLOAT_SIZE_CASES = [("gpt2", k, None) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")] + [
+    ("gpt2", "num_attention_heads", {"num_attention_heads": 4}),      # GPT2Config's alias, both given
+    ("gpt2", "n_inner", {"n_inner": 128}),
+    ("gpt2", "n_ctx", {"n_positions": None}),                          # read where n_positions is absent
+    ("gpt2", "vocab_size", {"vocab_size": "9.7e1"}),                   # an exponent is a float to Python too
+] + [("llama", k, None) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                  "num_attention_heads", "num_key_value_heads", "max_position_embeddings")] + [
+    ("llama", "head_dim", {"head_dim": 8}),
+]
+
+
+def float_size_checkpoint(d, family, key, extra):
+    if family == "gpt2":
+        GPT2(**CFG).save_hf(str(d))
+    else:
+        from fdpo_ref.llama import Llama
+        Llama(**LLAMA_CFG, seed=1).save_hf(str(d))
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in (extra or {}).items():
+        if v is None:
+            cfg.pop(k)
+        elif not isinstance(v, str):
+            cfg[k] = v
+    text = json.dumps(cfg)
+    literal = (extra or {}).get(key) if isinstance((extra or {}).get(key), str) else f"{cfg[key]}.0"
+    text = text.replace(f'"{key}": {cfg[key]}', f'"{key}": {literal}')
+    (d / "config.json").write_text(text)
+    return text, literal
+
+
+@pytest.mark.parametrize("family,key,extra", FLOAT_SIZE_CASES, ids=[f"{f}-{k}-{i}" for i, (f, k, _) in enumerate(FLOAT_SIZE_CASES)])
+def test_config_integer_size_written_as_float_is_refused(tmp_path, family, key, extra):
+    """A layer size written 2.0 (or 9.7e1) is a float to Python's json, and torch cannot build a
+    layer of a float size (transformers passes these to nn.Linear / nn.Embedding as read): refused
+    naming config.json, its line and the key. The same value written as an integer loads."""
+    d = tmp_path / "ck"
+    text, literal = float_size_checkpoint(d, family, key, extra)
+    value = json.loads(text)[key]
+    assert isinstance(value, float) and value == int(value)        # the reference: Python's json
+    with pytest.raises(TypeError):
+        torch.nn.Linear(4, value)
+    r = run(FDPO, "info", d)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"{d / 'config.json'}:1: key '{key}' must be written as an integer, not {literal}" in r.stderr, r.stderr
+    assert "Sanitizer" not in r.stderr
+    (d / "config.json").write_text(text.replace(f'"{key}": {literal}', f'"{key}": {int(value)}'))
+    r = run(FDPO, "info", d)
+    assert r.returncode == 0, r.stderr
+
+
+def test_config_float_fields_and_unread_float_sizes_still_load(tmp_path):
+    """Fields that are floats in transformers' configs stay accepted (layer_norm_epsilon 1e-05,
+    rope_theta 10000.0, rms_norm_eps 1e-06, llama3 factors 8.0), and so is a float n_ctx beside
+    n_positions (fdpo and GPT2Config read n_positions) and num_labels 1.0 beside id2label (the
+    map decides; transformers compares len(id2label) == num_labels)."""
+    d = tmp_path / "g"
+    GPT2(**CFG).save_hf(str(d))
+    text = (d / "config.json").read_text().replace('"n_ctx": 32', '"n_ctx": 32.0')
+    assert '"n_ctx": 32.0' in text and '"layer_norm_epsilon": 1e-05' in text
+    (d / "config.json").write_text(text)
+    r = run(FDPO, "info", d)
+    assert r.returncode == 0 and "n_positions: 32" in r.stdout, r.stderr
+    from fdpo_ref.llama import Llama
+    cfg = dict(LLAMA_CFG, rope_theta=500000.0, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                                 high_freq_factor=4.0, original_max_position_embeddings=16))
+    Llama(**cfg, seed=1).save_hf(str(tmp_path / "l"))
+    text = (tmp_path / "l" / "config.json").read_text()
+    assert '"rope_theta": 500000.0' in text and '"factor": 8.0' in text and '"rms_norm_eps": 1e-06' in text
+    r = run(FDPO, "info", tmp_path / "l")
+    assert r.returncode == 0, r.stderr
