@@ -249,12 +249,12 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
  * null, an empty list and a negative id (the -1 pad of early LLaMA conversions) are kept,
  * not dropped: transformers fills an absent key with the class's default (LlamaConfig's
  * bos 1 / eos 2, GPT2Config's 50256), so a model read with no end token would be saved as
- * one that stops at token 2. A reward model's pad_token_id is the head's (config_head). */
+ * one that stops at token 2. A reward model's pad_token_id is kept too: the head reads its
+ * own (config_head), and one that names no token (-1, null) is written back as read. */
 static int config_special_ids(const char *path, const cJSON *root, fdpo_gpt2_config *c) {
     static const char *const keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
     cJSON *kept = cJSON_CreateObject();
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
-        if (c->num_labels && !strcmp(keys[k], "pad_token_id")) continue;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
         if (cJSON_IsNull(v)) { cJSON_AddNullToObject(kept, keys[k]); continue; }
         int ok = cJSON_IsNumber(v) || cJSON_IsArray(v);
@@ -276,11 +276,16 @@ static int config_special_ids(const char *path, const cJSON *root, fdpo_gpt2_con
     return rc;
 }
 
-/* the kept ids into root, after the keys it has (a head's pad_token_id stays the head's) */
+/* the kept ids into root, after the keys it has. A head's pad_token_id is the head's
+ * (config_json_head writes an id >= 0): the kept one is written only where it names no token
+ * (a negative id, null, a list), as the head read it; an id >= 0 kept beside a head without
+ * one (the LM's, under a head given none) is not the head's and is left out. */
 static void config_json_special_ids(cJSON *root, const fdpo_gpt2_config *c) {
     cJSON *kept = c->special_token_ids[0] ? cJSON_Parse(c->special_token_ids) : NULL;
-    for (const cJSON *e = kept ? kept->child : NULL; e; e = e->next)
+    for (const cJSON *e = kept ? kept->child : NULL; e; e = e->next) {
+        if (c->num_labels && !strcmp(e->string, "pad_token_id") && cJSON_IsNumber(e) && e->valuedouble >= 0) continue;
         if (!cJSON_GetObjectItemCaseSensitive(root, e->string)) cJSON_AddItemToObject(root, e->string, cJSON_Duplicate(e, 1));
+    }
     cJSON_Delete(kept);
 }
 
