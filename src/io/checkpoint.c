@@ -24,6 +24,38 @@ static int config_size(const char *path, const cJSON *root, const char *key, con
     return 0;
 }
 
+/* The first of keys (NULL-ended) that text[0..len) (a config.json, root its parse) writes at
+ * its top level as a number with a fraction or an exponent (2.0, 2e0): Python's json reads
+ * such a literal as a float, which transformers cannot build a layer from (torch.nn sizes and
+ * range() take ints), while cJSON keeps only the double, so the text is looked at. Refused
+ * naming the file, the line and the key; 0 when none. */
+static int config_integer_literals(const char *path, const char *text, size_t len, const cJSON *root,
+                                   const char *const *keys) {
+    size_t count = 0, *at = fdpo_json_member_offsets(text, len, &count), k = 0;
+    int rc = 0;
+    for (const cJSON *e = root->child; e && k < count && !rc; e = e->next, k++) {
+        int wanted = 0;
+        for (size_t i = 0; keys[i] && !wanted; i++) wanted = e->string && !strcmp(e->string, keys[i]);
+        /* n_ctx is read only without n_positions; num_labels only where no id2label decides */
+        if (!strcmp(e->string, "n_ctx") && cJSON_GetObjectItemCaseSensitive(root, "n_positions")) wanted = 0;
+        if (!strcmp(e->string, "num_labels") && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "id2label"))) wanted = 0;
+        if (!wanted || !cJSON_IsNumber(e)) continue;
+        size_t i = at[k] + 1;   /* past the key's string, the ':' and JSON's whitespace */
+        for (; i < len && text[i] != '"'; i++) if (text[i] == '\\') i++;
+        for (i++; i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n' || text[i] == ':'); i++) {}
+        size_t n = 0, num = fdpo_json_next_number(text, len, i, &n);
+        if (num != i) continue;   /* not a number literal here: cannot happen for a parsed number */
+        if (memchr(text + num, '.', n) || memchr(text + num, 'e', n) || memchr(text + num, 'E', n)) {
+            size_t col, line = fdpo_json_line_col(text, num, 1, &col);
+            rc = fdpo_error("%s:%zu: key '%s' must be written as an integer, not %.*s (Python's json reads it as a "
+                            "float, and transformers builds layers from int sizes only)", path, line, e->string,
+                            (int)(n > 40 ? 40 : n), text + num);
+        }
+    }
+    free(at);
+    return rc;
+}
+
 /* A GPT-2 size that GPT2Config also reads under transformers' name (its attribute_map:
  * num_attention_heads -> n_head, num_hidden_layers -> n_layer, hidden_size -> n_embd,
  * max_position_embeddings -> n_positions). transformers sets the alias last, so it is the
@@ -213,16 +245,16 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
 /* The token ids other tools read from config.json, kept as read when each is an integer, a
  * list of integers or an explicit null (anything else is left out: no reader of fdpo's own
  * needs them; they are only carried to the saved config; a set too long to keep is refused,
- * as saving without it would change the model's end token). A
+ * as saving without it would change the model's end token: fdpo_config_save). A
  * null, an empty list and a negative id (the -1 pad of early LLaMA conversions) are kept,
  * not dropped: transformers fills an absent key with the class's default (LlamaConfig's
  * bos 1 / eos 2, GPT2Config's 50256), so a model read with no end token would be saved as
- * one that stops at token 2. A reward model's pad_token_id is the head's (config_head). */
+ * one that stops at token 2. A reward model's pad_token_id is kept too: the head reads its
+ * own (config_head), and one that names no token (-1, null) is written back as read. */
 static int config_special_ids(const char *path, const cJSON *root, fdpo_gpt2_config *c) {
     static const char *const keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
     cJSON *kept = cJSON_CreateObject();
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
-        if (c->num_labels && !strcmp(keys[k], "pad_token_id")) continue;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
         if (cJSON_IsNull(v)) { cJSON_AddNullToObject(kept, keys[k]); continue; }
         int ok = cJSON_IsNumber(v) || cJSON_IsArray(v);
@@ -234,25 +266,31 @@ static int config_special_ids(const char *path, const cJSON *root, fdpo_gpt2_con
     char *js = cJSON_PrintUnformatted(kept);
     int rc = 0;
     c->special_token_ids[0] = 0;
+    c->special_token_ids_dropped = 0;
     if (!js) rc = fdpo_error("%s: out of memory", path);
     else if (strlen(js) >= sizeof c->special_token_ids)
-        rc = fdpo_error("%s: bos_token_id, eos_token_id and pad_token_id take %zu characters written compactly; "
-                        "fdpo keeps at most %zu to write them back", path, strlen(js), sizeof c->special_token_ids - 1);
+        c->special_token_ids_dropped = strlen(js);   /* read-only use needs none of them: refused at save */
     else if (cJSON_GetArraySize(kept) > 0) memcpy(c->special_token_ids, js, strlen(js) + 1);
     cJSON_free(js);
     cJSON_Delete(kept);
     return rc;
 }
 
-/* the kept ids into root, after the keys it has (a head's pad_token_id stays the head's) */
+/* the kept ids into root, after the keys it has. A head's pad_token_id is the head's
+ * (config_json_head writes an id >= 0): the kept one is written only where it names no token
+ * (a negative id, null, a list), as the head read it; an id >= 0 kept beside a head without
+ * one (the LM's, under a head given none) is not the head's and is left out. */
 static void config_json_special_ids(cJSON *root, const fdpo_gpt2_config *c) {
     cJSON *kept = c->special_token_ids[0] ? cJSON_Parse(c->special_token_ids) : NULL;
-    for (const cJSON *e = kept ? kept->child : NULL; e; e = e->next)
+    for (const cJSON *e = kept ? kept->child : NULL; e; e = e->next) {
+        if (c->num_labels && !strcmp(e->string, "pad_token_id") && cJSON_IsNumber(e) && e->valuedouble >= 0) continue;
         if (!cJSON_GetObjectItemCaseSensitive(root, e->string)) cJSON_AddItemToObject(root, e->string, cJSON_Duplicate(e, 1));
+    }
     cJSON_Delete(kept);
 }
 
 void fdpo_config_set_special_ids(fdpo_gpt2_config *c, int32_t bos, int32_t eos) {
+    c->special_token_ids_dropped = 0;
     snprintf(c->special_token_ids, sizeof c->special_token_ids, "{\"bos_token_id\":%d,\"eos_token_id\":%d}",
              (int)(bos >= 0 ? bos : eos), (int)eos);
 }
@@ -282,7 +320,11 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
     const cJSON *scale = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_weights");
     if (!mt) rc = fdpo_error("%s: missing key 'model_type' (want \"gpt2\", \"llama\" or \"qwen2\")", path);
     else if (cJSON_IsString(mt) && (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2"))) {
-        rc = config_load_llama(path, root, mt->valuestring, c);
+        static const char *const ints[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                           "num_attention_heads", "max_position_embeddings", "num_key_value_heads",
+                                           "head_dim", "num_labels", NULL};
+        rc = config_integer_literals(path, text, len, root, ints);
+        if (!rc) rc = config_load_llama(path, root, mt->valuestring, c);
         if (!rc) rc = config_head(path, root, c);
         if (!rc) rc = config_special_ids(path, root, c);
         cJSON_Delete(root);
@@ -302,6 +344,10 @@ int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_
         rc = fdpo_error("%s: scale_attn_by_inverse_layer_idx true is not supported", path);
     else if (scale && cJSON_IsFalse(scale))
         rc = fdpo_error("%s: scale_attn_weights false is not supported", path);
+    static const char *const ints[] = {"vocab_size", "n_positions", "max_position_embeddings", "n_embd",
+                                       "hidden_size", "n_layer", "num_hidden_layers", "n_head", "num_attention_heads",
+                                       "n_inner", "num_labels", "n_ctx", NULL};
+    if (!rc) rc = config_integer_literals(path, text, len, root, ints);
     if (!rc) rc = config_size(path, root, "vocab_size", NULL, &c->vocab_size);
     if (!rc) rc = config_size_aliased(path, root, "n_positions", "n_ctx", "max_position_embeddings", &c->n_positions);
     if (!rc) rc = config_size_aliased(path, root, "n_embd", NULL, "hidden_size", &c->n_embd);
@@ -394,8 +440,21 @@ static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
     return root;
 }
 
+int fdpo_config_check_save(const char *path, const fdpo_gpt2_config *c) {
+    /* saved without them, the model would take transformers' default end token (LlamaConfig's
+     * 2, GPT2Config's 50256): refused, where reading the model (info, generate, a LoRA run that
+     * saves an adapter only) needs none of them */
+    if (c->special_token_ids_dropped)
+        return fdpo_error("%s: the model's bos_token_id, eos_token_id and pad_token_id (as its config.json was read) "
+                          "take %zu characters written compactly; fdpo keeps at most %zu to write them back, and does "
+                          "not save the model without them", path, c->special_token_ids_dropped,
+                          sizeof c->special_token_ids - 1);
+    return 0;
+}
+
 int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
     if (fdpo_gpt2_config_check(c)) return fdpo_error_context("%s", path);
+    if (fdpo_config_check_save(path, c)) return -1;
     cJSON *root = c->arch == FDPO_ARCH_LLAMA ? config_json_llama(c) : config_json_gpt2(c);
     config_json_special_ids(root, c);
     int rc = fdpo_write_json_atomic(path, root, 1);

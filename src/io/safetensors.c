@@ -90,6 +90,18 @@ static int parse_header(fdpo_safetensors *st, const char *json, size_t len) {
     if (esc < len)
         return fdpo_error("%s: malformed header JSON: the \\u escape at byte %zu of the header needs four hex digits",
                           st->path, esc);
+    /* cJSON skips every byte up to 32 between tokens (a form feed, a vertical tab: the
+     * integer-size scan below, which knows JSON's four, then missed the key before it) and
+     * takes raw control bytes inside strings; JSON (RFC 8259), Python's json and the
+     * safetensors crate's serde_json allow only space, tab, LF and CR there, and refuse the
+     * header. A raw NUL inside a string is named below, with its member. */
+    int in_string = 0;
+    size_t ctl = fdpo_json_raw_control(json, len, &in_string);
+    if (ctl < len)
+        return fdpo_error("%s: malformed header JSON: a raw control character (0x%02X) %s at byte %zu of the header "
+                          "(JSON allows only space, tab, LF and CR between tokens%s; the safetensors library refuses it)",
+                          st->path, (unsigned)(unsigned char)json[ctl], in_string ? "inside a string" : "between tokens",
+                          ctl, in_string ? ", and none raw inside a string" : "");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) return fdpo_error("%s: malformed header JSON near byte %zu of the header", st->path,

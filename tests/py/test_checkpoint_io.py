@@ -486,3 +486,156 @@ def test_dpo_checks_tokenizer_before_the_reference_cache(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "the tokenizer has 257 tokens but config.json vocab_size is 97" in r.stderr, r.stderr
     assert not cache.exists() or not any(cache.iterdir())
+
+
+# ---- bytes between the header's tokens: JSON's four whitespace bytes only ----
+
+ST_CONTROL_EDITS = {
+    # cJSON skips any byte <= 32 between tokens: a form feed or vertical tab before the ':'
+    # hid "shape" from the integer-size scan, and the float shape loaded
+    "form_feed_hides_float_shape": lambda t: t.replace(QKV_SHAPE, b'"shape"\x0c: [32, 96.0]'),
+    "vertical_tab_hides_float_shape": lambda t: t.replace(QKV_SHAPE, b'"shape"\x0b: [32, 96.0]'),
+    "form_feed_before_value": lambda t: t.replace(QKV_SHAPE, b'"shape":\x0c[32, 96]'),
+    "unit_separator_after_comma": lambda t: t.replace(QKV_SHAPE, b'"shape": [32,\x1f96]'),
+    "raw_control_in_a_tensor_name": lambda t: t.replace(f'"{BIAS0}"'.encode(), f'"{BIAS0}\x01"'.encode()),
+    # JSON's own whitespace: loads as before
+    "json_whitespace": lambda t: t.replace(QKV_SHAPE, b'"shape" \t\r\n: \n[32,\r 96\t]'),
+}
+
+
+@pytest.mark.parametrize("case", list(ST_CONTROL_EDITS))
+def test_header_control_bytes_follow_json(tmp_path, case):
+    """A header byte below 0x20 other than tab, LF and CR (between tokens, or raw inside a
+    string) is refused naming the file and its byte offset in the header; the reference is
+    Python's json (as the safetensors crate's serde_json, it refuses exactly these)."""
+    d = tmp_path / "ck"
+    GPT2(**CFG).save_hf(str(d))
+    st_edit(d, ST_CONTROL_EDITS[case])
+    text = (lambda raw: raw[8:8 + struct.unpack("<Q", raw[:8])[0]])((d / "model.safetensors").read_bytes())
+    try:
+        json.loads(text)
+        bad = None
+    except json.JSONDecodeError:
+        bad = next(i for i, b in enumerate(text) if b < 0x20 and b not in b"\t\r\n")
+    r = run(FDPO, "info", d)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+    if bad is None:
+        assert case == "json_whitespace"
+        assert r.returncode == 0, r.stderr
+        return
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"fdpo info: {d / 'model.safetensors'}: "), r.stderr
+    assert f"raw control character (0x{text[bad]:02X})" in r.stderr, r.stderr
+    assert f"at byte {bad} of the header" in r.stderr, r.stderr
+
+
+# ---- integer sizes written as floats: json.load gives a float, no torch layer takes one ----
+
+LLAMA_CFG = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, tie_word_embeddings=True)
+FLOAT_SIZE_CASES = [("gpt2", k, None) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")] + [
+    ("gpt2", "num_attention_heads", {"num_attention_heads": 4}),      # GPT2Config's alias, both given
+    ("gpt2", "n_inner", {"n_inner": 128}),
+    ("gpt2", "n_ctx", {"n_positions": None}),                          # read where n_positions is absent
+    ("gpt2", "vocab_size", {"vocab_size": "9.7e1"}),                   # an exponent is a float to Python too
+] + [("llama", k, None) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                  "num_attention_heads", "num_key_value_heads", "max_position_embeddings")] + [
+    ("llama", "head_dim", {"head_dim": 8}),
+]
+
+
+def float_size_checkpoint(d, family, key, extra):
+    if family == "gpt2":
+        GPT2(**CFG).save_hf(str(d))
+    else:
+        from fdpo_ref.llama import Llama
+        Llama(**LLAMA_CFG, seed=1).save_hf(str(d))
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in (extra or {}).items():
+        if v is None:
+            cfg.pop(k)
+        elif not isinstance(v, str):
+            cfg[k] = v
+    text = json.dumps(cfg)
+    literal = (extra or {}).get(key) if isinstance((extra or {}).get(key), str) else f"{cfg[key]}.0"
+    text = text.replace(f'"{key}": {cfg[key]}', f'"{key}": {literal}')
+    (d / "config.json").write_text(text)
+    return text, literal
+
+
+@pytest.mark.parametrize("family,key,extra", FLOAT_SIZE_CASES, ids=[f"{f}-{k}-{i}" for i, (f, k, _) in enumerate(FLOAT_SIZE_CASES)])
+def test_config_integer_size_written_as_float_is_refused(tmp_path, family, key, extra):
+    """A layer size written 2.0 (or 9.7e1) is a float to Python's json, and torch cannot build a
+    layer of a float size (transformers passes these to nn.Linear / nn.Embedding as read): refused
+    naming config.json, its line and the key. The same value written as an integer loads."""
+    d = tmp_path / "ck"
+    text, literal = float_size_checkpoint(d, family, key, extra)
+    value = json.loads(text)[key]
+    assert isinstance(value, float) and value == int(value)        # the reference: Python's json
+    with pytest.raises(TypeError):
+        torch.nn.Linear(4, value)
+    r = run(FDPO, "info", d)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"{d / 'config.json'}:1: key '{key}' must be written as an integer, not {literal}" in r.stderr, r.stderr
+    assert "Sanitizer" not in r.stderr
+    (d / "config.json").write_text(text.replace(f'"{key}": {literal}', f'"{key}": {int(value)}'))
+    r = run(FDPO, "info", d)
+    assert r.returncode == 0, r.stderr
+
+
+def test_config_float_fields_and_unread_float_sizes_still_load(tmp_path):
+    """Fields that are floats in transformers' configs stay accepted (layer_norm_epsilon 1e-05,
+    rope_theta 10000.0, rms_norm_eps 1e-06, llama3 factors 8.0), and so is a float n_ctx beside
+    n_positions (fdpo and GPT2Config read n_positions) and num_labels 1.0 beside id2label (the
+    map decides; transformers compares len(id2label) == num_labels)."""
+    d = tmp_path / "g"
+    GPT2(**CFG).save_hf(str(d))
+    text = (d / "config.json").read_text().replace('"n_ctx": 32', '"n_ctx": 32.0')
+    assert '"n_ctx": 32.0' in text and '"layer_norm_epsilon": 1e-05' in text
+    (d / "config.json").write_text(text)
+    r = run(FDPO, "info", d)
+    assert r.returncode == 0 and "n_positions: 32" in r.stdout, r.stderr
+    from fdpo_ref.llama import Llama
+    cfg = dict(LLAMA_CFG, rope_theta=500000.0, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                                 high_freq_factor=4.0, original_max_position_embeddings=16))
+    Llama(**cfg, seed=1).save_hf(str(tmp_path / "l"))
+    text = (tmp_path / "l" / "config.json").read_text()
+    assert '"rope_theta": 500000.0' in text and '"factor": 8.0' in text and '"rms_norm_eps": 1e-06' in text
+    r = run(FDPO, "info", tmp_path / "l")
+    assert r.returncode == 0, r.stderr
+
+
+def test_special_ids_too_long_to_keep_are_read_but_never_saved_without(tmp_path):
+    """An eos_token_id list whose compact JSON is over 4095 characters: read-only commands
+    (info, generate) work (config parsing refused them with a message about writing them
+    back); a save that would write the model without them (merge) is refused naming them,
+    before OUT or OUT.tmp is made."""
+    ck = tmp_path / "ck"
+    GPT2(**dict(CFG, vocab_size=257), seed=2).save_hf(str(ck))
+    (ck / "fdpo_tokenizer.json").write_text(json.dumps({"type": "byte"}))
+    ids = list(range(1000000, 1000600))
+    edit_config(ck, lambda c: c.update(bos_token_id=256, eos_token_id=ids))
+    compact = json.dumps({"bos_token_id": 256, "eos_token_id": ids}, separators=(",", ":"))
+    assert len(compact) > 4095                                    # the documented limit, by Python's json
+    r = run(FDPO, "info", ck)
+    assert r.returncode == 0, r.stderr
+    assert "n_head: 4" in r.stdout and "vocab_size: 257" in r.stdout, r.stdout
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "ab"}) + "\n")
+    r = run(FDPO, "generate", "--model", ck, "--data", tmp_path / "p.jsonl", "--n", 1, "--max-new-tokens", 3,
+            "--out", tmp_path / "gen.jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["prompt"] == "ab", rows
+    out = tmp_path / "out"
+    r = run(FDPO, "merge", "--model", ck, "--model", ck, "--out", out)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"take {len(compact)} characters written compactly; fdpo keeps at most 4095" in r.stderr, r.stderr
+    assert "bos_token_id, eos_token_id and pad_token_id" in r.stderr and "Sanitizer" not in r.stderr
+    assert f"{out / 'config.json'}: the model's bos_token_id" in r.stderr, r.stderr
+    assert not out.exists() and not (tmp_path / "out.tmp").exists()   # refused before anything is written
+    # under the limit the same ids are written back as read (Python's json compares them)
+    edit_config(ck, lambda c: c.update(eos_token_id=ids[:100]))
+    r = run(FDPO, "merge", "--model", ck, "--model", ck, "--out", out)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["eos_token_id"] == ids[:100] and saved["bos_token_id"] == 256

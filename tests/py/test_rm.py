@@ -646,3 +646,31 @@ def test_id2label_decides_the_number_of_labels_as_in_transformers(tmp_path, num_
         want = [llama_reward(m, list(c["prompt"].encode()) + list(c["completion"].encode()), pad=EOT).item()
                 for c in comps]
     assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-4
+
+
+@pytest.mark.parametrize("pad", [-1, None, "absent", EOT])
+def test_rm_save_keeps_config_special_ids_as_read(rm_dir, tmp_path, pad):
+    """A reward model read and saved again (fdpo rm --model RM) writes config.json's
+    bos_token_id, eos_token_id and pad_token_id back as read, as the language-model path does:
+    a pad_token_id of -1 (no pad token: transformers pools at the last token) or null was
+    dropped, so the saved model read as transformers' default (None) instead. The reference is
+    the read config.json itself, through Python's json."""
+    tmp, model, score = rm_dir
+    cfg = dict(RM_CONFIG, bos_token_id=EOT, eos_token_id=[EOT, 10])
+    if pad == "absent":
+        cfg.pop("pad_token_id")
+    else:
+        cfg["pad_token_id"] = pad
+    d = tmp_path / "rm"
+    model.save_hf(str(d), config_extra=cfg, extra={"score.weight": score.detach().float()})
+    save_byte_tokenizer(str(d))
+    read = json.loads((d / "config.json").read_text())
+    out = tmp_path / "out"
+    fdpo("rm", "--model", d, "--data", tmp / "pairs.jsonl", "--out", out, "--steps", "1", "--batch-size", "2",
+         "--eval-every", "0", "--eval-fraction", "0", "--threads", "1", "--quiet")
+    saved = json.loads((out / "config.json").read_text())
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert (k in saved) == (k in read), (k, read, saved)
+        if k in read:
+            assert saved[k] == read[k] and type(saved[k]) is type(read[k]), (k, read[k], saved[k])
+    assert saved["architectures"] == ["GPT2ForSequenceClassification"] and saved["num_labels"] == 1
