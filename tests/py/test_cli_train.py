@@ -1138,7 +1138,7 @@ def test_shape_flags_are_checked_on_a_lora_resume_an_adapter_model_and_a_resume_
     assert r.returncode == 1, r.stderr
     assert f"--n-layer 3: the run saved in {lora} has 2 (shape flags only shape a random init; drop the flag)" in r.stderr
     r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--arch", "llama")
-    assert r.returncode == 1 and f"--arch llama: the run saved in {lora} is GPT2LMHeadModel (its config.json" in r.stderr
+    assert r.returncode == 1 and f"--arch llama: the run saved in {lora} is GPT2LMHeadModel (an adapter: its adapter_config.json names the base model" in r.stderr
     ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
     r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--n-layer", "2", "--tokenizer", tmp_path / "tok")
     assert r.returncode == 1
@@ -1421,3 +1421,31 @@ def test_a_lock_file_of_another_tool_inside_out_is_not_a_run(tmp_path, corpus):
         ok("pretrain", "--out", out, *TINY, "--steps", "1", "--quiet", *corpus)
         ok("pretrain", "--out", out / "inner", *TINY, "--steps", "1", "--quiet", *corpus)
     assert (out / "model.safetensors").exists() and (out / "inner" / "model.safetensors").exists()
+
+
+def test_resume_without_a_state_says_so_before_a_shape_flag_and_adapter_arch_names_its_files(tmp_path, corpus):
+    """--resume of an OUT whose training_state.json is missing, with --arch llama given: the
+    --arch refusal ('its config.json says the family') came first, and the missing state, the
+    real cause, was never named. And --arch against a LoRA adapter said 'its config.json' of a
+    directory that has none: it now names adapter_config.json and the base model's config.json."""
+    out = tmp_path / "run"
+    ok("pretrain", *TINY, "--steps", 1, "--out", out, "--quiet", *corpus)
+    (out / "training_state.json").unlink()
+    r = fdpo("pretrain", *TINY, "--steps", 2, "--out", out, "--resume", "--arch", "llama", *corpus)
+    assert r.returncode != 0
+    assert r.stderr == f"fdpo pretrain: --resume: {out}: no training state (training_state.json missing: nothing " \
+                       "to resume; start without --resume)\n", r.stderr
+    base = tmp_path / "base"
+    ok("pretrain", *TINY, "--steps", 1, "--out", base, "--quiet", *corpus)
+    rows = tmp_path / "s.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": " the cat sat"}) + "\n" for i in range(8)))
+    adapter = tmp_path / "lora"
+    ok("sft", "--model", base, "--data", rows, "--out", adapter, "--steps", 1, "--lora-r", 2, "--seq-len", 24,
+       "--threads", 1, "--eval-every", 0, "--quiet")
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "config.json").exists()
+    for args in (["--model", adapter, "--out", tmp_path / "x"], ["--out", adapter, "--resume"]):
+        r = fdpo("sft", *args, "--data", rows, "--steps", 2, "--seq-len", 24, "--threads", 1, "--arch", "llama")
+        assert r.returncode != 0
+        assert f"is GPT2LMHeadModel (an adapter: its adapter_config.json names the base model {base}, whose " \
+               "config.json says the family; drop the flag)\n" in r.stderr, r.stderr
+        assert "its config.json" not in r.stderr

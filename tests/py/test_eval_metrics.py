@@ -1488,3 +1488,22 @@ def test_eval_mean_of_sums_cancelling_across_scales(byte_models, tmp_path, case)
     std = math.sqrt(var) if var < 1e300 else math.sqrt(var / Fraction(10) ** 300) * 1e150
     assert col["reward_std"] == pytest.approx(std, rel=1e-14, abs=0)
     assert col["reward_se"] == pytest.approx(std / math.sqrt(n), rel=1e-14, abs=0)
+
+
+def test_eval_out_config_records_the_lexicon(byte_models, tmp_path):
+    """--out's config recorded every flag that changes the numbers but --lexicon: two runs scored
+    with different AFINN files had the same config. It is now config.lexicon, absent without the
+    flag; the rewards are the lexicon's (the word scores summed, as afinn:sum)."""
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nabc\n")
+    lex = tmp_path / "lex.json"
+    lex.write_text(json.dumps({"a": 2, "b": -1}))
+    base = ["eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 8, "--seed", 1, "--threads", 1, "--reward", "afinn:sum"]
+    out, out0 = tmp_path / "m.json", tmp_path / "m0.json"
+    r = run(FDPO, *base, "--lexicon", lex, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["config"]["lexicon"] == str(lex)
+    r = run(FDPO, *base, "--out", out0)
+    assert r.returncode == 0, r.stderr
+    assert "lexicon" not in json.loads(out0.read_text())["config"]
