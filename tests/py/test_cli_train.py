@@ -573,20 +573,25 @@ def test_a_held_out_set_that_cannot_be_split_is_warned_about(tmp_path):
     (fdpo_data_split), none of one: a single-document text with --eval-fraction 0.05 would
     evaluate nothing without a word, also at the defaults (--eval-every 100 evaluates at a
     2-step run's last step), so one warning says so; two documents hold one out (2 of the
-    16-token sequences here) and evaluate without it."""
+    16-token sequences here) and evaluate without it. With --eval-every 0 the run wrote no
+    eval_summary.json and said nothing (the warning advised --eval-every 0 to that end): it
+    warns too, and advises --eval-fraction 0."""
     one, two = tmp_path / "one.txt", tmp_path / "two.txt"
     one.write_text("hello world this is one document only, nothing else.")
     two.write_text("hello world this is the first document.<|endoftext|>and here is the second document.")
-    for text, held_out, every in ((one, 0, "1"), (one, 0, None), (two, 2, "1"), (two, 2, None)):
+    for text, held_out, every in ((one, 0, "1"), (one, 0, None), (one, 0, "0"), (two, 2, "1"), (two, 2, None),
+                                  (two, 2, "0")):
         out = tmp_path / f"o{held_out}{every}"
         r = ok("pretrain", "--out", out, *TINY, "--seq-len", "16", "--steps", "2", "--eval-fraction", "0.05",
                *(["--eval-every", every] if every else []), text)
         assert f", {held_out} val sequences;" in r.stderr, r.stderr
         warned = [l for l in r.stderr.splitlines() if "--eval-fraction" in l]
+        no_loss = "" if every == "0" else f"--eval-every {every or 100} writes no eval_loss and "
         assert warned == ([f"fdpo pretrain: warning: --eval-fraction 0.05: the data is one document, which the split "
-                           f"keeps for training, so --eval-every {every or 100} writes no eval_loss (give two or more "
-                           "documents (<|endoftext|> separates them), or --eval-every 0)"] if held_out == 0 else []), r.stderr
-        assert any("eval_loss" in m for m in metrics(out)) == (held_out > 0)
+                           f"keeps for training, so {no_loss}the run writes no eval_summary.json (give two or more "
+                           "documents (<|endoftext|> separates them), or --eval-fraction 0)"] if held_out == 0 else []), r.stderr
+        assert any("eval_loss" in m for m in metrics(out)) == (held_out > 0 and every != "0")
+        assert (out / "eval_summary.json").exists() == (held_out > 0)
 
 
 def err(*args):
