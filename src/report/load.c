@@ -1095,10 +1095,13 @@ size_t fdpo_rp_runs_with_rows(const rp_ctx *c) {
     return n;
 }
 
-size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i) {
+void fdpo_rp_number_runs(rp_ctx *c) {
     size_t n = 0;
-    for (size_t j = 0; j < i && j < c->n_runs; j++) n += c->runs[j].rows->child != NULL;
-    return n;
+    for (size_t i = 0; i < c->n_runs; i++) { c->runs[i].slot = n; n += c->runs[i].rows->child != NULL; }
+}
+
+size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i) {
+    return i < c->n_runs ? c->runs[i].slot : fdpo_rp_runs_with_rows(c);
 }
 
 void fdpo_rp_ctx_free(rp_ctx *c) {

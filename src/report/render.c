@@ -272,6 +272,38 @@ static int cmp_xyi(const void *a, const void *b) {
 
 static int lab_col(const rp_lab *L, const char *name);
 
+/* ---- grouping a lab table's rows in linear time (a scan of the groups found so far per row,
+ * then of every row per group, was quadratic in the rows of a table of many lines) ---- */
+
+/* A cell's hash, agreeing with cells_equal: numbers by value (-0 as 0), text by its bytes,
+ * an empty cell (neither) as one value. */
+static uint64_t cell_hash(uint64_t h, const cJSON *x) {
+    if (cJSON_IsNumber(x)) {
+        double v = x->valuedouble == 0 ? 0.0 : x->valuedouble;
+        h = fdpo_hash64(h, "n", 1);
+        return fdpo_hash64(h, &v, sizeof v);
+    }
+    if (cJSON_IsString(x)) {
+        h = fdpo_hash64(h, "s", 1);
+        return fdpo_hash64(h, x->valuestring, strlen(x->valuestring) + 1);
+    }
+    return fdpo_hash64(h, "e", 1);
+}
+
+/* Rows bucketed by group, each bucket in row order: members[start[g] .. start[g + 1]) are the
+ * indices of group g's rows (rows on no group, group_of == (size_t)-1, are left out). */
+typedef struct { size_t *start, *members; } row_buckets;
+static row_buckets bucket_rows(const size_t *group_of, size_t nrows, size_t ngroups) {
+    row_buckets r = {fdpo_calloc(ngroups + 1, sizeof *r.start), fdpo_malloc((nrows + 1) * sizeof *r.members)};
+    size_t *fill = fdpo_calloc(ngroups + 1, sizeof *fill);
+    for (size_t i = 0; i < nrows; i++) if (group_of[i] != (size_t)-1) r.start[group_of[i] + 1]++;
+    for (size_t g = 0; g < ngroups; g++) r.start[g + 1] += r.start[g];
+    for (size_t i = 0; i < nrows; i++)
+        if (group_of[i] != (size_t)-1) r.members[r.start[group_of[i]] + fill[group_of[i]]++] = i;
+    free(fill);
+    return r;
+}
+
 /* The --lab-frontier tables on the reward-KL panel: per table and divergence, the exact
  * optimum's (KL, expected reward) over beta as one dashed line in the divergence's colour,
  * labelled "exact (lab)", so theory and measurement share the axes. */
@@ -283,21 +315,33 @@ static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
         size_t nrows = (size_t)cJSON_GetArraySize(L->rows), nd = 0;
         const char **divs = fdpo_malloc((nrows + 1) * sizeof *divs);
         xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
+        const cJSON **rowv = fdpo_malloc((nrows + 1) * sizeof *rowv);
+        size_t *div_of = fdpo_malloc((nrows + 1) * sizeof *div_of), r_i = 0;
+        fdpo_itab seen;   /* divergence text -> index into divs, first seen first */
+        fdpo_itab_init(&seen, nrows + 1);
         const cJSON *row;
         cJSON_ArrayForEach(row, L->rows) {
             const cJSON *d = cJSON_GetArrayItem(row, dc);
-            if (!cJSON_IsString(d)) continue;
-            size_t j = 0;
-            while (j < nd && strcmp(divs[j], d->valuestring)) j++;
-            if (j == nd) divs[nd++] = d->valuestring;
+            rowv[r_i] = row;
+            div_of[r_i] = (size_t)-1;
+            if (cJSON_IsString(d)) {
+                size_t k = fdpo_itab_first(&seen, fdpo_hash64(FDPO_HASH_INIT, d->valuestring, strlen(d->valuestring)));
+                for (; seen.slot[k]; k = fdpo_itab_next(&seen, k))
+                    if (!strcmp(divs[seen.slot[k] - 1], d->valuestring)) break;
+                if (!seen.slot[k]) { fdpo_itab_set(&seen, k, nd); divs[nd++] = d->valuestring; }
+                div_of[r_i] = seen.slot[k] - 1;
+            }
+            r_i++;
         }
+        fdpo_itab_free(&seen);
+        row_buckets bk = bucket_rows(div_of, nrows, nd);
         for (size_t j = 0; j < nd; j++) {
-            size_t n = 0, i = 0;
-            cJSON_ArrayForEach(row, L->rows) {
-                const cJSON *d = cJSON_GetArrayItem(row, dc), *x = cJSON_GetArrayItem(row, xc), *y = cJSON_GetArrayItem(row, yc);
-                if (cJSON_IsString(d) && !strcmp(d->valuestring, divs[j]) && cJSON_IsNumber(x) && cJSON_IsNumber(y))
-                    pts[n++] = (xyi){x->valuedouble, y->valuedouble, i, row};
-                i++;
+            size_t n = 0;
+            for (size_t m = bk.start[j]; m < bk.start[j + 1]; m++) {
+                const size_t i = bk.members[m];
+                row = rowv[i];
+                const cJSON *x = cJSON_GetArrayItem(row, xc), *y = cJSON_GetArrayItem(row, yc);
+                if (cJSON_IsNumber(x) && cJSON_IsNumber(y)) pts[n++] = (xyi){x->valuedouble, y->valuedouble, i, row};
             }
             qsort(pts, n, sizeof *pts, cmp_xyi);
             char label[300];
@@ -311,6 +355,8 @@ static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
                 series_add(s, pts[k].x, pts[k].y, tip);
             }
         }
+        free(bk.start); free(bk.members);
+        free(rowv); free(div_of);
         free(divs);
         free(pts);
     }
@@ -715,37 +761,63 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
     if (bc >= 0 && bc != xc && strcmp(x_name, "kl") && distinct_values(L, bc) > 1) gcols[ng++] = bc;
     size_t nrows = (size_t)cJSON_GetArraySize(L->rows);
     /* a group (one line): its first row, whose divergence and grouping cells every row of it shares */
-    const cJSON **groups = fdpo_malloc((nrows + 1) * sizeof *groups);
+    const cJSON **groups = fdpo_malloc((nrows + 1) * sizeof *groups), **rowv = fdpo_malloc((nrows + 1) * sizeof *rowv);
     size_t *group_of = fdpo_malloc((nrows + 1) * sizeof *group_of), nk = 0, r_i = 0;
+    /* a group's dash: the n-th group of the same divergence gets the n-th dash pattern;
+     * first_of_div[j]: the first group of group j's divergence, n_of_div[that]: its groups so far */
+    size_t *first_of_div = fdpo_malloc((nrows + 1) * sizeof *first_of_div), *n_of_div = fdpo_calloc(nrows + 1, sizeof *n_of_div);
+    int *dashes = fdpo_malloc((nrows + 1) * sizeof *dashes);
+    fdpo_itab by_key, by_div;   /* (divergence, grouping cells) -> group; divergence -> its first group */
+    fdpo_itab_init(&by_key, nrows + 1);
+    fdpo_itab_init(&by_div, nrows + 1);
     const cJSON *row;
     cJSON_ArrayForEach(row, L->rows) {
-        size_t j = nk;
-        if (cell_str(row, dc)) {
-            for (j = 0; j < nk; j++) {
-                int same = !strcmp(cell_str(groups[j], dc), cell_str(row, dc));
-                for (int g = 0; g < ng && same; g++) same = cells_equal(groups[j], row, gcols[g]);
+        size_t j = (size_t)-1;     /* no divergence: on no line */
+        const char *dv = cell_str(row, dc);
+        rowv[r_i] = row;
+        if (dv) {
+            const uint64_t hd = fdpo_hash64(FDPO_HASH_INIT, dv, strlen(dv) + 1);
+            uint64_t h = hd;
+            for (int g = 0; g < ng; g++) h = cell_hash(h, cJSON_GetArrayItem(row, gcols[g]));
+            size_t k = fdpo_itab_first(&by_key, h);
+            for (; by_key.slot[k]; k = fdpo_itab_next(&by_key, k)) {
+                const cJSON *first = groups[by_key.slot[k] - 1];
+                int same = !strcmp(cell_str(first, dc), dv);
+                for (int g = 0; g < ng && same; g++) same = cells_equal(first, row, gcols[g]);
                 if (same) break;
             }
-            if (j == nk) groups[nk++] = row;
-        } else j = (size_t)-1;     /* no divergence: on no line */
+            if (by_key.slot[k]) j = by_key.slot[k] - 1;
+            else {
+                j = nk;
+                groups[nk++] = row;
+                fdpo_itab_set(&by_key, k, j);
+                size_t q = fdpo_itab_first(&by_div, hd);
+                for (; by_div.slot[q]; q = fdpo_itab_next(&by_div, q))
+                    if (!strcmp(cell_str(groups[by_div.slot[q] - 1], dc), dv)) break;
+                if (!by_div.slot[q]) fdpo_itab_set(&by_div, q, j);
+                first_of_div[j] = by_div.slot[q] - 1;
+                dashes[j] = (int)n_of_div[first_of_div[j]]++;
+            }
+        }
         group_of[r_i++] = j;
     }
+    fdpo_itab_free(&by_key);
+    fdpo_itab_free(&by_div);
+    row_buckets bk = bucket_rows(group_of, nrows, nk);
     int xlog = !strcmp(x_name, "beta") || !strcmp(x_name, "n_comparisons");
     cJSON_ArrayForEach(row, L->rows) { double x; if (cell_num(row, xc, &x) && x <= 0) xlog = 0; }
     cJSON *series = cJSON_CreateArray();
     xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
     for (size_t d = 0; d < nk; d++) {
         const char *dv = cell_str(groups[d], dc);
-        size_t n = 0, i = 0;
-        cJSON_ArrayForEach(row, L->rows) {
+        size_t n = 0;
+        for (size_t m = bk.start[d]; m < bk.start[d + 1]; m++) {
+            const size_t i = bk.members[m];
             double x, y;
-            if (group_of[i] == d && cell_num(row, xc, &x) && cell_num(row, yc, &y)) pts[n++] = (xyi){x, y, i, row};
-            i++;
+            if (cell_num(rowv[i], xc, &x) && cell_num(rowv[i], yc, &y)) pts[n++] = (xyi){x, y, i, rowv[i]};
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
-        /* the n-th group of the same divergence gets the n-th dash pattern */
-        int dash = 0;
-        for (size_t e = 0; e < d; e++) dash += !strcmp(cell_str(groups[e], dc), dv);
+        const int dash = dashes[d];
         rp_buf label = {0};
         fdpo_rp_puts(&label, div_title(dv));
         for (int g = 0; g < ng; g++) {
@@ -764,8 +836,10 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
         }
         free(label.p);
     }
-    free(groups);
+    free(groups); free(rowv);
     free(group_of);
+    free(first_of_div); free(n_of_div); free(dashes);
+    free(bk.start); free(bk.members);
     free(pts);
     return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
 }
@@ -882,6 +956,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
     const char *title = c->opts->title ? c->opts->title : "fdpo report";
     rp_buf body = {0};
     charts ch = {c, &body, cJSON_CreateArray(), 0};
+    fdpo_rp_number_runs(c);   /* the runs' colour slots, once */
 
     if (c->notes) fdpo_rp_notes(&body, c->notes);
 

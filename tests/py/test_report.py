@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import random
 import re
 import shutil
 import struct
@@ -1227,3 +1228,44 @@ def test_the_frontier_panel_draws_every_divergence(tmp_path):
                   for d in {p["divergence"] for p in pols})
     got = sorted(s["points"] for s in series)
     assert [flat(g) for g in got] == [pytest.approx(flat(w), rel=1e-12) for w in want]
+
+
+def test_a_lab_table_of_many_lines_is_grouped_as_python_groups_it(tmp_path):
+    """A lab table's rows were grouped into lines by scanning the groups found so far for each
+    row and every row for each group (quadratic in the rows); the grouping is now hashed. The
+    lines must stay what they were: one per (divergence, noise) in first-seen order, noise equal
+    by value (0 and -0.0 one line), each line's points sorted by beta, the n-th line of a
+    divergence with the n-th dash pattern. Enumerated here in Python."""
+    rnd = random.Random(5)
+    divs = ["rkl", "fkl", "js"]
+    noises = ["0", "-0.0", "0.25"] + [repr(0.001 * k) for k in range(1, 120)]
+    rows = []
+    for _ in range(1500):
+        rows.append((rnd.choice(divs), rnd.choice(noises), rnd.choice([0.01, 0.1, 0.5, 1.0, 3.0]), rnd.random()))
+    gap = tmp_path / "gap.csv"
+    with open(gap, "w") as f:
+        f.write("noise,divergence,beta,reward_gap,objective_gap\n")
+        for d, n, b, y in rows:
+            f.write(f"{n},{d},{b},{y},{y / 2}\n")
+    title = {"rkl": "reverse KL (DPO)", "fkl": "forward KL", "js": "Jensen\u2013Shannon"}
+    order, pts = [], {}
+    for d, n, b, y in rows:
+        key = (d, float(n))
+        if key not in pts:
+            order.append(key)
+            pts[key] = []
+        pts[key].append((b, y))
+    out = tmp_path / "r.html"
+    r = run("--lab", str(gap), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    series = chart(charts, "Lab: true-reward gap from reward error vs \u03b2")["series"]
+    assert len(series) == len(order)
+    for s, key in zip(series, order):
+        d, nv = key
+        assert s["label"].startswith(title[d] + ", noise="), s["label"]
+        assert float(s["label"].split("noise=")[1]) == nv
+        assert s["dash"] == [k[0] for k in order[:order.index(key)]].count(d)
+        want = sorted(pts[key], key=lambda p: p[0])
+        assert flat(sorted(map(tuple, s["points"]))) == pytest.approx(flat(sorted(want)), rel=1e-15, abs=0)
+        assert [p[0] for p in s["points"]] == [p[0] for p in want]
