@@ -590,7 +590,7 @@ static cJSON *collect_samples(const cJSON *arr, size_t *dropped) {
  * without a number after it ("ref", "sft-model", "base_ref", "gpt2 (base)", "Reference model",
  * "sft0"): a word that only contains one ("preference-exps", "refined") or a parent directory
  * ("runs/sft/final") is no sign. */
-static int looks_like_reference(const char *name) {
+int fdpo_rp_looks_like_reference(const char *name) {
     static const char *const pats[] = {"reference", "baseline", "initial", "ref", "sft", "base", "init", NULL};
     const char *own = base_name(name);
     for (const char *w = own; *w;) {
@@ -638,7 +638,7 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
     }
     /* A policy without settings inherits its run's, unless it is the reference/SFT model
      * evaluated alongside (several policies in the file, named like one). */
-    if (!div && !hb && run && (n_in_file == 1 || !looks_like_reference(name))) {
+    if (!div && !hb && run && (n_in_file == 1 || !fdpo_rp_looks_like_reference(name))) {
         if (run->divergence) div = fdpo_strdup(run->divergence);
         beta = run->beta; hb = run->has_beta;
     }
@@ -1114,6 +1114,7 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
         rp_policy *list = k ? c->proxy : c->pols;
         for (size_t i = 0, n = k ? c->n_proxy : c->n_pols; i < n; i++) {
             rp_policy *q = &list[i];
+            free(q->from);
             free(q->name); free(q->run); free(q->source); free(q->divergence);
             cJSON_Delete(q->metrics); cJSON_Delete(q->samples);
         }

@@ -30,6 +30,7 @@ static const char *run_color(size_t i) { return PALETTE[i % N_PALETTE]; }
 /* Same divergence, same colour in every panel. */
 static const char *div_color(const char *div) {
     if (!div) return "#555555";
+    if (!strcmp(div, "\x01unknown")) return "#999999";
     if (!strcmp(div, "rkl")) return PALETTE[0];
     if (!strcmp(div, "fkl")) return PALETTE[1];
     if (!strcmp(div, "js")) return PALETTE[2];
@@ -40,8 +41,54 @@ static const char *div_color(const char *div) {
     return PALETTE[others[h % 4]];
 }
 
+/* A policy's group on the policy panels: its divergence, else "" for the reference (its name
+ * says so: fdpo_rp_looks_like_reference) and UNKNOWN_DIV for any other policy without one (an
+ * online round whose directory holds no settings, a checkpoint outside the runs): drawn as
+ * "reference" and "divergence unknown", which one grey series "reference / unknown" mixed. */
+static const char UNKNOWN_DIV[] = "\x01unknown";
+static const char *pol_div_key(const rp_policy *q) {
+    if (q->divergence) return q->divergence;
+    return fdpo_rp_looks_like_reference(q->name) ? "" : UNKNOWN_DIV;
+}
+
+/* Policies of one name evaluated by several files (two gold --eval files that both hold the
+ * reference, say) are told apart by their file on the tables and tooltips: "ref (e2.json)".
+ * Set once before rendering, through a hash of the names. */
+static uint64_t pol_name_hash(size_t i, const void *ctx) {
+    const rp_policy *q = &((const rp_ctx *)ctx)->pols[i];
+    return fdpo_hash64(FDPO_HASH_INIT, q->name, strlen(q->name));
+}
+static void mark_same_names(rp_ctx *c) {
+    fdpo_itab t;
+    fdpo_itab_init(&t, c->n_pols + 1);
+    size_t *first = fdpo_malloc((c->n_pols + 1) * sizeof *first);   /* first policy of i's name */
+    for (size_t i = 0; i < c->n_pols; i++) {
+        size_t k = fdpo_itab_first(&t, pol_name_hash(i, c));
+        for (; t.slot[k]; k = fdpo_itab_next(&t, k)) if (!strcmp(c->pols[t.slot[k] - 1].name, c->pols[i].name)) break;
+        if (!t.slot[k]) fdpo_itab_set(&t, k, i);
+        first[i] = t.slot[k] - 1;
+    }
+    char *multi = fdpo_calloc(c->n_pols + 1, 1);   /* multi[f]: f's name has policies of several files */
+    for (size_t i = 0; i < c->n_pols; i++)
+        if (strcmp(c->pols[i].source, c->pols[first[i]].source)) multi[first[i]] = 1;
+    for (size_t i = 0; i < c->n_pols; i++) {
+        rp_policy *q = &c->pols[i];
+        free(q->from);
+        q->from = NULL;
+        if (!multi[first[i]]) continue;
+        size_t n = strlen(q->source) + 4;
+        q->from = fdpo_malloc(n);
+        snprintf(q->from, n, " (%s)", q->source);
+    }
+    free(multi);
+    free(first);
+    fdpo_itab_free(&t);
+}
+static const char *pol_from(const rp_ctx *c, const rp_policy *q) { (void)c; return q->from ? q->from : ""; }
+
 static const char *div_title(const char *div) {
-    if (!div) return "reference / unknown";
+    if (!div) return "reference";
+    if (!strcmp(div, UNKNOWN_DIV)) return "divergence unknown";
     if (!strcmp(div, "rkl")) return "reverse KL (DPO)";
     if (!strcmp(div, "fkl")) return "forward KL";
     if (!strcmp(div, "js")) return "Jensen\xe2\x80\x93Shannon";
@@ -256,7 +303,7 @@ static const char *pol_kl_key(const rp_policy *q) {
 static size_t policy_divs(const rp_ctx *c, const char **out) {
     size_t n = 0;
     for (size_t i = 0; i < c->n_pols; i++) {
-        const char *d = c->pols[i].divergence ? c->pols[i].divergence : "";
+        const char *d = pol_div_key(&c->pols[i]);
         size_t j = 0;
         while (j < n && strcmp(out[j], d)) j++;
         if (j == n) out[n++] = d;
@@ -378,7 +425,7 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
         size_t n = 0;
         for (size_t i = 0; i < c->n_pols; i++) {
             const rp_policy *q = &c->pols[i];
-            if (strcmp(q->divergence ? q->divergence : "", divs[d])) continue;
+            if (strcmp(pol_div_key(q), divs[d])) continue;
             const char *xk = x_key ? x_key : pol_kl_key(q);
             double x, y;
             if (!xk || !pol_num(q, xk, &x) || !pol_num(q, "reward_mean", &y)) continue;
@@ -386,14 +433,17 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
         const char *dv = divs[d][0] ? divs[d] : NULL;
-        cJSON *s = series_new(series, div_title(dv), div_color(dv), dv != NULL && n > 1, 0);
+        /* a line joins one divergence's policies over beta; the reference and the policies of
+         * unknown divergence are points */
+        cJSON *s = series_new(series, div_title(dv), div_color(dv), dv != NULL && dv != UNKNOWN_DIV && n > 1, 0);
         for (size_t k = 0; k < n; k++) {
             const rp_policy *q = &c->pols[pts[k].i];
             char tip[512], bs[64] = "", se[64] = "";
             double v;
             if (q->has_beta) snprintf(bs, sizeof bs, ", \xce\xb2=%g", q->beta);
             if (pol_num(q, "reward_se", &v) || pol_num(q, "reward_stderr", &v)) snprintf(se, sizeof se, " \xc2\xb1 %.3g", v);
-            snprintf(tip, sizeof tip, "%.200s%s: reward %.4g%s at %.4g", q->name, bs, pts[k].y, se, pts[k].x);
+            snprintf(tip, sizeof tip, "%.200s%s%s: reward %.4g%s at %.4g", q->name, pol_from(c, q), bs, pts[k].y, se,
+                     pts[k].x);
             series_add(s, pts[k].x, pts[k].y, tip);
         }
     }
@@ -465,6 +515,11 @@ static const rp_policy *policy_named(const rp_policy *list, size_t n, const char
     for (size_t i = 0; i < n; i++) if (!strcmp(list[i].name, name)) return &list[i];
     return NULL;
 }
+/* The policy named name in file source, else NULL. */
+static const rp_policy *policy_named_in(const rp_policy *list, size_t n, const char *name, const char *source) {
+    for (size_t i = 0; i < n; i++) if (!strcmp(list[i].name, name) && !strcmp(list[i].source, source)) return &list[i];
+    return NULL;
+}
 
 /* Reward over-optimisation (--proxy-eval): the policies of the proxy file that the gold files
  * also evaluated, in the proxy file's order (an online run's rounds), as two lines against
@@ -476,8 +531,8 @@ static void overoptimisation_panel(charts *ch) {
     if (!c->n_proxy) return;
     const rp_policy *pref = kl_zero_policy(c->proxy, c->n_proxy);
     const rp_policy *gref = pref ? policy_named(c->pols, c->n_pols, pref->name) : NULL;
-    double gm, gs, pm, ps;
-    if (!gref || !pol_num(gref, "reward_mean", &gm) || !pol_num(gref, "reward_std", &gs) || !(gs > 0) ||
+    double gm0, gs0, pm, ps;
+    if (!gref || !pol_num(gref, "reward_mean", &gm0) || !pol_num(gref, "reward_std", &gs0) || !(gs0 > 0) ||
         !pol_num(pref, "reward_mean", &pm) || !pol_num(pref, "reward_std", &ps) || !(ps > 0)) {
         fdpo_rp_warn(c, "--proxy-eval: no reference policy (KL 0, reward_std > 0) in both the proxy and the gold "
                         "eval files: the over-optimisation panel needs it to put both rewards on one axis");
@@ -490,13 +545,19 @@ static void overoptimisation_panel(charts *ch) {
         const char *xk = g ? pol_kl_key(g) : NULL;
         double x, yg, yp, seg = NAN, sep = NAN;
         if (!xk || !pol_num(g, xk, &x) || !pol_num(g, "reward_mean", &yg) || !pol_num(p, "reward_mean", &yp)) continue;
+        /* a gold policy's gain is over the reference of its own gold file (the same prompts and
+         * reward), when that file evaluated it too: with two gold files both holding the
+         * reference, the second file's policies were measured against the first file's */
+        double gm = gm0, gs = gs0, m, sd;
+        const rp_policy *own = policy_named_in(c->pols, c->n_pols, gref->name, g->source);
+        if (own && pol_num(own, "reward_mean", &m) && pol_num(own, "reward_std", &sd) && sd > 0) { gm = m; gs = sd; }
         /* the s.e. as the summary table reads it (reward_se, else reward_stderr); none: no "±" */
         int has_seg = pol_num(g, "reward_se", &seg) || pol_num(g, "reward_stderr", &seg);
         int has_sep = pol_num(p, "reward_se", &sep) || pol_num(p, "reward_stderr", &sep);
         char tip[600], raw[64] = "", gain[64] = "";
         if (has_seg) { snprintf(raw, sizeof raw, " ± %.2g", seg); snprintf(gain, sizeof gain, " ± %.2g", seg / gs); }
-        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, yg,
-                 raw, (yg - gm) / gs, gain, x);
+        snprintf(tip, sizeof tip, "%.200s%s: gold reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, pol_from(c, g),
+                 yg, raw, (yg - gm) / gs, gain, x);
         series_add(sg, x, (yg - gm) / gs, tip);
         raw[0] = gain[0] = 0;
         if (has_sep) { snprintf(raw, sizeof raw, " ± %.2g", sep); snprintf(gain, sizeof gain, " ± %.2g", sep / ps); }
@@ -576,8 +637,10 @@ static void policy_table(rp_ctx *c, rp_buf *b, const char *id, const char *const
     fdpo_rp_puts(b, "</tr></thead><tbody>\n");
     for (size_t i = 0; i < c->n_pols; i++) {
         const rp_policy *q = &c->pols[i];
-        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(q->divergence));
+        const char *key = pol_div_key(q);
+        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(key[0] ? key : NULL));
         fdpo_rp_html(b, q->name);
+        fdpo_rp_html(b, pol_from(c, q));
         fdpo_rp_puts(b, "</td>");
         td_text(b, q->run);
         td_text(b, q->divergence);
@@ -957,6 +1020,7 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
     rp_buf body = {0};
     charts ch = {c, &body, cJSON_CreateArray(), 0};
     fdpo_rp_number_runs(c);   /* the runs' colour slots, once */
+    mark_same_names(c);
 
     if (c->notes) fdpo_rp_notes(&body, c->notes);
 
