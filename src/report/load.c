@@ -397,6 +397,22 @@ static rp_run *new_run(rp_ctx *c, const char *dir, const char *name) {
     return r;
 }
 
+static const struct rp_read_file *read_entry(const rp_ctx *c, const char *path);
+static void record_read(rp_ctx *c, const char *path);
+
+/* 1 (with a warning) when what path names, a run directory or a metrics file, was read as a
+ * run before under any spelling (RUN_DIR and ./RUN_DIR, DIR/metrics.jsonl and DIR): it was a
+ * second run of the same rows, every curve drawn twice. Else it is recorded. */
+static int run_read_before(rp_ctx *c, const char *path, const char *what) {
+    const struct rp_read_file *e = read_entry(c, path);
+    if (e) {
+        fdpo_rp_warn(c, "%s: the same %s as %s, read already; not read again", path, what, e->path);
+        return 1;
+    }
+    record_read(c, path);
+    return 0;
+}
+
 int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0) return fdpo_error("%s: no such run directory (%s)", dir, strerror(errno));
@@ -404,6 +420,7 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
         if (ends_with(dir, ".csv")) return fdpo_rp_load_lab(c, dir, 0) < 0 ? -1 : 0;
         if (is_samples_name(base_name(dir))) return fdpo_rp_load_samples(c, dir, NULL, 1);
         if (ends_with(dir, ".jsonl")) {
+            if (run_read_before(c, dir, "file")) return 0;
             char *parent = fdpo_strdup(dir);
             char *slash = strrchr(parent, '/');
             if (slash) *slash = 0; else strcpy(parent, ".");
@@ -417,6 +434,7 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
         return fdpo_rp_load_eval(c, dir, NULL, 1);
     }
     if (!S_ISDIR(st.st_mode)) return fdpo_error("%s: not a run directory", dir);
+    if (run_read_before(c, dir, "directory")) return 0;
     size_t n_names;
     char **names = list_dir(dir, &n_names);
     if (!names && n_names == 0) {
@@ -430,7 +448,10 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     size_t run_index = c->n_runs - 1;
     int found = 0;
     char *mpath = fdpo_path_join(dir, "metrics.jsonl");
-    if (is_file(mpath)) { load_metrics(c, r, mpath); found = 1; }
+    if (is_file(mpath)) {   /* found either way: a warning says where its rows went */
+        if (!run_read_before(c, mpath, "file")) load_metrics(c, r, mpath);
+        found = 1;
+    }
     free(mpath);
     discover_settings(c, r, names, n_names);
     fdpo_rp_loop_discover(c, r);

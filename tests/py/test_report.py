@@ -1307,3 +1307,32 @@ def test_two_gold_eval_files_with_the_reference_and_policies_of_unknown_divergen
     gold = {"online/round-1": (1.0, 0.5, "e1.json"), "online/round-2": (2.0, 0.7, "e2.json")}
     want = [(0.0, 0.0)] + [(k, (m - own_ref[f][0]) / own_ref[f][1]) for k, m, f in gold.values()]
     assert flat(ov["gold reward"]["points"]) == pytest.approx(flat(want), rel=1e-12, abs=1e-12)
+
+
+def test_a_run_directory_or_frontier_table_given_twice_is_read_once(tmp_path):
+    """RUN_DIR ./RUN_DIR/ (or RUN_DIR and RUN_DIR/metrics.jsonl) were two runs of the same rows:
+    the runs table listed it twice and every curve was drawn twice; --lab-frontier F
+    --lab-frontier ./F was read once without a word. Each repeat is now a warning naming the
+    first spelling, and the rows are the file's once (Python's json is the reference)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"step": s, "loss": 2.0 / s} for s in range(1, 6)]
+    write_jsonl(run_dir / "metrics.jsonl", rows)
+    lab = tmp_path / "fr.csv"
+    lab.write_text("divergence,beta,expected_reward,kl\nrkl,0.1,1.5,0.3\nrkl,1,1.0,0.2\n")
+    (tmp_path / "ev.json").write_text(json.dumps({"policies": [{"name": "p", "reward_mean": 1, "kl_seq_mean": 0.5}]}))
+    out = tmp_path / "r.html"
+    r = subprocess.run([FDPO, "report", "run", "./run/", "run/metrics.jsonl", "--eval", "ev.json",
+                        "--lab-frontier", "fr.csv", "--lab-frontier", "./fr.csv", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "./run/: the same directory as run, read already; not read again" in r.stderr, r.stderr
+    assert "run/metrics.jsonl: the same file as run/metrics.jsonl, read already; not read again" in r.stderr
+    assert "./fr.csv: the same file as fr.csv, read already; not read again" in r.stderr
+    assert "(1 run, 1 policy, 1 lab table" in r.stderr
+    text, _, charts = parse(out)
+    loss = chart(charts, "Training loss")["series"]
+    assert len(loss) == 1 and loss[0]["points"] == [[x["step"], x["loss"]] for x in rows]
+    runs_table = text[text.index('id="runs-table"'):]
+    runs_table = runs_table[:runs_table.index("</table>")]
+    assert runs_table.count("<tr><td>") == 1, runs_table
