@@ -293,6 +293,10 @@ double fdpo_sentence_bleu(const fdpo_words *refs, size_t n_refs, const fdpo_word
  * makes both NaN: it has no bin. */
 void fdpo_calibration(const double *p, size_t n, double *accuracy, double *ece);
 double fdpo_pearson(const double *x, const double *y, size_t n); /* NaN if undefined */
+/* The exactly rounded sum of x[0..n) (as Python's math.fsum); an overflowing sum, inf or NaN
+ * give the plain left-to-right sum. */
+double fdpo_exact_sum(const double *x, size_t n);
+/* mean = fdpo_exact_sum / n (x[0] itself for a constant x); std with n-1, two-pass from that mean */
 typedef struct { double mean, std, se; size_t n; } fdpo_stats; /* std with n-1 */
 fdpo_stats fdpo_stats_of(const double *x, size_t n);
 

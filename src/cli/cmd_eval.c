@@ -270,6 +270,8 @@ int cmd_eval(int argc, char **argv) {
             cJSON_AddStringToObject(cfg, "safety", safety_spec);
             cJSON_AddNumberToObject(cfg, "safety_threshold", safety_threshold);
         }
+        /* the AFINN file scoring --reward/--safety afinn (absent: the default AFINN-165) */
+        if (lexicon) cJSON_AddStringToObject(cfg, "lexicon", lexicon);
         if (words_path) cJSON_AddStringToObject(cfg, "words", words_path);
         cJSON_AddNumberToObject(cfg, "k", (double)sf.n);
         cJSON_AddNumberToObject(cfg, "temperature", sf.temperature);

@@ -220,10 +220,26 @@ static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *
     }
     int shape_given = flags_was_set(flags, n, "arch");
     for (size_t i = 0; i < sizeof SHAPE / sizeof SHAPE[0]; i++) shape_given |= flags_was_set(flags, n, SHAPE[i]);
+    /* on --resume the saved state comes first: without training_state.json there is nothing to
+     * resume, and that is the cause to report, not a shape flag that its config.json contradicts
+     * (the repair an interrupted save left runs first, as resume_defaults does; once a process) */
+    if (shape_given && o->resume) {
+        fdpo_settings saved;
+        size_t step = 0;
+        if (fdpo_checkpoint_recover(dir)) return -1;
+        if (fdpo_train_state_read_settings(dir, &saved, &step)) return fdpo_error_context("--resume");
+        fdpo_settings_free(&saved);
+    }
     /* a LoRA checkpoint (a LoRA run's OUT, or a PEFT adapter given as --model) holds no
      * config.json: the model is its base's (base_model_name_or_path), as the trainer loads it */
     char *lora_base = fdpo_lora_is_checkpoint(dir) ? fdpo_lora_peft_base(dir) : NULL;
     char *path = shape_given ? fdpo_path_join(lora_base ? lora_base : dir, "config.json") : NULL;
+    /* the file that says the family: an adapter directory has adapter_config.json, whose
+     * base_model_name_or_path names the model whose config.json it is */
+    char says[1200];
+    if (lora_base) snprintf(says, sizeof says, "an adapter: its adapter_config.json names the base model %s, whose config.json says the family",
+                            lora_base);
+    else snprintf(says, sizeof says, "its config.json says the family");
     free(lora_base);
     fdpo_gpt2_config c;
     /* not a checkpoint: the trainer's load says so, after the --tokenizer check below */
@@ -243,8 +259,8 @@ static int shape_flags_check(fdpo_flag *flags, size_t n, const fdpo_train_opts *
         }
         const int saved_llama_shape = arch_saved && llama;
         if (!arch_saved && flags_was_set(flags, n, "arch") && o->arch && strcmp(o->arch, llama ? "llama" : "gpt2"))
-            return fdpo_error("--arch %s: %s %s is %s (its config.json says the family; drop the flag)", o->arch, source,
-                              dir, fdpo_gpt2_architecture(&c, 0));
+            return fdpo_error("--arch %s: %s %s is %s (%s; drop the flag)", o->arch, source,
+                              dir, fdpo_gpt2_architecture(&c, 0), says);
         const struct { const char *name; double given, has; int applies; } v[] = {
             {"n-layer", (double)o->n_layer, (double)c.n_layer, 1},
             {"n-head", (double)o->n_head, (double)c.n_head, 1},

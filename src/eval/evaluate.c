@@ -100,8 +100,8 @@ static int eval_pairs(cJSON *o, fdpo_decoder *pd, fdpo_decoder *rd, const fdpo_p
         if (rc == 0) rc = fdpo_dist_join_shards_f64(p, n, 1);
         if (rc == 0) rc = fdpo_dist_join_shards_f64(zs, n, 1);
     }
+    if (rc == 0) margin = fdpo_exact_sum(zs, n);   /* exactly rounded, as fdpo_stats_of's means */
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        margin += zs[i];
         longer += pairs->pairs[i].n_chosen > pairs->pairs[i].n_rejected;
     }
     if (rc == 0) {
@@ -296,7 +296,8 @@ cJSON *fdpo_evaluate(const fdpo_gpt2 *policy, const fdpo_gpt2 *ref, const fdpo_t
         if (rc == 0 && nd) rc = fdpo_dist_join_shards_f64(fd_seq, N, nd);
         if (rc == 0 && nd) rc = fdpo_dist_join_shards_f64(fd_tok, N, nd);
     }
-    for (size_t i = 0; i < N; i++) { ent_sum += ent[i]; ent_n += (size_t)npos[i]; }
+    for (size_t i = 0; i < N; i++) ent_n += (size_t)npos[i];
+    ent_sum = fdpo_exact_sum(ent, N);
     double *known = fdpo_calloc(N, sizeof(double));
     for (size_t i = 0; i < N && rc == 0 && c->words; i++) {
         size_t kn, tot;

@@ -270,6 +270,56 @@ static int scale_exponent(const double *x, size_t n) {
     return e;
 }
 
+/* The exactly rounded sum of x (Shewchuk's algorithm, as Python's math.fsum): the partials
+ * p[] hold the running sum exactly as non-overlapping doubles, smallest first; the result is
+ * their sum rounded once, half to even. A plain sum rounds at every step, and a sum cancelling
+ * across scales, (1, 1e300, -1e300), came out 0 rather than 1. Sums that overflow, inf and NaN
+ * give the plain sum. */
+double fdpo_exact_sum(const double *x, size_t n) {
+    double plain = 0;
+    for (size_t i = 0; i < n; i++) plain += x[i];
+    if (!isfinite(plain)) return plain;
+    double small[64], *p = small;
+    size_t np = 0, cap = 64;
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i];
+        size_t k = 0;
+        for (size_t j = 0; j < np; j++) {
+            double y = p[j];
+            if (fabs(v) < fabs(y)) { double t = v; v = y; y = t; }
+            const double hi = v + y, lo = y - (hi - v);
+            if (lo != 0) p[k++] = lo;
+            v = hi;
+        }
+        if (!isfinite(v)) { if (p != small) free(p); return plain; }   /* an intermediate overflowed */
+        np = k;
+        if (np == cap) {
+            double *q = fdpo_malloc(2 * cap * sizeof *q);
+            memcpy(q, p, np * sizeof *q);
+            if (p != small) free(p);
+            p = q; cap *= 2;
+        }
+        p[np++] = v;
+    }
+    double hi = 0, lo = 0;
+    if (np > 0) {
+        hi = p[--np];
+        while (np > 0) {   /* add the partials from the top until the sum is inexact */
+            const double a = hi, y = p[--np];
+            hi = a + y;
+            lo = y - (hi - a);
+            if (lo != 0) break;
+        }
+        /* half-way case: the rest moves the tie toward lo's side */
+        if (np > 0 && ((lo < 0 && p[np - 1] < 0) || (lo > 0 && p[np - 1] > 0))) {
+            const double y = lo * 2, a = hi + y;
+            if (y == a - hi) hi = a;
+        }
+    }
+    if (p != small) free(p);
+    return hi;
+}
+
 /* Mean of d_i = x_i * 2^-e - x_0 * 2^-e, the values scaled and centred on the first one.
  * A plain sum of n copies of 0.1 divided by n is a few ulps off 0.1, and values an ulp apart
  * then got deviations measured from a centre outside them: a constant reward had std 1e-17,
@@ -299,22 +349,33 @@ double fdpo_pearson(const double *x, const double *y, size_t n) {
 fdpo_stats fdpo_stats_of(const double *x, size_t n) {
     fdpo_stats s = {NAN, NAN, NAN, n};
     if (n == 0) return s;
-    const int e = scale_exponent(x, n);   /* the sums below are of x * 2^-e */
-    const double x0 = ldexp(x[0], -e), md = centred_mean(x, n, e);
-    /* x0 + md is within an ulp or so of the data's scale; one correction pass gives back
-     * the digits of a mean much smaller than the values in cases like (1, -1, 1e-20), and adds
-     * 0 for a constant column, whose mean stays x[0] exactly. A sum cancelling across many
-     * scales, (1, 1e300, -1e300), still comes out rounded to the largest one's ulp. */
-    double m = x0 + md, r = 0, plain = 0;
-    for (size_t i = 0; i < n; i++) { r += ldexp(x[i], -e) - m; plain += ldexp(x[i], -e); }
-    /* an inf or NaN in x keeps the plain mean (inf stays inf, not inf - inf) */
-    s.mean = isfinite(plain) ? ldexp(m + r / (double)n, e) : plain;
-    if (n < 2) return s;
-    double v = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (ldexp(x[i], -e) - x0) - md;
-        v += d * d;
+    if (all_equal(x, n)) {   /* a constant column: its mean exactly, no spread (n copies of 0.1 summed and divided need not give 0.1 back) */
+        s.mean = x[0];
+        if (n > 1 && isfinite(x[0])) s.std = s.se = 0;
+        else if (n > 1) s.std = s.se = NAN;
+        return s;
     }
+    const int e = scale_exponent(x, n);   /* the sums below are of x * 2^-e */
+    double *xs = fdpo_malloc(n * sizeof *xs), lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        xs[i] = ldexp(x[i], -e);
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+    }
+    /* the mean is the exactly rounded sum over n (math.fsum(x) / len(x)); an inf or NaN in x
+     * gives the plain sum's inf or NaN. Kept inside [min, max], where the exact mean lies. */
+    const double sum = fdpo_exact_sum(xs, n), m = sum / (double)n;
+    s.mean = ldexp(m, e);
+    if (isfinite(s.mean)) s.mean = s.mean < lo ? lo : s.mean > hi ? hi : s.mean;
+    if (n < 2) { free(xs); return s; }
+    /* two passes: deviations from the rounded mean, with the correction (sum d)^2 / n for the
+     * mean's own rounding (the corrected two-pass algorithm); sum d exactly rounded */
+    double v = 0;
+    for (size_t i = 0; i < n; i++) { xs[i] -= m; v += xs[i] * xs[i]; }
+    const double c = fdpo_exact_sum(xs, n);
+    free(xs);
+    v -= c * c / (double)n;
+    if (v < 0) v = 0;
     const double std_scaled = sqrt(v / (double)(n - 1));
     s.std = ldexp(std_scaled, e);
     s.se = ldexp(std_scaled / sqrt((double)n), e);   /* finite even where std is past DBL_MAX */

@@ -397,6 +397,22 @@ static rp_run *new_run(rp_ctx *c, const char *dir, const char *name) {
     return r;
 }
 
+static const struct rp_read_file *read_entry(const rp_ctx *c, const char *path);
+static void record_read(rp_ctx *c, const char *path);
+
+/* 1 (with a warning) when what path names, a run directory or a metrics file, was read as a
+ * run before under any spelling (RUN_DIR and ./RUN_DIR, DIR/metrics.jsonl and DIR): it was a
+ * second run of the same rows, every curve drawn twice. Else it is recorded. */
+static int run_read_before(rp_ctx *c, const char *path, const char *what) {
+    const struct rp_read_file *e = read_entry(c, path);
+    if (e) {
+        fdpo_rp_warn(c, "%s: the same %s as %s, read already; not read again", path, what, e->path);
+        return 1;
+    }
+    record_read(c, path);
+    return 0;
+}
+
 int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     struct stat st;
     if (stat(dir, &st) != 0) return fdpo_error("%s: no such run directory (%s)", dir, strerror(errno));
@@ -404,6 +420,7 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
         if (ends_with(dir, ".csv")) return fdpo_rp_load_lab(c, dir, 0) < 0 ? -1 : 0;
         if (is_samples_name(base_name(dir))) return fdpo_rp_load_samples(c, dir, NULL, 1);
         if (ends_with(dir, ".jsonl")) {
+            if (run_read_before(c, dir, "file")) return 0;
             char *parent = fdpo_strdup(dir);
             char *slash = strrchr(parent, '/');
             if (slash) *slash = 0; else strcpy(parent, ".");
@@ -417,6 +434,7 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
         return fdpo_rp_load_eval(c, dir, NULL, 1);
     }
     if (!S_ISDIR(st.st_mode)) return fdpo_error("%s: not a run directory", dir);
+    if (run_read_before(c, dir, "directory")) return 0;
     size_t n_names;
     char **names = list_dir(dir, &n_names);
     if (!names && n_names == 0) {
@@ -430,7 +448,10 @@ int fdpo_rp_load_run(rp_ctx *c, const char *dir) {
     size_t run_index = c->n_runs - 1;
     int found = 0;
     char *mpath = fdpo_path_join(dir, "metrics.jsonl");
-    if (is_file(mpath)) { load_metrics(c, r, mpath); found = 1; }
+    if (is_file(mpath)) {   /* found either way: a warning says where its rows went */
+        if (!run_read_before(c, mpath, "file")) load_metrics(c, r, mpath);
+        found = 1;
+    }
     free(mpath);
     discover_settings(c, r, names, n_names);
     fdpo_rp_loop_discover(c, r);
@@ -590,7 +611,7 @@ static cJSON *collect_samples(const cJSON *arr, size_t *dropped) {
  * without a number after it ("ref", "sft-model", "base_ref", "gpt2 (base)", "Reference model",
  * "sft0"): a word that only contains one ("preference-exps", "refined") or a parent directory
  * ("runs/sft/final") is no sign. */
-static int looks_like_reference(const char *name) {
+int fdpo_rp_looks_like_reference(const char *name) {
     static const char *const pats[] = {"reference", "baseline", "initial", "ref", "sft", "base", "init", NULL};
     const char *own = base_name(name);
     for (const char *w = own; *w;) {
@@ -638,7 +659,7 @@ static void add_policy(rp_ctx *c, const cJSON *p, const char *key_name, const ch
     }
     /* A policy without settings inherits its run's, unless it is the reference/SFT model
      * evaluated alongside (several policies in the file, named like one). */
-    if (!div && !hb && run && (n_in_file == 1 || !looks_like_reference(name))) {
+    if (!div && !hb && run && (n_in_file == 1 || !fdpo_rp_looks_like_reference(name))) {
         if (run->divergence) div = fdpo_strdup(run->divergence);
         beta = run->beta; hb = run->has_beta;
     }
@@ -1095,10 +1116,13 @@ size_t fdpo_rp_runs_with_rows(const rp_ctx *c) {
     return n;
 }
 
-size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i) {
+void fdpo_rp_number_runs(rp_ctx *c) {
     size_t n = 0;
-    for (size_t j = 0; j < i && j < c->n_runs; j++) n += c->runs[j].rows->child != NULL;
-    return n;
+    for (size_t i = 0; i < c->n_runs; i++) { c->runs[i].slot = n; n += c->runs[i].rows->child != NULL; }
+}
+
+size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i) {
+    return i < c->n_runs ? c->runs[i].slot : fdpo_rp_runs_with_rows(c);
 }
 
 void fdpo_rp_ctx_free(rp_ctx *c) {
@@ -1111,6 +1135,7 @@ void fdpo_rp_ctx_free(rp_ctx *c) {
         rp_policy *list = k ? c->proxy : c->pols;
         for (size_t i = 0, n = k ? c->n_proxy : c->n_pols; i < n; i++) {
             rp_policy *q = &list[i];
+            free(q->from);
             free(q->name); free(q->run); free(q->source); free(q->divergence);
             cJSON_Delete(q->metrics); cJSON_Delete(q->samples);
         }

@@ -30,6 +30,7 @@ static const char *run_color(size_t i) { return PALETTE[i % N_PALETTE]; }
 /* Same divergence, same colour in every panel. */
 static const char *div_color(const char *div) {
     if (!div) return "#555555";
+    if (!strcmp(div, "\x01unknown")) return "#999999";
     if (!strcmp(div, "rkl")) return PALETTE[0];
     if (!strcmp(div, "fkl")) return PALETTE[1];
     if (!strcmp(div, "js")) return PALETTE[2];
@@ -40,8 +41,54 @@ static const char *div_color(const char *div) {
     return PALETTE[others[h % 4]];
 }
 
+/* A policy's group on the policy panels: its divergence, else "" for the reference (its name
+ * says so: fdpo_rp_looks_like_reference) and UNKNOWN_DIV for any other policy without one (an
+ * online round whose directory holds no settings, a checkpoint outside the runs): drawn as
+ * "reference" and "divergence unknown", which one grey series "reference / unknown" mixed. */
+static const char UNKNOWN_DIV[] = "\x01unknown";
+static const char *pol_div_key(const rp_policy *q) {
+    if (q->divergence) return q->divergence;
+    return fdpo_rp_looks_like_reference(q->name) ? "" : UNKNOWN_DIV;
+}
+
+/* Policies of one name evaluated by several files (two gold --eval files that both hold the
+ * reference, say) are told apart by their file on the tables and tooltips: "ref (e2.json)".
+ * Set once before rendering, through a hash of the names. */
+static uint64_t pol_name_hash(size_t i, const void *ctx) {
+    const rp_policy *q = &((const rp_ctx *)ctx)->pols[i];
+    return fdpo_hash64(FDPO_HASH_INIT, q->name, strlen(q->name));
+}
+static void mark_same_names(rp_ctx *c) {
+    fdpo_itab t;
+    fdpo_itab_init(&t, c->n_pols + 1);
+    size_t *first = fdpo_malloc((c->n_pols + 1) * sizeof *first);   /* first policy of i's name */
+    for (size_t i = 0; i < c->n_pols; i++) {
+        size_t k = fdpo_itab_first(&t, pol_name_hash(i, c));
+        for (; t.slot[k]; k = fdpo_itab_next(&t, k)) if (!strcmp(c->pols[t.slot[k] - 1].name, c->pols[i].name)) break;
+        if (!t.slot[k]) fdpo_itab_set(&t, k, i);
+        first[i] = t.slot[k] - 1;
+    }
+    char *multi = fdpo_calloc(c->n_pols + 1, 1);   /* multi[f]: f's name has policies of several files */
+    for (size_t i = 0; i < c->n_pols; i++)
+        if (strcmp(c->pols[i].source, c->pols[first[i]].source)) multi[first[i]] = 1;
+    for (size_t i = 0; i < c->n_pols; i++) {
+        rp_policy *q = &c->pols[i];
+        free(q->from);
+        q->from = NULL;
+        if (!multi[first[i]]) continue;
+        size_t n = strlen(q->source) + 4;
+        q->from = fdpo_malloc(n);
+        snprintf(q->from, n, " (%s)", q->source);
+    }
+    free(multi);
+    free(first);
+    fdpo_itab_free(&t);
+}
+static const char *pol_from(const rp_ctx *c, const rp_policy *q) { (void)c; return q->from ? q->from : ""; }
+
 static const char *div_title(const char *div) {
-    if (!div) return "reference / unknown";
+    if (!div) return "reference";
+    if (!strcmp(div, UNKNOWN_DIV)) return "divergence unknown";
     if (!strcmp(div, "rkl")) return "reverse KL (DPO)";
     if (!strcmp(div, "fkl")) return "forward KL";
     if (!strcmp(div, "js")) return "Jensen\xe2\x80\x93Shannon";
@@ -256,7 +303,7 @@ static const char *pol_kl_key(const rp_policy *q) {
 static size_t policy_divs(const rp_ctx *c, const char **out) {
     size_t n = 0;
     for (size_t i = 0; i < c->n_pols; i++) {
-        const char *d = c->pols[i].divergence ? c->pols[i].divergence : "";
+        const char *d = pol_div_key(&c->pols[i]);
         size_t j = 0;
         while (j < n && strcmp(out[j], d)) j++;
         if (j == n) out[n++] = d;
@@ -272,6 +319,38 @@ static int cmp_xyi(const void *a, const void *b) {
 
 static int lab_col(const rp_lab *L, const char *name);
 
+/* ---- grouping a lab table's rows in linear time (a scan of the groups found so far per row,
+ * then of every row per group, was quadratic in the rows of a table of many lines) ---- */
+
+/* A cell's hash, agreeing with cells_equal: numbers by value (-0 as 0), text by its bytes,
+ * an empty cell (neither) as one value. */
+static uint64_t cell_hash(uint64_t h, const cJSON *x) {
+    if (cJSON_IsNumber(x)) {
+        double v = x->valuedouble == 0 ? 0.0 : x->valuedouble;
+        h = fdpo_hash64(h, "n", 1);
+        return fdpo_hash64(h, &v, sizeof v);
+    }
+    if (cJSON_IsString(x)) {
+        h = fdpo_hash64(h, "s", 1);
+        return fdpo_hash64(h, x->valuestring, strlen(x->valuestring) + 1);
+    }
+    return fdpo_hash64(h, "e", 1);
+}
+
+/* Rows bucketed by group, each bucket in row order: members[start[g] .. start[g + 1]) are the
+ * indices of group g's rows (rows on no group, group_of == (size_t)-1, are left out). */
+typedef struct { size_t *start, *members; } row_buckets;
+static row_buckets bucket_rows(const size_t *group_of, size_t nrows, size_t ngroups) {
+    row_buckets r = {fdpo_calloc(ngroups + 1, sizeof *r.start), fdpo_malloc((nrows + 1) * sizeof *r.members)};
+    size_t *fill = fdpo_calloc(ngroups + 1, sizeof *fill);
+    for (size_t i = 0; i < nrows; i++) if (group_of[i] != (size_t)-1) r.start[group_of[i] + 1]++;
+    for (size_t g = 0; g < ngroups; g++) r.start[g + 1] += r.start[g];
+    for (size_t i = 0; i < nrows; i++)
+        if (group_of[i] != (size_t)-1) r.members[r.start[group_of[i]] + fill[group_of[i]]++] = i;
+    free(fill);
+    return r;
+}
+
 /* The --lab-frontier tables on the reward-KL panel: per table and divergence, the exact
  * optimum's (KL, expected reward) over beta as one dashed line in the divergence's colour,
  * labelled "exact (lab)", so theory and measurement share the axes. */
@@ -283,21 +362,33 @@ static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
         size_t nrows = (size_t)cJSON_GetArraySize(L->rows), nd = 0;
         const char **divs = fdpo_malloc((nrows + 1) * sizeof *divs);
         xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
+        const cJSON **rowv = fdpo_malloc((nrows + 1) * sizeof *rowv);
+        size_t *div_of = fdpo_malloc((nrows + 1) * sizeof *div_of), r_i = 0;
+        fdpo_itab seen;   /* divergence text -> index into divs, first seen first */
+        fdpo_itab_init(&seen, nrows + 1);
         const cJSON *row;
         cJSON_ArrayForEach(row, L->rows) {
             const cJSON *d = cJSON_GetArrayItem(row, dc);
-            if (!cJSON_IsString(d)) continue;
-            size_t j = 0;
-            while (j < nd && strcmp(divs[j], d->valuestring)) j++;
-            if (j == nd) divs[nd++] = d->valuestring;
+            rowv[r_i] = row;
+            div_of[r_i] = (size_t)-1;
+            if (cJSON_IsString(d)) {
+                size_t k = fdpo_itab_first(&seen, fdpo_hash64(FDPO_HASH_INIT, d->valuestring, strlen(d->valuestring)));
+                for (; seen.slot[k]; k = fdpo_itab_next(&seen, k))
+                    if (!strcmp(divs[seen.slot[k] - 1], d->valuestring)) break;
+                if (!seen.slot[k]) { fdpo_itab_set(&seen, k, nd); divs[nd++] = d->valuestring; }
+                div_of[r_i] = seen.slot[k] - 1;
+            }
+            r_i++;
         }
+        fdpo_itab_free(&seen);
+        row_buckets bk = bucket_rows(div_of, nrows, nd);
         for (size_t j = 0; j < nd; j++) {
-            size_t n = 0, i = 0;
-            cJSON_ArrayForEach(row, L->rows) {
-                const cJSON *d = cJSON_GetArrayItem(row, dc), *x = cJSON_GetArrayItem(row, xc), *y = cJSON_GetArrayItem(row, yc);
-                if (cJSON_IsString(d) && !strcmp(d->valuestring, divs[j]) && cJSON_IsNumber(x) && cJSON_IsNumber(y))
-                    pts[n++] = (xyi){x->valuedouble, y->valuedouble, i, row};
-                i++;
+            size_t n = 0;
+            for (size_t m = bk.start[j]; m < bk.start[j + 1]; m++) {
+                const size_t i = bk.members[m];
+                row = rowv[i];
+                const cJSON *x = cJSON_GetArrayItem(row, xc), *y = cJSON_GetArrayItem(row, yc);
+                if (cJSON_IsNumber(x) && cJSON_IsNumber(y)) pts[n++] = (xyi){x->valuedouble, y->valuedouble, i, row};
             }
             qsort(pts, n, sizeof *pts, cmp_xyi);
             char label[300];
@@ -311,6 +402,8 @@ static void lab_frontier_series(const rp_ctx *c, cJSON *series) {
                 series_add(s, pts[k].x, pts[k].y, tip);
             }
         }
+        free(bk.start); free(bk.members);
+        free(rowv); free(div_of);
         free(divs);
         free(pts);
     }
@@ -332,7 +425,7 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
         size_t n = 0;
         for (size_t i = 0; i < c->n_pols; i++) {
             const rp_policy *q = &c->pols[i];
-            if (strcmp(q->divergence ? q->divergence : "", divs[d])) continue;
+            if (strcmp(pol_div_key(q), divs[d])) continue;
             const char *xk = x_key ? x_key : pol_kl_key(q);
             double x, y;
             if (!xk || !pol_num(q, xk, &x) || !pol_num(q, "reward_mean", &y)) continue;
@@ -340,14 +433,17 @@ static void frontier_panel(charts *ch, const char *title, const char *explain, c
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
         const char *dv = divs[d][0] ? divs[d] : NULL;
-        cJSON *s = series_new(series, div_title(dv), div_color(dv), dv != NULL && n > 1, 0);
+        /* a line joins one divergence's policies over beta; the reference and the policies of
+         * unknown divergence are points */
+        cJSON *s = series_new(series, div_title(dv), div_color(dv), dv != NULL && dv != UNKNOWN_DIV && n > 1, 0);
         for (size_t k = 0; k < n; k++) {
             const rp_policy *q = &c->pols[pts[k].i];
             char tip[512], bs[64] = "", se[64] = "";
             double v;
             if (q->has_beta) snprintf(bs, sizeof bs, ", \xce\xb2=%g", q->beta);
             if (pol_num(q, "reward_se", &v) || pol_num(q, "reward_stderr", &v)) snprintf(se, sizeof se, " \xc2\xb1 %.3g", v);
-            snprintf(tip, sizeof tip, "%.200s%s: reward %.4g%s at %.4g", q->name, bs, pts[k].y, se, pts[k].x);
+            snprintf(tip, sizeof tip, "%.200s%s%s: reward %.4g%s at %.4g", q->name, pol_from(c, q), bs, pts[k].y, se,
+                     pts[k].x);
             series_add(s, pts[k].x, pts[k].y, tip);
         }
     }
@@ -419,6 +515,11 @@ static const rp_policy *policy_named(const rp_policy *list, size_t n, const char
     for (size_t i = 0; i < n; i++) if (!strcmp(list[i].name, name)) return &list[i];
     return NULL;
 }
+/* The policy named name in file source, else NULL. */
+static const rp_policy *policy_named_in(const rp_policy *list, size_t n, const char *name, const char *source) {
+    for (size_t i = 0; i < n; i++) if (!strcmp(list[i].name, name) && !strcmp(list[i].source, source)) return &list[i];
+    return NULL;
+}
 
 /* Reward over-optimisation (--proxy-eval): the policies of the proxy file that the gold files
  * also evaluated, in the proxy file's order (an online run's rounds), as two lines against
@@ -430,8 +531,8 @@ static void overoptimisation_panel(charts *ch) {
     if (!c->n_proxy) return;
     const rp_policy *pref = kl_zero_policy(c->proxy, c->n_proxy);
     const rp_policy *gref = pref ? policy_named(c->pols, c->n_pols, pref->name) : NULL;
-    double gm, gs, pm, ps;
-    if (!gref || !pol_num(gref, "reward_mean", &gm) || !pol_num(gref, "reward_std", &gs) || !(gs > 0) ||
+    double gm0, gs0, pm, ps;
+    if (!gref || !pol_num(gref, "reward_mean", &gm0) || !pol_num(gref, "reward_std", &gs0) || !(gs0 > 0) ||
         !pol_num(pref, "reward_mean", &pm) || !pol_num(pref, "reward_std", &ps) || !(ps > 0)) {
         fdpo_rp_warn(c, "--proxy-eval: no reference policy (KL 0, reward_std > 0) in both the proxy and the gold "
                         "eval files: the over-optimisation panel needs it to put both rewards on one axis");
@@ -444,13 +545,19 @@ static void overoptimisation_panel(charts *ch) {
         const char *xk = g ? pol_kl_key(g) : NULL;
         double x, yg, yp, seg = NAN, sep = NAN;
         if (!xk || !pol_num(g, xk, &x) || !pol_num(g, "reward_mean", &yg) || !pol_num(p, "reward_mean", &yp)) continue;
+        /* a gold policy's gain is over the reference of its own gold file (the same prompts and
+         * reward), when that file evaluated it too: with two gold files both holding the
+         * reference, the second file's policies were measured against the first file's */
+        double gm = gm0, gs = gs0, m, sd;
+        const rp_policy *own = policy_named_in(c->pols, c->n_pols, gref->name, g->source);
+        if (own && pol_num(own, "reward_mean", &m) && pol_num(own, "reward_std", &sd) && sd > 0) { gm = m; gs = sd; }
         /* the s.e. as the summary table reads it (reward_se, else reward_stderr); none: no "±" */
         int has_seg = pol_num(g, "reward_se", &seg) || pol_num(g, "reward_stderr", &seg);
         int has_sep = pol_num(p, "reward_se", &sep) || pol_num(p, "reward_stderr", &sep);
         char tip[600], raw[64] = "", gain[64] = "";
         if (has_seg) { snprintf(raw, sizeof raw, " ± %.2g", seg); snprintf(gain, sizeof gain, " ± %.2g", seg / gs); }
-        snprintf(tip, sizeof tip, "%.200s: gold reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, yg,
-                 raw, (yg - gm) / gs, gain, x);
+        snprintf(tip, sizeof tip, "%.200s%s: gold reward %.4g%s (gain %.3g%s s.d.) at KL %.4g", p->name, pol_from(c, g),
+                 yg, raw, (yg - gm) / gs, gain, x);
         series_add(sg, x, (yg - gm) / gs, tip);
         raw[0] = gain[0] = 0;
         if (has_sep) { snprintf(raw, sizeof raw, " ± %.2g", sep); snprintf(gain, sizeof gain, " ± %.2g", sep / ps); }
@@ -530,8 +637,10 @@ static void policy_table(rp_ctx *c, rp_buf *b, const char *id, const char *const
     fdpo_rp_puts(b, "</tr></thead><tbody>\n");
     for (size_t i = 0; i < c->n_pols; i++) {
         const rp_policy *q = &c->pols[i];
-        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(q->divergence));
+        const char *key = pol_div_key(q);
+        fdpo_rp_printf(b, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span>", div_color(key[0] ? key : NULL));
         fdpo_rp_html(b, q->name);
+        fdpo_rp_html(b, pol_from(c, q));
         fdpo_rp_puts(b, "</td>");
         td_text(b, q->run);
         td_text(b, q->divergence);
@@ -715,37 +824,63 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
     if (bc >= 0 && bc != xc && strcmp(x_name, "kl") && distinct_values(L, bc) > 1) gcols[ng++] = bc;
     size_t nrows = (size_t)cJSON_GetArraySize(L->rows);
     /* a group (one line): its first row, whose divergence and grouping cells every row of it shares */
-    const cJSON **groups = fdpo_malloc((nrows + 1) * sizeof *groups);
+    const cJSON **groups = fdpo_malloc((nrows + 1) * sizeof *groups), **rowv = fdpo_malloc((nrows + 1) * sizeof *rowv);
     size_t *group_of = fdpo_malloc((nrows + 1) * sizeof *group_of), nk = 0, r_i = 0;
+    /* a group's dash: the n-th group of the same divergence gets the n-th dash pattern;
+     * first_of_div[j]: the first group of group j's divergence, n_of_div[that]: its groups so far */
+    size_t *first_of_div = fdpo_malloc((nrows + 1) * sizeof *first_of_div), *n_of_div = fdpo_calloc(nrows + 1, sizeof *n_of_div);
+    int *dashes = fdpo_malloc((nrows + 1) * sizeof *dashes);
+    fdpo_itab by_key, by_div;   /* (divergence, grouping cells) -> group; divergence -> its first group */
+    fdpo_itab_init(&by_key, nrows + 1);
+    fdpo_itab_init(&by_div, nrows + 1);
     const cJSON *row;
     cJSON_ArrayForEach(row, L->rows) {
-        size_t j = nk;
-        if (cell_str(row, dc)) {
-            for (j = 0; j < nk; j++) {
-                int same = !strcmp(cell_str(groups[j], dc), cell_str(row, dc));
-                for (int g = 0; g < ng && same; g++) same = cells_equal(groups[j], row, gcols[g]);
+        size_t j = (size_t)-1;     /* no divergence: on no line */
+        const char *dv = cell_str(row, dc);
+        rowv[r_i] = row;
+        if (dv) {
+            const uint64_t hd = fdpo_hash64(FDPO_HASH_INIT, dv, strlen(dv) + 1);
+            uint64_t h = hd;
+            for (int g = 0; g < ng; g++) h = cell_hash(h, cJSON_GetArrayItem(row, gcols[g]));
+            size_t k = fdpo_itab_first(&by_key, h);
+            for (; by_key.slot[k]; k = fdpo_itab_next(&by_key, k)) {
+                const cJSON *first = groups[by_key.slot[k] - 1];
+                int same = !strcmp(cell_str(first, dc), dv);
+                for (int g = 0; g < ng && same; g++) same = cells_equal(first, row, gcols[g]);
                 if (same) break;
             }
-            if (j == nk) groups[nk++] = row;
-        } else j = (size_t)-1;     /* no divergence: on no line */
+            if (by_key.slot[k]) j = by_key.slot[k] - 1;
+            else {
+                j = nk;
+                groups[nk++] = row;
+                fdpo_itab_set(&by_key, k, j);
+                size_t q = fdpo_itab_first(&by_div, hd);
+                for (; by_div.slot[q]; q = fdpo_itab_next(&by_div, q))
+                    if (!strcmp(cell_str(groups[by_div.slot[q] - 1], dc), dv)) break;
+                if (!by_div.slot[q]) fdpo_itab_set(&by_div, q, j);
+                first_of_div[j] = by_div.slot[q] - 1;
+                dashes[j] = (int)n_of_div[first_of_div[j]]++;
+            }
+        }
         group_of[r_i++] = j;
     }
+    fdpo_itab_free(&by_key);
+    fdpo_itab_free(&by_div);
+    row_buckets bk = bucket_rows(group_of, nrows, nk);
     int xlog = !strcmp(x_name, "beta") || !strcmp(x_name, "n_comparisons");
     cJSON_ArrayForEach(row, L->rows) { double x; if (cell_num(row, xc, &x) && x <= 0) xlog = 0; }
     cJSON *series = cJSON_CreateArray();
     xyi *pts = fdpo_malloc((nrows + 1) * sizeof *pts);
     for (size_t d = 0; d < nk; d++) {
         const char *dv = cell_str(groups[d], dc);
-        size_t n = 0, i = 0;
-        cJSON_ArrayForEach(row, L->rows) {
+        size_t n = 0;
+        for (size_t m = bk.start[d]; m < bk.start[d + 1]; m++) {
+            const size_t i = bk.members[m];
             double x, y;
-            if (group_of[i] == d && cell_num(row, xc, &x) && cell_num(row, yc, &y)) pts[n++] = (xyi){x, y, i, row};
-            i++;
+            if (cell_num(rowv[i], xc, &x) && cell_num(rowv[i], yc, &y)) pts[n++] = (xyi){x, y, i, rowv[i]};
         }
         qsort(pts, n, sizeof *pts, cmp_xyi);
-        /* the n-th group of the same divergence gets the n-th dash pattern */
-        int dash = 0;
-        for (size_t e = 0; e < d; e++) dash += !strcmp(cell_str(groups[e], dc), dv);
+        const int dash = dashes[d];
         rp_buf label = {0};
         fdpo_rp_puts(&label, div_title(dv));
         for (int g = 0; g < ng; g++) {
@@ -764,8 +899,10 @@ static int lab_panel(charts *ch, const rp_lab *L, const char *x_name, const char
         }
         free(label.p);
     }
-    free(groups);
+    free(groups); free(rowv);
     free(group_of);
+    free(first_of_div); free(n_of_div); free(dashes);
+    free(bk.start); free(bk.members);
     free(pts);
     return chart_emit(ch, series, title, explain, xlabel, ylabel, xlog);
 }
@@ -882,6 +1019,8 @@ size_t fdpo_rp_render(rp_ctx *c, const char *chartjs, size_t chartjs_len, rp_buf
     const char *title = c->opts->title ? c->opts->title : "fdpo report";
     rp_buf body = {0};
     charts ch = {c, &body, cJSON_CreateArray(), 0};
+    fdpo_rp_number_runs(c);   /* the runs' colour slots, once */
+    mark_same_names(c);
 
     if (c->notes) fdpo_rp_notes(&body, c->notes);
 

@@ -44,6 +44,10 @@ static char *chartjs_text(const fdpo_report_opts *o, size_t *len) {
 /* A --lab-frontier table: a lab table that has the columns the reward-KL panel draws. */
 static int load_lab_frontier(rp_ctx *c, const char *path) {
     rp_lab *L = fdpo_rp_lab_read_before(c, path);   /* given to --lab too, or a run's own: that table, on the frontier */
+    if (L && L->on_frontier) {   /* --lab-frontier F --lab-frontier ./F: said, as for every repeated input */
+        fdpo_rp_warn(c, "%s: the same file as %s, read already; not read again", path, L->source);
+        return 0;
+    }
     if (!L) {
         int got = fdpo_rp_load_lab(c, path, 1);
         if (got < 0) return fdpo_error_context("--lab-frontier");

@@ -27,6 +27,7 @@ typedef struct {
     cJSON *rows;               /* array of the metrics.jsonl objects that parsed */
     size_t *lines;             /* lines[i]: rows[i]'s line number in metrics.jsonl */
     size_t n_bad;              /* lines skipped */
+    size_t slot;               /* runs with rows before this one (fdpo_rp_number_runs, once) */
 } rp_run;
 
 typedef struct {
@@ -36,6 +37,7 @@ typedef struct {
     double beta; int has_beta;
     cJSON *metrics;            /* object: flat name -> number (owned) */
     cJSON *samples;            /* array of {"prompt","completion","reward"?} (owned) */
+    char *from;                /* " (FILE)" when another file evaluated a policy of the same name, else NULL (render) */
 } rp_policy;
 
 typedef struct {
@@ -71,7 +73,13 @@ void fdpo_rp_attach_samples(rp_ctx *c);            /* after fdpo_rp_link_policie
 int fdpo_rp_load_lab(rp_ctx *c, const char *path, int must_be_lab);    /* -1 only if missing */
 rp_lab *fdpo_rp_lab_read_before(rp_ctx *c, const char *path);          /* the table read from path's file, or NULL */
 void fdpo_rp_ctx_free(rp_ctx *c);
+/* 1 when a policy's own name (last path component) has reference/baseline/initial/ref/sft/
+ * base/init as a word (digits may follow): the reference or SFT model evaluated alongside. */
+int fdpo_rp_looks_like_reference(const char *name);
 size_t fdpo_rp_runs_with_rows(const rp_ctx *c);   /* the runs counted on the page and stdout */
+/* Each run's slot, its place among the runs with rows, counted once after loading (counting
+ * the runs before run i on every call made the colour lookups quadratic in run directories). */
+void fdpo_rp_number_runs(rp_ctx *c);
 size_t fdpo_rp_run_slot(const rp_ctx *c, size_t i);   /* runs with rows before run i: its place among those */
 
 /* Render the page into b; returns the number of charts it draws. */

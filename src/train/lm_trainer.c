@@ -126,17 +126,20 @@ int fdpo_lm_train(const fdpo_train_opts *o, const char *kind, const fdpo_tokeniz
                 tr.state.total_steps, S, B);
     /* one document (pretrain) or example (sft): the split holds out >= 1 of n >= 2
      * (fdpo_data_split), none of 1, and the evaluations due (every --eval-every steps and at
-     * the last) would not run without a word */
-    if (o->eval_every > 0 && o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0 &&
+     * the last, and the final one of eval_summary.json, --eval-every 0 included) would not run
+     * without a word */
+    if (o->val_fraction > 0 && (!val || val->n_seq == 0) && tr.state.step == 0 &&
         fdpo_dist_is_root()) {   /* every rank has the same data: said once */
         const int sft = !strcmp(kind, "sft");
         size_t el = 0;   /* the separator by its text: an Instruct tokenizer's is <|im_end|> */
         const char *eos = fdpo_tokenizer_token_bytes(tok, fdpo_tokenizer_eot(tok), &el);
         char docs[128];
         snprintf(docs, sizeof docs, " documents (%.*s separates them)", (int)(el < 64 ? el : 64), eos ? eos : "");
+        char every[96] = "";
+        if (o->eval_every > 0) snprintf(every, sizeof every, "--eval-every %ld writes no eval_loss and ", o->eval_every);
         fdpo_log(FDPO_LOG_WARN, "--eval-fraction %g: the data is one %s, which the split keeps for training, so "
-                 "--eval-every %ld writes no eval_loss (give two or more%s, or --eval-every 0)", o->val_fraction,
-                 sft ? "example" : "document", o->eval_every, sft ? " examples" : docs);
+                 "%sthe run writes no eval_summary.json (give two or more%s, or --eval-fraction 0)", o->val_fraction,
+                 sft ? "example" : "document", every, sft ? " examples" : docs);
     }
     const int have_val = val && val->n_seq > 0;
     double eval_loss = NAN;

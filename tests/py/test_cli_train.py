@@ -573,20 +573,25 @@ def test_a_held_out_set_that_cannot_be_split_is_warned_about(tmp_path):
     (fdpo_data_split), none of one: a single-document text with --eval-fraction 0.05 would
     evaluate nothing without a word, also at the defaults (--eval-every 100 evaluates at a
     2-step run's last step), so one warning says so; two documents hold one out (2 of the
-    16-token sequences here) and evaluate without it."""
+    16-token sequences here) and evaluate without it. With --eval-every 0 the run wrote no
+    eval_summary.json and said nothing (the warning advised --eval-every 0 to that end): it
+    warns too, and advises --eval-fraction 0."""
     one, two = tmp_path / "one.txt", tmp_path / "two.txt"
     one.write_text("hello world this is one document only, nothing else.")
     two.write_text("hello world this is the first document.<|endoftext|>and here is the second document.")
-    for text, held_out, every in ((one, 0, "1"), (one, 0, None), (two, 2, "1"), (two, 2, None)):
+    for text, held_out, every in ((one, 0, "1"), (one, 0, None), (one, 0, "0"), (two, 2, "1"), (two, 2, None),
+                                  (two, 2, "0")):
         out = tmp_path / f"o{held_out}{every}"
         r = ok("pretrain", "--out", out, *TINY, "--seq-len", "16", "--steps", "2", "--eval-fraction", "0.05",
                *(["--eval-every", every] if every else []), text)
         assert f", {held_out} val sequences;" in r.stderr, r.stderr
         warned = [l for l in r.stderr.splitlines() if "--eval-fraction" in l]
+        no_loss = "" if every == "0" else f"--eval-every {every or 100} writes no eval_loss and "
         assert warned == ([f"fdpo pretrain: warning: --eval-fraction 0.05: the data is one document, which the split "
-                           f"keeps for training, so --eval-every {every or 100} writes no eval_loss (give two or more "
-                           "documents (<|endoftext|> separates them), or --eval-every 0)"] if held_out == 0 else []), r.stderr
-        assert any("eval_loss" in m for m in metrics(out)) == (held_out > 0)
+                           f"keeps for training, so {no_loss}the run writes no eval_summary.json (give two or more "
+                           "documents (<|endoftext|> separates them), or --eval-fraction 0)"] if held_out == 0 else []), r.stderr
+        assert any("eval_loss" in m for m in metrics(out)) == (held_out > 0 and every != "0")
+        assert (out / "eval_summary.json").exists() == (held_out > 0)
 
 
 def err(*args):
@@ -1138,7 +1143,7 @@ def test_shape_flags_are_checked_on_a_lora_resume_an_adapter_model_and_a_resume_
     assert r.returncode == 1, r.stderr
     assert f"--n-layer 3: the run saved in {lora} has 2 (shape flags only shape a random init; drop the flag)" in r.stderr
     r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--arch", "llama")
-    assert r.returncode == 1 and f"--arch llama: the run saved in {lora} is GPT2LMHeadModel (its config.json" in r.stderr
+    assert r.returncode == 1 and f"--arch llama: the run saved in {lora} is GPT2LMHeadModel (an adapter: its adapter_config.json names the base model" in r.stderr
     ok("tokenizer", "train", "--vocab-size", "260", "--out", tmp_path / "tok", *corpus)
     r = fdpo(*sft, "--lora-r", "2", "--out", lora, "--resume", "--n-layer", "2", "--tokenizer", tmp_path / "tok")
     assert r.returncode == 1
@@ -1421,3 +1426,31 @@ def test_a_lock_file_of_another_tool_inside_out_is_not_a_run(tmp_path, corpus):
         ok("pretrain", "--out", out, *TINY, "--steps", "1", "--quiet", *corpus)
         ok("pretrain", "--out", out / "inner", *TINY, "--steps", "1", "--quiet", *corpus)
     assert (out / "model.safetensors").exists() and (out / "inner" / "model.safetensors").exists()
+
+
+def test_resume_without_a_state_says_so_before_a_shape_flag_and_adapter_arch_names_its_files(tmp_path, corpus):
+    """--resume of an OUT whose training_state.json is missing, with --arch llama given: the
+    --arch refusal ('its config.json says the family') came first, and the missing state, the
+    real cause, was never named. And --arch against a LoRA adapter said 'its config.json' of a
+    directory that has none: it now names adapter_config.json and the base model's config.json."""
+    out = tmp_path / "run"
+    ok("pretrain", *TINY, "--steps", 1, "--out", out, "--quiet", *corpus)
+    (out / "training_state.json").unlink()
+    r = fdpo("pretrain", *TINY, "--steps", 2, "--out", out, "--resume", "--arch", "llama", *corpus)
+    assert r.returncode != 0
+    assert r.stderr == f"fdpo pretrain: --resume: {out}: no training state (training_state.json missing: nothing " \
+                       "to resume; start without --resume)\n", r.stderr
+    base = tmp_path / "base"
+    ok("pretrain", *TINY, "--steps", 1, "--out", base, "--quiet", *corpus)
+    rows = tmp_path / "s.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": " the cat sat"}) + "\n" for i in range(8)))
+    adapter = tmp_path / "lora"
+    ok("sft", "--model", base, "--data", rows, "--out", adapter, "--steps", 1, "--lora-r", 2, "--seq-len", 24,
+       "--threads", 1, "--eval-every", 0, "--quiet")
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "config.json").exists()
+    for args in (["--model", adapter, "--out", tmp_path / "x"], ["--out", adapter, "--resume"]):
+        r = fdpo("sft", *args, "--data", rows, "--steps", 2, "--seq-len", 24, "--threads", 1, "--arch", "llama")
+        assert r.returncode != 0
+        assert f"is GPT2LMHeadModel (an adapter: its adapter_config.json names the base model {base}, whose " \
+               "config.json says the family; drop the flag)\n" in r.stderr, r.stderr
+        assert "its config.json" not in r.stderr

@@ -1458,3 +1458,52 @@ def test_a_lexicons_never_matching_words_are_said_once_per_process(tmp_path):
             "--max-new-tokens", 4, "--threads", 1, "--out", tmp_path / "e.json")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("1 word can never match") == 1, r.stderr
+
+
+# per-sample values whose sum cancels across scales, by sample index
+CANCELLING_REWARDS = {
+    "1-1e300": "[(1.0, 1e300, -1e300)[i % 3] for i, c in enumerate(comps)]",
+    "tiny-huge": "[(0.1 * (len(c) + 1), 1e200, -1e200, 3e-5)[i % 4] for i, c in enumerate(comps)]",
+    "mixed": "[(1e16, 1.0, -1e16, 0.3 * len(c))[i % 4] for i, c in enumerate(comps)]",
+}
+
+
+@pytest.mark.parametrize("case", list(CANCELLING_REWARDS))
+def test_eval_mean_of_sums_cancelling_across_scales(byte_models, tmp_path, case):
+    """reward_mean summed the rewards rounding at every step: (1, 1e300, -1e300) gave a mean of
+    0 (the 1 lost under 1e300's ulp), not 1/3. The mean is now the exactly rounded sum over n,
+    against Python's math.fsum(x) / len(x); std and se against statistics.stdev (exact, in
+    Fractions) of the same rewards."""
+    import statistics
+    from fractions import Fraction
+    col, ss = eval_with_cmd_rewards(byte_models, tmp_path, CANCELLING_REWARDS[case], "Hi\nOnce upon\nabc\n",
+                                    n=4, max_new_tokens=10, seed=7)
+    rewards = [s["reward"] for s in ss]
+    n = len(rewards)
+    assert n == 12
+    assert col["reward_mean"] == math.fsum(rewards) / n
+    fr = [Fraction(v) for v in rewards]
+    var = statistics.variance(fr)   # exact
+    assert isinstance(var, Fraction)
+    std = math.sqrt(var) if var < 1e300 else math.sqrt(var / Fraction(10) ** 300) * 1e150
+    assert col["reward_std"] == pytest.approx(std, rel=1e-14, abs=0)
+    assert col["reward_se"] == pytest.approx(std / math.sqrt(n), rel=1e-14, abs=0)
+
+
+def test_eval_out_config_records_the_lexicon(byte_models, tmp_path):
+    """--out's config recorded every flag that changes the numbers but --lexicon: two runs scored
+    with different AFINN files had the same config. It is now config.lexicon, absent without the
+    flag; the rewards are the lexicon's (the word scores summed, as afinn:sum)."""
+    d, _, _ = byte_models
+    (tmp_path / "p.txt").write_text("Hi\nabc\n")
+    lex = tmp_path / "lex.json"
+    lex.write_text(json.dumps({"a": 2, "b": -1}))
+    base = ["eval", "--model", d / "pol", "--ref", d / "ref", "--data", tmp_path / "p.txt", "--n", 2,
+            "--max-new-tokens", 8, "--seed", 1, "--threads", 1, "--reward", "afinn:sum"]
+    out, out0 = tmp_path / "m.json", tmp_path / "m0.json"
+    r = run(FDPO, *base, "--lexicon", lex, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["config"]["lexicon"] == str(lex)
+    r = run(FDPO, *base, "--out", out0)
+    assert r.returncode == 0, r.stderr
+    assert "lexicon" not in json.loads(out0.read_text())["config"]

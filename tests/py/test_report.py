@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import random
 import re
 import shutil
 import struct
@@ -245,11 +246,11 @@ def test_frontiers_group_by_divergence(report):
     _, _, charts = parse(out)
     fr = chart(charts, "Reward\u2013KL frontier")
     series = {s["label"]: s for s in fr["series"]}
-    assert set(series) == {"reverse KL (DPO)", "forward KL", "Jensen\u2013Shannon", "alpha:0.5", "reference / unknown"}
+    assert set(series) == {"reverse KL (DPO)", "forward KL", "Jensen\u2013Shannon", "alpha:0.5", "reference"}
     # two rkl policies, joined in order of KL: (2.0, 0.55) then (8.0, 0.80)
     assert flat(series["reverse KL (DPO)"]["points"]) == pytest.approx([2.0, 0.55, 8.0, 0.80])
     assert series["reverse KL (DPO)"]["line"]
-    assert flat(series["reference / unknown"]["points"]) == pytest.approx([0.0, 0.30])
+    assert flat(series["reference"]["points"]) == pytest.approx([0.0, 0.30])
     assert "\u03b2=0.5" in series["reverse KL (DPO)"]["tips"][0]
     ent = chart(charts, "Reward\u2013entropy frontier")
     e = {s["label"]: s for s in ent["series"]}
@@ -496,7 +497,7 @@ def test_one_eval_file_over_several_runs_links_policies_by_path(tmp_path):
     _, _, charts = parse(out)
     fr = {s["label"]: s["points"] for s in chart(charts, "Reward\u2013KL frontier")["series"]}
     assert fr == {"reverse KL (DPO)": [[2.0, 0.5]], "forward KL": [[1.0, 0.25]],
-                  "Jensen\u2013Shannon": [[3.0, 0.75]], "reference / unknown": [[0, 0.125]]}
+                  "Jensen\u2013Shannon": [[3.0, 0.75]], "reference": [[0, 0.125]]}
 
 
 def test_lab_json_format(tmp_path):
@@ -1104,7 +1105,7 @@ def test_reference_is_told_by_its_own_name_as_a_word(tmp_path):
     fr = {s["label"]: s["points"] for s in chart(charts, "Reward\u2013KL frontier")["series"]}
     want_js = sorted([i, i] for i, n in enumerate(names) if names[n])
     want_ref = sorted([i, i] for i, n in enumerate(names) if not names[n])
-    assert {k: sorted(v) for k, v in fr.items()} == {"Jensen\u2013Shannon": want_js, "reference / unknown": want_ref}
+    assert {k: sorted(v) for k, v in fr.items()} == {"Jensen\u2013Shannon": want_js, "reference": want_ref}
 
 
 def test_an_empty_metrics_file_is_named(tmp_path):
@@ -1227,3 +1228,111 @@ def test_the_frontier_panel_draws_every_divergence(tmp_path):
                   for d in {p["divergence"] for p in pols})
     got = sorted(s["points"] for s in series)
     assert [flat(g) for g in got] == [pytest.approx(flat(w), rel=1e-12) for w in want]
+
+
+def test_a_lab_table_of_many_lines_is_grouped_as_python_groups_it(tmp_path):
+    """A lab table's rows were grouped into lines by scanning the groups found so far for each
+    row and every row for each group (quadratic in the rows); the grouping is now hashed. The
+    lines must stay what they were: one per (divergence, noise) in first-seen order, noise equal
+    by value (0 and -0.0 one line), each line's points sorted by beta, the n-th line of a
+    divergence with the n-th dash pattern. Enumerated here in Python."""
+    rnd = random.Random(5)
+    divs = ["rkl", "fkl", "js"]
+    noises = ["0", "-0.0", "0.25"] + [repr(0.001 * k) for k in range(1, 120)]
+    rows = []
+    for _ in range(1500):
+        rows.append((rnd.choice(divs), rnd.choice(noises), rnd.choice([0.01, 0.1, 0.5, 1.0, 3.0]), rnd.random()))
+    gap = tmp_path / "gap.csv"
+    with open(gap, "w") as f:
+        f.write("noise,divergence,beta,reward_gap,objective_gap\n")
+        for d, n, b, y in rows:
+            f.write(f"{n},{d},{b},{y},{y / 2}\n")
+    title = {"rkl": "reverse KL (DPO)", "fkl": "forward KL", "js": "Jensen\u2013Shannon"}
+    order, pts = [], {}
+    for d, n, b, y in rows:
+        key = (d, float(n))
+        if key not in pts:
+            order.append(key)
+            pts[key] = []
+        pts[key].append((b, y))
+    out = tmp_path / "r.html"
+    r = run("--lab", str(gap), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    _, _, charts = parse(out)
+    series = chart(charts, "Lab: true-reward gap from reward error vs \u03b2")["series"]
+    assert len(series) == len(order)
+    for s, key in zip(series, order):
+        d, nv = key
+        assert s["label"].startswith(title[d] + ", noise="), s["label"]
+        assert float(s["label"].split("noise=")[1]) == nv
+        assert s["dash"] == [k[0] for k in order[:order.index(key)]].count(d)
+        want = sorted(pts[key], key=lambda p: p[0])
+        assert flat(sorted(map(tuple, s["points"]))) == pytest.approx(flat(sorted(want)), rel=1e-15, abs=0)
+        assert [p[0] for p in s["points"]] == [p[0] for p in want]
+
+
+def test_two_gold_eval_files_with_the_reference_and_policies_of_unknown_divergence(tmp_path):
+    """Two gold --eval files that both evaluated the reference: its two rows and points were
+    both 'ref', nothing telling them apart, and the over-optimisation panel measured the second
+    file's policies against the first file's reference. Now a name evaluated by several files
+    says its file ('ref (e2.json)'), and each gold gain is over its own file's reference. The
+    frontier's grey 'reference / unknown' series put the reference together with trained
+    policies of no known divergence (an online round directory without settings): they are
+    'reference' (named so, as the settings rule reads names) and 'divergence unknown', points
+    only. Expected values computed here from the files."""
+    def pol(n, k, m, sd):
+        return {"name": n, "kl_seq_mean": k, "reward_mean": m, "reward_std": sd, "reward_se": 0.01}
+    e1 = {"policies": [pol("online/round-1", 1.0, 0.5, 0.2), pol("ref", 0.0, 0.2, 0.1)]}
+    e2 = {"policies": [pol("online/round-2", 2.0, 0.7, 0.3), pol("ref", 0.0, 0.3, 0.4)]}
+    proxy = {"policies": [pol("ref", 0.0, 1.0, 0.5), pol("online/round-1", 1.1, 2.0, 0.5),
+                          pol("online/round-2", 2.2, 3.0, 0.5)]}
+    for name, doc in (("e1.json", e1), ("e2.json", e2), ("p.json", proxy)):
+        (tmp_path / name).write_text(json.dumps(doc))
+    out = tmp_path / "r.html"
+    r = subprocess.run([FDPO, "report", "--eval", "e1.json", "--eval", "e2.json", "--proxy-eval", "p.json",
+                        "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text, _, charts = parse(out)
+    fr = {s["label"]: s for s in chart(charts, "Reward\u2013KL frontier")["series"]}
+    assert set(fr) == {"reference", "divergence unknown"}
+    assert sorted(map(tuple, fr["reference"]["points"])) == [(0, 0.2), (0, 0.3)]
+    assert sorted(map(tuple, fr["divergence unknown"]["points"])) == [(1, 0.5), (2, 0.7)]
+    assert not fr["divergence unknown"]["line"] and not fr["reference"]["line"]
+    assert sorted(t.split(":")[0] for t in fr["reference"]["tips"]) == ["ref (e1.json)", "ref (e2.json)"]
+    assert sorted(t.split(":")[0] for t in fr["divergence unknown"]["tips"]) == ["online/round-1", "online/round-2"]
+    rows = re.findall(r'<tr><td><span class="swatch"[^>]*></span>([^<]*)</td>', text)
+    assert rows[:4] == ["online/round-1", "ref (e1.json)", "online/round-2", "ref (e2.json)"], rows
+    ov = {s["label"]: s for s in chart(charts, "Reward over-optimisation: gold vs proxy reward")["series"]}
+    own_ref = {"e1.json": (0.2, 0.1), "e2.json": (0.3, 0.4)}
+    gold = {"online/round-1": (1.0, 0.5, "e1.json"), "online/round-2": (2.0, 0.7, "e2.json")}
+    want = [(0.0, 0.0)] + [(k, (m - own_ref[f][0]) / own_ref[f][1]) for k, m, f in gold.values()]
+    assert flat(ov["gold reward"]["points"]) == pytest.approx(flat(want), rel=1e-12, abs=1e-12)
+
+
+def test_a_run_directory_or_frontier_table_given_twice_is_read_once(tmp_path):
+    """RUN_DIR ./RUN_DIR/ (or RUN_DIR and RUN_DIR/metrics.jsonl) were two runs of the same rows:
+    the runs table listed it twice and every curve was drawn twice; --lab-frontier F
+    --lab-frontier ./F was read once without a word. Each repeat is now a warning naming the
+    first spelling, and the rows are the file's once (Python's json is the reference)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"step": s, "loss": 2.0 / s} for s in range(1, 6)]
+    write_jsonl(run_dir / "metrics.jsonl", rows)
+    lab = tmp_path / "fr.csv"
+    lab.write_text("divergence,beta,expected_reward,kl\nrkl,0.1,1.5,0.3\nrkl,1,1.0,0.2\n")
+    (tmp_path / "ev.json").write_text(json.dumps({"policies": [{"name": "p", "reward_mean": 1, "kl_seq_mean": 0.5}]}))
+    out = tmp_path / "r.html"
+    r = subprocess.run([FDPO, "report", "run", "./run/", "run/metrics.jsonl", "--eval", "ev.json",
+                        "--lab-frontier", "fr.csv", "--lab-frontier", "./fr.csv", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "./run/: the same directory as run, read already; not read again" in r.stderr, r.stderr
+    assert "run/metrics.jsonl: the same file as run/metrics.jsonl, read already; not read again" in r.stderr
+    assert "./fr.csv: the same file as fr.csv, read already; not read again" in r.stderr
+    assert "(1 run, 1 policy, 1 lab table" in r.stderr
+    text, _, charts = parse(out)
+    loss = chart(charts, "Training loss")["series"]
+    assert len(loss) == 1 and loss[0]["points"] == [[x["step"], x["loss"]] for x in rows]
+    runs_table = text[text.index('id="runs-table"'):]
+    runs_table = runs_table[:runs_table.index("</table>")]
+    assert runs_table.count("<tr><td>") == 1, runs_table
