@@ -93,6 +93,12 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s);
 /* Rounds mode's settings under their flag names: DIR/online.json, written before round 0; a
  * --resume that changes a fixed one (or leaves it out: back to its default) is refused by name. */
 void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s);
+/* SAVED (an online.json's settings) and NOW (fdpo_online_round_settings) made comparable as a
+ * resume compares them (fdpo online's plan, sacpo's plan of an online stage): an earlier
+ * fdpo's mode "round" read as "rounds"; --lora-targets dropped from both (compared by the
+ * modules it selects, against the completed round's adapter); with init_in_run (a sacpo
+ * stage's starting model, pinned by sacpo's plan) the saved model dropped. */
+void fdpo_online_settings_for_resume(fdpo_settings *saved, fdpo_settings *now, int init_in_run);
 
 #ifdef __cplusplus
 }

@@ -173,20 +173,7 @@ static int online_plan(const fdpo_online_opts *o, long start, uint64_t data_hash
         if (!text) rc = -1;
         else if (!cJSON_IsObject(set) || !cJSON_IsArray(fixed)) rc = fdpo_error("%s: not an online run's settings file", path);
         else rc = fdpo_settings_from_json(&saved, set, fixed, path);
-        /* an online.json of an earlier fdpo records rounds mode as "round", which --mode never
-         * took: the same mode as "rounds" (hunt of wave 46) */
-        const fdpo_setting *md = rc == 0 ? fdpo_settings_find(&saved, "mode") : NULL;
-        if (md && md->type == FDPO_SETTING_STR && md->str && !strcmp(md->str, "round"))
-            fdpo_settings_str(&saved, "mode", "rounds", md->fixed);
-        /* --lora-targets is compared by the modules it selects, against the completed round's
-         * adapter (policy_lora_setup): as typed, PEFT's default named explicitly was a change */
-        static const char *const by_modules[] = {"lora-targets", NULL};
-        fdpo_settings_remove(&saved, by_modules);
-        fdpo_settings_remove(&now, by_modules);
-        /* a sacpo stage's starting model, the stage before in its OUT: sacpo's plan pins it and
-         * ref_hash its content (fdpo_train_opts.init_in_run); a moved OUT is the same run */
-        static const char *const init_keys[] = {"model", "model.resolved", NULL};
-        if (o->dpo.train.init_in_run) fdpo_settings_remove(&saved, init_keys);
+        if (rc == 0) fdpo_online_settings_for_resume(&saved, &now, o->dpo.train.init_in_run);
         if (rc == 0 && (rc = fdpo_settings_check_resume(&saved, &now)))
             fdpo_error_context("--out %s: its rounds ran with the flags in %s", o->out, path);
         const cJSON *dh = cJSON_GetObjectItemCaseSensitive(j, "data_hash");   /* absent: a plan of an older fdpo */
@@ -930,6 +917,23 @@ void fdpo_online_round_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_str(s, "ref-logps", o->ref_logps_pairs ? "pairs" : "all", 1);
     fdpo_settings_str(s, "ref-update", o->ref_update_round ? "round" : "never", 1);
     fdpo_sample_config_settings(&o->sample, &o->reward_opts, s);
+}
+
+void fdpo_online_settings_for_resume(fdpo_settings *saved, fdpo_settings *now, int init_in_run) {
+    /* an online.json of an earlier fdpo records rounds mode as "round", which --mode never
+     * took: the same mode as "rounds" (hunt of wave 46) */
+    const fdpo_setting *md = fdpo_settings_find(saved, "mode");
+    if (md && md->type == FDPO_SETTING_STR && md->str && !strcmp(md->str, "round"))
+        fdpo_settings_str(saved, "mode", "rounds", md->fixed);
+    /* --lora-targets is compared by the modules it selects, against the completed round's
+     * adapter (policy_lora_setup): as typed, PEFT's default named explicitly was a change */
+    static const char *const by_modules[] = {"lora-targets", NULL};
+    fdpo_settings_remove(saved, by_modules);
+    fdpo_settings_remove(now, by_modules);
+    /* a sacpo stage's starting model, the stage before in its OUT: sacpo's plan pins it and
+     * ref_hash its content (fdpo_train_opts.init_in_run); a moved OUT is the same run */
+    static const char *const init_keys[] = {"model", "model.resolved", NULL};
+    if (init_in_run) fdpo_settings_remove(saved, init_keys);
 }
 
 /* ---- --mode step ---- */

@@ -1298,17 +1298,8 @@ static int online_rounds_are_the_stage(const fdpo_sacpo_opts *o, const sacpo_sta
     if (rc == 0) {
         fdpo_online_opts on = online_stage_opts(o, s->init, s->spec, s->spec_flag, s->beta, run);
         fdpo_online_round_settings(&on, &now);
-        /* as fdpo online's resume compares them (online_plan): an earlier fdpo's "round" mode,
-         * --lora-targets by the modules it selects (at the stage's start), the starting model
-         * of a stage from the stage before, which sacpo's plan pins */
-        const fdpo_setting *md = fdpo_settings_find(&saved, "mode");
-        if (md && md->type == FDPO_SETTING_STR && md->str && !strcmp(md->str, "round"))
-            fdpo_settings_str(&saved, "mode", "rounds", md->fixed);
-        static const char *const by_modules[] = {"lora-targets", NULL};
-        fdpo_settings_remove(&saved, by_modules);
-        fdpo_settings_remove(&now, by_modules);
-        static const char *const init_keys[] = {"model", "model.resolved", NULL};
-        if (on.dpo.train.init_in_run) fdpo_settings_remove(&saved, init_keys);
+        /* as fdpo online's resume compares them (online_plan) */
+        fdpo_online_settings_for_resume(&saved, &now, on.dpo.train.init_in_run);
         char how[512];
         snprintf(how, sizeof how, "%s holds rounds that ran with it: if they are this stage's, run fdpo sacpo with the "
                  "flags and files that stage started with to resume it; else move %s away, or give sacpo another --out",
