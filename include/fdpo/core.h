@@ -330,7 +330,9 @@ char *fdpo_path_join(const char *a, const char *b);
  * and '..' taken lexically), joined with its last component, which is not followed (a lock or
  * a swap works beside the name given). A trailing '/' is dropped; a last component '.' or '..'
  * names its directory. So "x", "./x", "x/" and "sub/../x" in one working directory give the
- * same text, and "x" in two working directories two texts. Never fails: where even the
+ * same text, and "x" in two working directories two texts. An absolute PATH is kept as
+ * written ("//" and "/./" collapsed, a trailing '/' dropped): ranks on other nodes may
+ * reach one directory through other symlinks or mounts. Never fails: where even the
  * working directory cannot be resolved, the part that could not is kept as given. */
 char *fdpo_path_identity(const char *path);
 /* FNV-1a 64 over bytes, chainable: h = fdpo_hash64(h, data, n), start with FDPO_HASH_INIT. */

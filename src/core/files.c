@@ -784,9 +784,31 @@ static char *resolve_dir(const char *d, size_t n) {
     return out;
 }
 
+/* an absolute PATH as written, with "//" and "/./" collapsed and a trailing '/' dropped
+ * ('..' kept: lexically it is not its directory's parent where a symlink leads there) */
+static char *absolute_path_clean(const char *path) {
+    size_t n = strlen(path), o = 0;
+    char *out = fdpo_malloc(n + 2);
+    for (size_t i = 0; i < n;) {
+        if (path[i] == '/') {
+            while (i < n && path[i] == '/') i++;
+            if (i + 1 <= n && path[i] == '.' && (i + 1 == n || path[i + 1] == '/')) { i++; continue; }   /* "/." */
+            if (i < n) out[o++] = '/';
+        } else
+            out[o++] = path[i++];
+    }
+    if (o == 0) out[o++] = '/';
+    out[o] = 0;
+    return out;
+}
+
 char *fdpo_path_identity(const char *path) {
     size_t n = strlen(path);
     if (n == 0) return fdpo_strdup(path);
+    /* absolute: as written. Ranks on other nodes may reach one directory through other
+     * symlinks or mounts (/home a link on one, a mount on another), so resolving it could
+     * set two texts apart that name one place; the same text was always one run's. */
+    if (path[0] == '/') return absolute_path_clean(path);
     while (n > 1 && path[n - 1] == '/') n--;
     size_t s = last_component(path, n), pn = s;
     const char *name = path + s;
