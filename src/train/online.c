@@ -945,10 +945,7 @@ void fdpo_online_step_settings(const fdpo_online_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    /* resolved, as the rounds record it (fdpo_rl_run_opts_settings says why) */
-    char *reward = o->reward ? fdpo_reward_spec_resolved(o->reward) : NULL;
-    fdpo_settings_reward_spec(s, "reward", reward, 1);
-    free(reward);
+    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_str(s, "loss", fdpo_loss_name(o->dpo.dpo.loss.kind), 1);
     fdpo_settings_num(s, "beta", o->dpo.dpo.loss.beta, 1);

@@ -394,13 +394,7 @@ void fdpo_rl_run_opts_settings(const fdpo_rl_run_opts *o, fdpo_settings *s) {
     fdpo_settings_path(s, "model", o->model, 1);
     fdpo_settings_path(s, "ref", o->ref, 1);
     fdpo_settings_path(s, "data", o->prompts, 1);
-    /* resolved (lexicon:/abs/FILE), as online's rounds record it: a resume from another
-     * directory restores the file the run scored with (as typed, lexicon:FILE was read from
-     * there, and the same file spelt from there was refused); a state that holds it as typed
-     * (an older fdpo) still compares as the file it names from here */
-    char *reward = o->reward ? fdpo_reward_spec_resolved(o->reward) : NULL;
-    fdpo_settings_reward_spec(s, "reward", reward, 1);
-    free(reward);
+    fdpo_settings_reward_spec(s, "reward", o->reward, 1);
     fdpo_settings_str(s, "algo", o->rl.algo == FDPO_RL_RLOO ? "rloo" : "grpo", 1);
     fdpo_settings_str(s, "divergence", div, 1);
     fdpo_settings_num(s, "beta", o->rl.beta, 1);
