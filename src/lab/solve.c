@@ -14,9 +14,8 @@
  * - tv: a linear program. Moving mass delta from y to y' changes the objective by
  *   delta (r(y') - r(y) - beta) (the penalty beta/2 |pi - pi_ref| is paid on both ends), so
  *   the optimum moves all the mass of every y with r(y) < r_max - beta onto the best
- *   response(s) (split in proportion to pi_ref among ties) and leaves the rest at pi_ref;
- *   the best responses also absorb 1 - sum pi_ref (pi_ref sums to 1 within 1e-9), so pi is a
- *   distribution. lambda = r_max - beta/2. */
+ *   response(s) (split in proportion to pi_ref among ties) and leaves the rest at pi_ref.
+ *   lambda = r_max - beta/2. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -519,39 +518,8 @@ int fdpo_lab_solve_log(const fdpo_lab_prepared *pp, const fdpo_divergence *d, do
             if (r[i] == rmax) qtop += q[i];
         }
         res->lambda = rmax - beta / 2;
-        /* pi_ref is kept as given and sums to 1 only within the loader's 1e-9: the best responses
-         * take what the others leave, 1 - sum q + moved, not moved (pi summed to sum q, 1e-9 off a
-         * distribution): the LP's optimum for that q, since adding a unit costs r - beta/2 at most
-         * on a response at or above pi_ref, r_max - beta/2 on a best one */
-        const double delta = sum_stat_offset(q, n) + moved;
-        /* delta < 0 (sum q > 1 + moved): the best responses stay at pi_ref, and the excess comes off
-         * the kept others in increasing reward, ties by index (a unit taken costs r + beta/2 there,
-         * r_max + beta/2 on a best response): all of every response before the cut, `take` of the
-         * cut's. lambda stays r_max - beta/2, a multiplier of the problem with sum q = 1 (at pi = q
-         * any lambda in [r_max - beta/2, r_min + beta/2] is one; the cut's r + beta/2 would jump
-         * there for a rounding-level excess) */
-        size_t cut = n;
-        double take = 0, top_take = 0;
-        if (delta < 0) {
-            double rest = -delta;
-            for (size_t last = n; rest > 0;) {   /* the next kept other by (reward, index) after last */
-                size_t m = n;
-                for (size_t i = 0; i < n; i++) {
-                    if (rmax - r[i] > beta || r[i] == rmax) continue;
-                    if (last < n && (r[i] < r[last] || (r[i] == r[last] && i <= last))) continue;
-                    if (m == n || r[i] < r[m] || (r[i] == r[m] && i < m)) m = i;
-                }
-                if (m == n) { top_take = rest; break; }   /* more than the kept others hold */
-                cut = m; last = m;
-                take = fmin(rest, q[m]);
-                rest -= take;
-            }
-        }
         for (size_t i = 0; i < n; i++) {
-            double p = rmax - r[i] > beta ? 0
-                     : r[i] == rmax ? (delta >= 0 ? q[i] + delta * (q[i] / qtop) : q[i] - top_take * (q[i] / qtop))
-                     : cut == n || r[i] > r[cut] || (r[i] == r[cut] && i > cut) ? q[i]
-                     : i == cut ? q[i] - take : 0;
+            double p = rmax - r[i] > beta ? 0 : r[i] == rmax ? q[i] + moved * (q[i] / qtop) : q[i];
             if (pi) pi[i] = p;
             if (log_pi) log_pi[i] = p > 0 ? log(p) : -INFINITY;
             acc_add(&a, d, q[i], lq[i], r[i], p, p > 0 ? log(p) : 0, p / q[i]);

@@ -672,52 +672,6 @@ def test_tv_equals_linprog(tmp_path, beta):
     assert int(s["support_lost"]) == lost
 
 
-def tv_vertex_optimum(q, r, beta):
-    """exact tv optimum by enumeration in rationals: the objective E[r] - beta/2 sum |pi - q| is concave and
-    piecewise linear with breaks at pi_i in {0, q_i}, so its maximum on the simplex is at a vertex of that
-    arrangement: every pi_i but one (j) at 0 or q_i, pi_j = 1 - the rest >= 0"""
-    import itertools
-    from fractions import Fraction as Fr
-    Q, R, B = [Fr(float(x)) for x in q], [Fr(float(x)) for x in r], Fr(float(beta))
-    n, best = len(Q), None
-    for j in range(n):
-        others = [i for i in range(n) if i != j]
-        for mask in itertools.product((0, 1), repeat=n - 1):
-            P = [Fr(0)] * n
-            for i, m in zip(others, mask):
-                P[i] = Q[i] if m else Fr(0)
-            P[j] = 1 - sum(P)
-            if P[j] < 0:
-                continue
-            obj = sum(p * x for p, x in zip(P, R)) - B / 2 * sum(abs(p - x) for p, x in zip(P, Q))
-            if best is None or obj > best[0]:
-                best = (obj, P)
-    return best
-
-
-@pytest.mark.parametrize("beta,excess", [(0.5, -5e-10), (0.5, 5e-10), (10.0, 5e-10), (10.0, -5e-10)])
-def test_tv_is_a_distribution_when_pi_ref_sums_to_1_within_1e9(tmp_path, beta, excess):
-    """pi_ref summing to 1 + excess, |excess| <= 1e-9, is kept as given (no renormalisation); pi summed to
-    sum pi_ref (the best responses took only the moved mass), 5e-10 off a distribution. The optimum of the
-    LP for that pi_ref: exact enumeration of the vertices in rationals. beta 10 moves no mass (every
-    r_max - r < beta): with an excess, it comes off the lowest-rewarded response, not the best one."""
-    import math
-    from fractions import Fraction as Fr
-    n = 8
-    rng = np.random.default_rng(11)
-    q = rng.dirichlet(np.ones(n))
-    q = q / math.fsum(q) * (1 + excess)
-    r = rng.normal(size=n)
-    assert abs(math.fsum(q) - 1 - excess) < 1e-15
-    s, pi = solve(tmp_path, "tv", beta, q, r)
-    assert abs(math.fsum(pi) - 1) <= 1e-14
-    assert np.all(pi >= 0)
-    obj, P = tv_vertex_optimum(q, r, beta)
-    np.testing.assert_allclose(pi, [float(x) for x in P], rtol=0, atol=1e-15)
-    assert float(s["objective"]) == pytest.approx(float(obj), abs=1e-14)
-    assert float(s["expected_reward"]) == pytest.approx(float(sum(p * Fr(float(x)) for p, x in zip(P, r))), abs=1e-14)
-
-
 def test_frontier_columns_determinism_and_threads(tmp_path):
     args = ["frontier", "--n", "300", "--seed", "7", "--divergence", "rkl,js,tv,chi2", "--n-betas", "5"]
     a = lab(*args, "--threads", "1").stdout
