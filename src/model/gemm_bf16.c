@@ -394,14 +394,15 @@ static int sgemm_row_blocks(char ta, char tb, int M, int N, int K, float alpha, 
 }
 #endif
 
-void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                const float *B, int ldb, float beta, float *C, int ldc) {
+static void sgemm_run(int row_blocks, int order, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    (void)row_blocks;   /* AVX-512 builds: oneDNN's rows are invariant there */
     if (M <= 0 || N <= 0) return;
     fdpo_threads_settle();
     if (order == CblasRowMajor && K > 0 && !sgemm_use_openblas()) {
         char ta = trans_a == CblasTrans ? 'T' : 'N', tb = trans_b == CblasTrans ? 'T' : 'N';
 #ifndef __AVX512F__
-        if (ta == 'N') {
+        if (ta == 'N' && row_blocks) {
             if (sgemm_row_blocks(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
         } else
 #endif
@@ -409,4 +410,14 @@ void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float 
     }
     cblas_sgemm((CBLAS_ORDER)order, (CBLAS_TRANSPOSE)trans_a, (CBLAS_TRANSPOSE)trans_b, M, N, K, alpha, A, lda, B,
                 ldb, beta, C, ldc);
+}
+
+void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc) {
+    sgemm_run(1, order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void fdpo_sgemm_any_rows(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                         int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    sgemm_run(0, order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

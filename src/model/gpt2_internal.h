@@ -210,6 +210,12 @@ void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, cons
  * run by oneDNN (FDPO_SGEMM=openblas: OpenBLAS); src/model/gemm_bf16.c */
 void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc);
+/* The same without the 48-row blocks of CPUs without AVX-512 (docs/model.md#row-invariance):
+ * the KV-cache decoders' few-row products, where a block of 48 rows for one sequence made
+ * fp32 sampling 4-5x slower on an AVX2 EPYC (a review's find). Their rows' last bits may
+ * follow the batch there, as they did before the blocks. */
+void fdpo_sgemm_any_rows(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                         int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* ---- bf16 (src/model/gemm_bf16.c and the *_bf16 kernels in gpt2_kernels.c) ---- */
 /* One value to bf16: round to nearest even; NaN stays NaN (quiet). The rule of every bf16

@@ -187,7 +187,7 @@ static void dec_linear(llama_decoder *d, float *out, const float *inp, const flo
     } else if (R == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)OC, (int)IC, 1.0f, w, (int)IC, inp, 1, beta_one ? 1.0f : 0.0f, out, 1);
     else
-        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
+        fdpo_sgemm_any_rows(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)OC, (int)IC, 1.0f, inp, (int)IC, w, (int)IC,
                    beta_one ? 1.0f : 0.0f, out, (int)OC);
 }
 
