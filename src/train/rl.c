@@ -163,11 +163,15 @@ static int rl_samples_check(const fdpo_rl_config *c, size_t n, const size_t *n_p
  * takes that one's sum.
  * It is the same sequence, and GRPO divides its group's differences by their spread: on
  * CPUs whose GEMMs round equal rows at different places apart (oneDNN's AVX2 kernels),
- * identical completions got advantages of +-6e-5 and a gradient, not 0. */
-static void rl_sample_sums(const float *tlp, size_t n, size_t k, const size_t *row0, int32_t *const *prompt,
-                           const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp, double *sum) {
+ * identical completions got advantages of +-6e-5 and a gradient, not 0. Not under LoRA
+ * dropout, whose masks follow the rows: there equal samples have sums of their own. */
+static void rl_sample_sums(const fdpo_gpt2 *m, const float *tlp, size_t n, size_t k, const size_t *row0,
+                           int32_t *const *prompt, const size_t *n_prompt, int32_t *const *comp, const size_t *n_comp,
+                           double *sum) {
+    /* LoRA dropout masks by row: equal samples are then different functions of the weights */
+    const int own_rows = m->lora && m->lora->enabled && m->lora->training && m->lora->dropout > 0;
     for (size_t i = 0; i < n; i++) {   /* a sequence may hold several samples: sum each one's rows */
-        size_t j = i - i % k;
+        size_t j = own_rows ? i : i - i % k;
         while (j < i && !(n_comp[j] == n_comp[i] && !memcmp(comp[j], comp[i], n_comp[i] * sizeof(int32_t)) &&
                           rl_shares_prompt(prompt, n_prompt, i, j, 0)))
             j++;
@@ -194,7 +198,7 @@ int fdpo_rl_ref_logp(fdpo_gpt2 *ref, const fdpo_rl_config *c, size_t n, int32_t 
     if (ref->lora) ref->lora->training = 0;   /* scoring is evaluation: no adapter dropout */
     if (rc == 0) rc = fdpo_gpt2_forward(ref, &b, tlp, NULL);
     if (ref->lora) ref->lora->training = lora_training;
-    if (rc == 0) rl_sample_sums(tlp, n, c->k, row0, prompt, n_prompt, comp, n_comp, ref_logp);
+    if (rc == 0) rl_sample_sums(ref, tlp, n, c->k, row0, prompt, n_prompt, comp, n_comp, ref_logp);
     rl_pack_free(&pk);
     free(row0); free(tlp);
     return rc;
@@ -220,7 +224,7 @@ int fdpo_rl_step(fdpo_gpt2 *m, const fdpo_rl_config *c, size_t n, size_t n_total
     double *lr = fdpo_malloc(n * sizeof(double));
     if (rc == 0) rc = fdpo_gpt2_forward(m, &b, tlp, NULL);
     if (rc == 0) {
-        rl_sample_sums(tlp, n, c->k, row0, prompt, n_prompt, comp, n_comp, slp);
+        rl_sample_sums(m, tlp, n, c->k, row0, prompt, n_prompt, comp, n_comp, slp);
         /* every mean is over the step's n_total samples: the ranks' shares add up to it */
         const double inv = 1.0 / (double)n_total;
         memset(out, 0, sizeof *out);

@@ -106,7 +106,8 @@ def test_bf16_matches_emulated_reference(tmp_path, name):
                            [rel_err(out[k], g) for k, g in grads.items()])
         if worst[order] <= 1e-5:
             break
-    assert min(worst.values()) <= 1e-5, worst
+    # fdpo's own order within a flip of the rule (test_lora's bound), and one order exact
+    assert worst["onednn"] <= 5e-3 and min(worst.values()) <= 1e-5, worst
     # the bf16 path ran: fp32 fdpo is far from the bf16 rule (measured >= 3.1e-3)
     out32, _ = run_fdpo(tmp_path, mdir, seqs, d, "fp32", tag="fp32")
     assert rel_err(out32["logits"], logits) > 1e-3
