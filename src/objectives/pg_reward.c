@@ -6,6 +6,7 @@
  * E_pi[f'(u) grad log pi(y)], so maximising E[r] - beta D_f by REINFORCE uses the shaped
  * reward r - beta f'(u) (docs/rl.md derives it). */
 #include <math.h>
+#include <stdlib.h>
 #include "fdpo/core.h"
 #include "fdpo/objectives.h"
 
@@ -100,6 +101,18 @@ void fdpo_pg_group_advantages(const fdpo_divergence *d, double beta, const doubl
         x[i] = i == 0 ? 0 : (reward[i] - reward[0]) * scale + coef * (p - p0);
     }
     if (!grpo) { fdpo_rloo_advantages(x, k, adv); return; }
+    /* every exponent the same: the penalties cancel and x is (r_i - r_0) e^-s, whose squares
+     * underflow past s ~ 370 (sd 0: advantages of 3500, inf or 0 where the float64 ones are
+     * +-0.95; a review's find). GRPO is scale-free: the rewards' deviations with eps itself. */
+    size_t flat = 1;
+    while (flat < k && fprime_exponent(d, log_ratio[flat], &has) == fprime_exponent(d, log_ratio[0], &has)) flat++;
+    if (flat == k) {
+        double *dev = fdpo_malloc(k * sizeof(double));
+        for (size_t i = 0; i < k; i++) dev[i] = reward[i] - reward[0];
+        fdpo_grpo_advantages(dev, k, grpo_eps, adv);
+        free(dev);
+        return;
+    }
     const double eps = grpo_eps * scale;
     size_t same = 1;
     while (same < k && x[same] == x[0]) same++;

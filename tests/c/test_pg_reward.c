@@ -116,10 +116,17 @@ START_TEST(group_advantages_factor_out_the_cap) {
     ck_assert_double_eq_tol(adv[0], 0.05 * exp(64), 1e-15 * exp(64));
     ck_assert_double_eq_tol(adv[1], -0.025 * exp(64), 1e-15 * exp(64));
     ck_assert_double_eq_tol(adv[2], -0.025 * exp(64), 1e-15 * exp(64));
-    /* 1000 down, equal: eps e^-936 underflows to 0 and the group is flat: 0, not 0/0 */
-    const double l1000[2] = {-1000, -1000};
-    fdpo_pg_group_advantages(&d, 0.05, r, l1000, 2, 1, 1e-4, x, adv);
-    ck_assert(adv[0] == 0 && adv[1] == 0);
+    /* equal exponents 100 to 1000 nats down: the penalties cancel and the rewards decide,
+     * (r - mean)/(sd + eps) with eps itself, as at 100 (the scaled deviations' squares
+     * underflowed past ~430: 3500 at 500 and 700, inf at 800, 0 at 900 and 1000) */
+    const double sd2 = sqrt(((r[0] - (r[0] + r[1]) / 2) * (r[0] - (r[0] + r[1]) / 2) +
+                             (r[1] - (r[0] + r[1]) / 2) * (r[1] - (r[0] + r[1]) / 2)) / 1);
+    for (double down = 100; down <= 1000; down += 100) {
+        const double leq[2] = {-down, -down};
+        fdpo_pg_group_advantages(&d, 0.05, r, leq, 2, 1, 1e-4, x, adv);
+        for (int i = 0; i < 2; i++)
+            ck_assert_msg(fabs(adv[i] - (r[i] - (r[0] + r[1]) / 2) / (sd2 + 1e-4)) <= 1e-14, "%g down: %.17g", down, adv[i]);
+    }
 }
 END_TEST
 
