@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "fdpo/core.h"
+#include "fdpo/dist.h"
 #include "fdpo/tokenizer.h"
 
 static int tokenizer_train(int argc, char **argv) {
@@ -26,7 +27,14 @@ static int tokenizer_train(int argc, char **argv) {
     int n_pos = 0;
     char **pos = NULL;
     int rc = flags_parse("tokenizer train", usage, flags, NFLAGS(flags), argc, argv, &n_pos, &pos);
-    if (rc == FLAGS_HELP) { free(pos); return 0; }
+    if (rc == FLAGS_HELP) {   /* under mpirun, a rank that asked for --help alone: the others stop at the gate */
+        free(pos);
+        if (fdpo_dist_size() > 1) {
+            fdpo_error("tokenizer train: --help on this rank, a run on another (every rank needs the same command line)");
+            (void)cli_alone_gate(-1, NULL, NULL, NULL, 0);
+        }
+        return 0;
+    }
     if (rc) { free(pos); (void)cli_alone_gate(-1, NULL, NULL, NULL, 0); return -1; }   /* every rank hears it */
     if (n_pos > 0 && flags_from_config("data")) data.n = 0;   /* FILE... replaces a config file's data */
     size_t n_files = (size_t)n_pos + data.n;   /* every --data (a second one used to replace the first) */

@@ -566,6 +566,11 @@ def test_tokenizer_train_ranks_must_name_one_out(work, tmp_path):
     assert r.stderr.count("fdpo tokenizer: rank 1 of 2 failed: --vocab-size: '3x00' is not an integer") == 1, r.stderr
     assert "MPI_ABORT" not in r.stderr, r.stderr
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    # --help on one rank only: it prints the help, the other stops at the gate (it waited there
+    # for ever: a review's find)
+    r = mpmd([*base, "--help"], [*base, "--out", "xa", work / "text.txt"], cwd=tmp_path)
+    assert r.returncode != 0 and "usage: fdpo tokenizer train" in r.stdout, (r.stdout, r.stderr)
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
     r = mpmd([*base, "--out", "xa", work / "text.txt"], [*base, "--out", "./xa/", work / "text.txt"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert read_merges(tmp_path / "xa") == naive_train((work / "text.txt").read_text(encoding="utf-8"), 300, 2)
