@@ -823,7 +823,7 @@ static void decode_matmul_forward(fdpo_decoder *d, float *out, const float *inp,
     else if (R <= DECODE_SMALL_ROWS)
         fdpo_decode_f32_matmul(out, inp, w, R, IC, OC, 1, d->acc);
     else
-        fdpo_sgemm_any_rows(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)OC, (int)IC, 1.0f,
                     inp, (int)IC, w, (int)OC, 1.0f, out, (int)OC);
 }
 
@@ -1003,7 +1003,7 @@ static void decode_lmhead_forward(fdpo_decoder *d, float *logits, const float *i
                         wte + v0 * C, (int)C, 0.0f, logits + v0, (int)V);
         }
     } else
-        fdpo_sgemm_any_rows(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
+        fdpo_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)V, (int)C, 1.0f, inp, (int)C,
                     wte, (int)C, 0.0f, logits, (int)V);
 }
 

@@ -211,9 +211,11 @@ void fdpo_k_lmhead_backward(float *dinp, float *dwte, const float *dlogits, cons
 void fdpo_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc);
 /* The same without the 48-row blocks of CPUs without AVX-512 (docs/model.md#row-invariance):
- * the KV-cache decoders' few-row products, where a block of 48 rows for one sequence made
- * fp32 sampling 4-5x slower on an AVX2 EPYC (a review's find). Their rows' last bits may
- * follow the batch there, as they did before the blocks. */
+ * the KV-cache decoders' per-step products of a few rows (GPT-2's LM head up to 64 rows,
+ * Llama's linear layers), where a block of 48 rows for one sequence made fp32 sampling 4-5x
+ * slower on an AVX2 EPYC (a review's find). Their rows' last bits may follow the batch there,
+ * as they did before the blocks; the prefill's products keep the blocks (sacpo's online
+ * stage equals a plain online run bit for bit only with them). */
 void fdpo_sgemm_any_rows(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                          int lda, const float *B, int ldb, float beta, float *C, int ldc);
 

@@ -318,7 +318,7 @@ static cJSON *plan_json(const fdpo_sacpo_opts *o) {
     return p;
 }
 
-typedef struct { cJSON *root, *done; char *path; } sacpo_state;
+typedef struct { cJSON *root, *done; char *path; int plan_changed; } sacpo_state;
 
 /* A number and the digits of the same value: an integer setting past 2^53 is saved as its
  * digits (fdpo_settings_int), a plan of an earlier fdpo holds it as a number. */
@@ -666,6 +666,10 @@ static int state_open(sacpo_state *st, const fdpo_sacpo_opts *o) {
         if (same && online_done && online_now) same = training_same(online_then ? online_then : then, online_now, st->path);
         cJSON_Delete(online_then);
         if (!same) { cJSON_Delete(plan); return -1; }
+        /* an input of a stage not done yet that changed (its hash), a lambda added: recorded
+         * before that stage starts (fdpo_sacpo_run), else a stage cut short under the new
+         * file was compared with the old hash on the next rerun and refused (a review's find) */
+        st->plan_changed = !cJSON_Compare(saved, plan, 1);
         cJSON_ReplaceItemInObject(st->root, "plan", plan);
         return 0;
     }
@@ -1401,6 +1405,7 @@ static int sacpo_run(const fdpo_sacpo_opts *o) {
     if (!rc) rc = stages_out_free(o, &st, stages, n_stages);
     if (!rc) rc = stages_done_unchanged(o, &st, stages, n_stages);
     if (!rc) rc = pin_stages_route(o->out);
+    if (!rc && st.plan_changed && fdpo_dist_rank() == 0) rc = fdpo_write_json_atomic(st.path, st.root, 1);
     for (size_t i = 0; !rc && i < n_stages; i++)
         rc = run_stage(o, &st, stages[i].what, stages[i].init, stages[i].data, stages[i].spec, stages[i].spec_flag,
                        stages[i].beta, stages[i].dir);

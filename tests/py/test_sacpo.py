@@ -1648,3 +1648,41 @@ def test_a_removed_online_stage_with_its_rounds_kept_is_copied_back(data, tmp_pa
     shutil.rmtree(s / "lambda-1.online")   # no rounds: a retrain, under a merge made from the old model
     r = fdpo(*args, check=False)
     assert r.returncode == 1 and "listed done in" in r.stderr and "merge-0-1-w0.5" in r.stderr, r.stderr
+
+
+def test_a_stage_cut_short_under_a_corrected_pairs_file_resumes_with_it(data, tmp_path):
+    """The reward stage done, lambda-1 cut short and removed, --safety-data corrected (it was
+    not read by any stage done), lambda-1 cut short again under the corrected file: the rerun
+    with that same file continues. sacpo.json kept the old file's hash until a stage finished,
+    so the third run was refused as other content, and the original file by the stage's own
+    trainer: both refused (a review's find). The changed plan is now recorded before a stage
+    starts."""
+    import signal
+    import time
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl", "--safety-data",
+            files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1", *COMMON[:4], *COMMON[6:],
+            "--steps", 300, "--log-every", 1]
+    metrics = tmp_path / "s" / "lambda-1" / "metrics.jsonl"
+
+    def cut():
+        p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            time.sleep(0.002)
+        assert p.poll() is None, "the run ended before it could be signalled"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1 and "interrupted after step" in err, err
+
+    cut()
+    assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward"]
+    shutil.rmtree(tmp_path / "s" / "lambda-1")
+    (files / "safety.jsonl").write_bytes((files / "safety.jsonl").read_bytes() + b"\n")
+    cut()
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward", "lambda-1"]
