@@ -93,13 +93,16 @@ def test_bf16_matches_emulated_reference(tmp_path, name):
     """The bound holds unless an activation sits at a bf16 rounding boundary, where the fp32
     sums of one order round it apart (module docstring). Which one does depends on the
     GEMM's summation order, so the bound is asked of fdpo's GEMM (oneDNN) and, if a value
-    there rounds apart, of OpenBLAS's order (FDPO_SGEMM=openblas): on an AVX2 EPYC,
+    there rounds apart, of other orders (FDPO_SGEMM=openblas; the widening fallback, whose
+    fp32 sums differ from vdpbf16ps's where that is the route): on an AVX2 EPYC,
     oneDNN's AVX2 kernels round one of qwen2's backward activations apart (gradients 4.7e-4
     off), OpenBLAS none (2.2e-7). A linear layer off the rule misses it in every order."""
     mdir, seqs, d = setup_case(tmp_path, name)
     logits, tlp, grads = reference(make(tmp_path, name, cls=LlamaEmulatedBF16), seqs, d)
     worst = {}
-    for order, env in (("onednn", None), ("openblas", dict(os.environ, FDPO_SGEMM="openblas"))):
+    for order, env in (("onednn", None), ("openblas", dict(os.environ, FDPO_SGEMM="openblas")),
+                       ("fallback", dict(os.environ, FDPO_FORCE_BF16_FALLBACK="1")),
+                       ("fallback-openblas", dict(os.environ, FDPO_FORCE_BF16_FALLBACK="1", FDPO_SGEMM="openblas"))):
         out, _ = run_fdpo(tmp_path, mdir, seqs, d, "bf16", env=env, tag=order)
         assert set(grad_keys(out)) == set(grads)
         worst[order] = max([rel_err(out["logits"], logits), rel_err(out["token_logp"], tlp)] +

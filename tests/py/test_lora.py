@@ -264,6 +264,12 @@ def test_forward_backward_parity_with_pytorch_lora(tmp_path, family, fused):
         assert rel_err(got[k], g) <= 1e-4, k
 
 
+# summation orders of the bf16 path: fdpo's own, OpenBLAS's fp32 GEMMs, the widening fallback
+# (where vdpbf16ps is the route, the fallback's oneDNN fp32 sums are another order), both
+ORDERS = [{}, {"FDPO_SGEMM": "openblas"}, {"FDPO_FORCE_BF16_FALLBACK": "1"},
+          {"FDPO_FORCE_BF16_FALLBACK": "1", "FDPO_SGEMM": "openblas"}]
+
+
 def seeded_adapter_weights(ad, seed):
     """replace an adapter's A and B by seeded random values (A ~ U(-1/sqrt(in), 1/sqrt(in)),
     B ~ N(0, 0.2^2)), the same on every machine: an adapter trained here carries this
@@ -316,11 +322,13 @@ def test_bf16_lora_follows_the_bf16_rule(tmp_path):
     for k, g in grads.items():
         assert rel_err(got[k], g) <= 2e-2, k
     # the forward follows the rule to fp32 rounding in fdpo's GEMM order or, where an
-    # activation of that order rounds apart, in OpenBLAS's (test_llama_bf16's rule); the fp32
-    # run is 5.3e-3 away
+    # activation of that order rounds apart, in another (ORDERS; test_llama_bf16's rule); the
+    # fp32 run is 5.3e-3 away
     forward = rel_err(got["logits"], logits)
-    if forward > 1e-5:
-        forward = min(forward, rel_err(run("bf16", dict(os.environ, FDPO_SGEMM="openblas"))["logits"], logits))
+    for other in ORDERS[1:]:
+        if forward <= 1e-5:
+            break
+        forward = min(forward, rel_err(run("bf16", dict(os.environ, **other))["logits"], logits))
     assert forward <= 1e-5 and rel_err(got32["logits"], logits) > 100 * forward
     if os.environ.get("FDPO_TEST_VERBOSE"):
         print("bf16 lora: logits", rel_err(got["logits"], logits), "fp32", rel_err(got32["logits"], logits),
