@@ -220,25 +220,6 @@ static inline float bf16_value(uint16_t h) {
     return f;
 }
 
-/* Portable tile (no AVX-512, or FDPO_FORCE_BF16_FALLBACK=1): the same sums in the same
- * order, bit for bit. The products of bf16 values are exact, so fmaf and a * b + c agree
- * too. */
-static inline void decode_tile_widen_portable_rows(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const float *xb,
-                                                   size_t ldx, const uint16_t *ws, size_t np, size_t nr) {
-    for (size_t p = 0; p < np; p++) {
-        const uint16_t *wp = ws + p * DECODE_STRIP * 2;
-        float w0[DECODE_STRIP], w1[DECODE_STRIP];
-        for (size_t j = 0; j < DECODE_STRIP; j++) { w0[j] = bf16_value(wp[2 * j]); w1[j] = bf16_value(wp[2 * j + 1]); }
-        for (size_t r = 0; r < nr; r++) {
-            float x0 = xb[r * ldx + 2 * p], x1 = xb[r * ldx + 2 * p + 1];
-            for (size_t j = 0; j < DECODE_STRIP; j++) {
-                acc[r][j] = DECODE_FMA(x0, w0[j], acc[r][j]);
-                acc[r][j] = DECODE_FMA(x1, w1[j], acc[r][j]);
-            }
-        }
-    }
-}
-
 #if defined(__AVX2__) && defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 /* The portable tile on AVX2 (built with -march=native on such a CPU): the same sums in the
@@ -282,6 +263,25 @@ static void decode_tile_widen_portable(float *acc, const float *xb, size_t ldx, 
         }
 }
 #else
+/* Portable tile (no AVX-512, or FDPO_FORCE_BF16_FALLBACK=1): the same sums in the same
+ * order, bit for bit. The products of bf16 values are exact, so fmaf and a * b + c agree
+ * too. */
+static inline void decode_tile_widen_portable_rows(float acc[DECODE_GROUP_ROWS][DECODE_STRIP], const float *xb,
+                                                   size_t ldx, const uint16_t *ws, size_t np, size_t nr) {
+    for (size_t p = 0; p < np; p++) {
+        const uint16_t *wp = ws + p * DECODE_STRIP * 2;
+        float w0[DECODE_STRIP], w1[DECODE_STRIP];
+        for (size_t j = 0; j < DECODE_STRIP; j++) { w0[j] = bf16_value(wp[2 * j]); w1[j] = bf16_value(wp[2 * j + 1]); }
+        for (size_t r = 0; r < nr; r++) {
+            float x0 = xb[r * ldx + 2 * p], x1 = xb[r * ldx + 2 * p + 1];
+            for (size_t j = 0; j < DECODE_STRIP; j++) {
+                acc[r][j] = DECODE_FMA(x0, w0[j], acc[r][j]);
+                acc[r][j] = DECODE_FMA(x1, w1[j], acc[r][j]);
+            }
+        }
+    }
+}
+
 static void decode_tile_widen_portable(float *acc, const float *xb, size_t ldx, const uint16_t *ws, size_t np,
                                        size_t nr, int load) {
     float a[DECODE_GROUP_ROWS][DECODE_STRIP];
