@@ -377,6 +377,13 @@ def test_afinn_json_lexicon_is_read_as_json(tmp_path):
     lexf.write_bytes(b"\xef\xbb\xbf" + json.dumps({"good": 3}).encode())   # Python's utf-8-sig
     r = reward(tmp_path, "afinn:sum", [("p", "good")], "--lexicon", lexf)
     assert r.returncode == 0 and float(r.stdout) == 3, r.stderr
+    # a second BOM after the file's own: Python's json refuses the text at column 1 (it was
+    # skipped silently: a review's find), as the JSONL readers say it
+    lexf.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + json.dumps({"good": 3}).encode())
+    with pytest.raises(json.JSONDecodeError, match=r"Unexpected UTF-8 BOM.*line 1 column 1"):
+        json.loads(lexf.read_bytes().decode("utf-8-sig"))
+    r = reward(tmp_path, "afinn:sum", [("p", "good")], "--lexicon", lexf)
+    assert r.returncode != 0 and f"{lexf}:1: a UTF-8 byte order mark at the start of the line, column 1" in r.stderr, r.stderr
     two = '{"good": 3}\n{"bad": -3}\n'
     with pytest.raises(ValueError):
         json.loads(two)   # "Extra data"
