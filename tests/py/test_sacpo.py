@@ -18,6 +18,35 @@ from fdpo_ref.gpt2 import GPT2
 TINY = dict(vocab_size=257, n_positions=48, n_embd=32, n_layer=2, n_head=4)
 COMMON = ["--threads", 1, "--batch-size", 8, "--steps", 3, "--lr", "1e-3", "--eval-fraction", 0, "--quiet"]
 
+def pairs_files_run(data, tmp_path):
+    """copies of the reward and safety pairs in tmp_path/files, and a one-lambda sacpo into
+    tmp_path/s reading them (300 steps a stage: long enough to be interrupted)"""
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("reward.jsonl", "safety.jsonl"):
+        shutil.copy(data / name, files / name)
+    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl", "--safety-data",
+            files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1", *COMMON[:4], *COMMON[6:],
+            "--steps", 300, "--log-every", 1]
+    return files, args
+
+
+
+def interrupt_after_two_steps(args, metrics):
+    """Run ARGS, SIGINT it once METRICS holds two lines; it must stop as interrupted. Its stderr."""
+    import signal
+    import time
+    p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.002)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted after step" in err, err
+    return err
+
+
 
 def pairs(n, seed, good, bad):
     rng = random.Random(seed)
@@ -457,8 +486,6 @@ def test_a_refused_resume_of_a_stage_says_what_a_sacpo_user_does(data, tmp_path)
     trainer, which refused a changed flag "(it cannot change on --resume)" and a reference
     retrained in place ("--resume: ... resume needs the same reference"): sacpo has no --resume.
     Both now name the stage's directory and say to rerun with what it started with, or remove it."""
-    import signal
-    import time
     model, rp = tmp_path / "base", tmp_path / "reward.jsonl"
     shutil.copytree(data / "base", model)
     shutil.copy(data / "reward.jsonl", rp)
@@ -466,15 +493,7 @@ def test_a_refused_resume_of_a_stage_says_what_a_sacpo_user_does(data, tmp_path)
                        "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1",
                        "--threads", 1, "--batch-size", 8, "--lr", lr, "--eval-fraction", 0, "--quiet",
                        "--steps", 400, "--log-every", 1]
-    p = subprocess.Popen(list(map(str, args("1e-3"))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "s" / "reward" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.02)
-    assert p.poll() is None, "the run ended before it could be signalled"
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and "interrupted after step" in err, err
+    interrupt_after_two_steps(args("1e-3"), tmp_path / "s" / "reward" / "metrics.jsonl")
     stage = tmp_path / "s" / "reward"
     how = (f"run fdpo sacpo with the flags and files that stage started with to resume it, or remove that directory "
            f"to start the stage over")
@@ -599,24 +618,8 @@ def test_a_pairs_file_edited_under_a_stage_cut_short_is_refused(data, tmp_path):
     """A stage cut short (SIGINT) has read its pairs file though sacpo.json does not list it done:
     the file edited before the rerun is refused by sacpo's content check, not taken as a file no
     stage has read yet (test_a_pairs_file_edited_before_its_stage_ran_is_accepted_not_after)."""
-    import signal
-    import time
-    files = tmp_path / "files"
-    files.mkdir()
-    for name in ("reward.jsonl", "safety.jsonl"):
-        shutil.copy(data / name, files / name)
-    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl", "--safety-data",
-            files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1", *COMMON[:4], *COMMON[6:],
-            "--steps", 300, "--log-every", 1]
-    p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "s" / "lambda-1" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.002)
-    assert p.poll() is None, "the run ended before it could be signalled"
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and "interrupted after step" in err, err
+    files, args = pairs_files_run(data, tmp_path)
+    interrupt_after_two_steps(args, tmp_path / "s" / "lambda-1" / "metrics.jsonl")
     assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward"]
     (files / "safety.jsonl").write_bytes((files / "safety.jsonl").read_bytes() + b"\n")
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300)
@@ -1479,22 +1482,12 @@ def test_a_moved_out_resumes_its_interrupted_stage(data, tmp_path):
     OUT/reward, with the path its state recorded (the old OUT) and refused it on every rerun
     ("--model: NEW/reward differs from the saved run's OLD/reward", a hunt's find). The stage
     resumes, and ends as the plain fdpo dpo run from the reward stage."""
-    import signal
-    import time
     steps = ["--steps", 300, "--log-every", 1]
     args = lambda out: [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", data / "reward.jsonl",
                         "--safety-data", data / "safety.jsonl", "--beta", "0.2", "--out", out, "--lambda", "1",
                         *COMMON[:4], *COMMON[6:], *steps]
     s, moved = tmp_path / "s", tmp_path / "moved"
-    p = subprocess.Popen(list(map(str, args(s))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = s / "lambda-1" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.002)
-    assert p.poll() is None, "the run ended before it could be signalled"
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and "interrupted after step" in err, err
+    interrupt_after_two_steps(args(s), s / "lambda-1" / "metrics.jsonl")
     os.rename(s, moved)
     r = subprocess.run(list(map(str, args(moved))), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "(resuming)" in r.stderr, r.stderr
@@ -1657,32 +1650,13 @@ def test_a_stage_cut_short_under_a_corrected_pairs_file_resumes_with_it(data, tm
     so the third run was refused as other content, and the original file by the stage's own
     trainer: both refused (a review's find). The changed plan is now recorded before a stage
     starts."""
-    import signal
-    import time
-    files = tmp_path / "files"
-    files.mkdir()
-    for name in ("reward.jsonl", "safety.jsonl"):
-        shutil.copy(data / name, files / name)
-    args = [FDPO_BIN, "sacpo", "--model", data / "base", "--reward-data", files / "reward.jsonl", "--safety-data",
-            files / "safety.jsonl", "--beta", "0.2", "--out", tmp_path / "s", "--lambda", "1", *COMMON[:4], *COMMON[6:],
-            "--steps", 300, "--log-every", 1]
+    files, args = pairs_files_run(data, tmp_path)
     metrics = tmp_path / "s" / "lambda-1" / "metrics.jsonl"
-
-    def cut():
-        p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and p.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-            time.sleep(0.002)
-        assert p.poll() is None, "the run ended before it could be signalled"
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 1 and "interrupted after step" in err, err
-
-    cut()
+    interrupt_after_two_steps(args, metrics)
     assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward"]
     shutil.rmtree(tmp_path / "s" / "lambda-1")
     (files / "safety.jsonl").write_bytes((files / "safety.jsonl").read_bytes() + b"\n")
-    cut()
+    interrupt_after_two_steps(args, metrics)
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s" / "sacpo.json").read_text())["stages_done"] == ["reward", "lambda-1"]
