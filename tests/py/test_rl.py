@@ -144,6 +144,20 @@ def test_step_matches_pytorch(tmp_path, monkeypatch, algo, div, head):
         assert rel_err(grads[name], g) < 1e-4, name
 
 
+def rl_grad_against_mpmath(tmp_path, model, samples, algo, div, beta, k):
+    """fdpo's rl-grad step on SAMPLES (result.json, gradients) and the float64 reference step
+    whose advantages are mpmath's of the uncapped shaped rewards (advantages_mp)"""
+    spec = {"algo": algo, "divergence": div, "beta": beta, "k": k, "grpo_eps": 1e-4, "samples": samples}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
+    res = json.load(open(tmp_path / "out" / "result.json"))
+    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
+    rewards = [s["reward"] for s in samples]
+    loss, adv, g_ref = reference_step(model, samples, algo, div, beta, k,
+                                      adv_of_l=lambda l: advantages_mp(div, beta, rewards, l, algo, k))
+    return res, grads, loss, adv, g_ref
+
+
 @pytest.mark.parametrize("algo,div,far", [("rloo", "fkl", [-89.0]), ("rloo", "fkl", [-1000.0]), ("rloo", "alpha:0.5", [-200.0]),
                                           ("grpo", "fkl", [-70.0, -100.0])])
 def test_sample_far_below_the_reference_keeps_the_gradient_finite(tmp_path, algo, div, far):
@@ -162,14 +176,7 @@ def test_sample_far_below_the_reference_keeps_the_gradient_finite(tmp_path, algo
     for i, s in enumerate(samples):   # the first samples of each group `far` nats down, the last at the reference
         logp = float(completion_logp(model, s["prompt"], s["completion"]))
         s["ref_logp"] = logp - (far[i % k] if i % k < len(far) else 0.0)
-    spec = {"algo": algo, "divergence": div, "beta": 1.0, "k": k, "grpo_eps": 1e-4, "samples": samples}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
-    res = json.load(open(tmp_path / "out" / "result.json"))
-    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
-    rewards = [s["reward"] for s in samples]
-    loss, adv, g_ref = reference_step(model, samples, algo, div, 1.0, k,
-                                      adv_of_l=lambda l: advantages_mp(div, 1.0, rewards, l, algo, k))
+    res, grads, loss, adv, g_ref = rl_grad_against_mpmath(tmp_path, model, samples, algo, div, 1.0, k)
     assert rel_err(res["advantages"], adv) < 1e-5, (res["advantages"], adv)
     assert abs(res["loss"] - loss) <= 1e-5 * abs(loss), (res["loss"], loss)
     for name, g in g_ref.items():
@@ -194,14 +201,7 @@ def test_group_wholly_past_the_cap_keeps_its_advantages(tmp_path, algo, div, far
     samples = random_groups(np.random.default_rng(3), V, k, [2, 3], lambda p, j: 2 + j, 0.0, 0.0)
     for i, s in enumerate(samples):   # every sample of each group far below the reference
         s["ref_logp"] = float(completion_logp(model, s["prompt"], s["completion"])) - far[i % k]
-    spec = {"algo": algo, "divergence": div, "beta": 0.05, "k": k, "grpo_eps": 1e-4, "samples": samples}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    harness("rl-grad", "--model", tmp_path / "policy", "--spec", tmp_path / "spec.json", "--out", tmp_path / "out")
-    res = json.load(open(tmp_path / "out" / "result.json"))
-    grads, _ = st.load(str(tmp_path / "out" / "grads.safetensors"))
-    rewards = [s["reward"] for s in samples]
-    loss, adv, g_ref = reference_step(model, samples, algo, div, 0.05, k,
-                                      adv_of_l=lambda l: advantages_mp(div, 0.05, rewards, l, algo, k))
+    res, grads, loss, adv, g_ref = rl_grad_against_mpmath(tmp_path, model, samples, algo, div, 0.05, k)
     assert np.all(np.abs(adv) > 0)   # the reference: every advantage nonzero (the old rule gave 0)
     assert rel_err(res["advantages"], adv) < 1e-5, (res["advantages"], adv)
     scale = float(np.abs(adv).max())
