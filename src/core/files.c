@@ -281,7 +281,7 @@ int fdpo_atomic_set_recover(const char *dir, long pid) {
     }
     fclose(f);
     int rc = 0;
-    char msg[SET_MAX * 1300] = "";   /* logged once the journal is gone, so a rerun after a kill at its removal is not told twice */
+    char msg[32768] = "";     /* logged once the journal is gone, so a rerun after a kill at its removal is not told twice */
     if (ok && complete) {
         /* state, by content: in = the name holds the new file; tmp = NAME.tmp.PID is there (the
          * other version); *_old = it holds the old file */
