@@ -116,6 +116,11 @@ int fdpo_json_refuse_invalid_utf8(const char *path, size_t line_no, const char *
     return fdpo_error("%s:%zu: " FDPO_JSON_INVALID_UTF8, path, ln, (unsigned)(unsigned char)text[bad], col);
 }
 
+int fdpo_jsonl_refuse_bom(const char *path, size_t line_no) {
+    return fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line, column 1 (only the file's start may "
+                      "hold one, once; Python's json refuses the line)", path, line_no);
+}
+
 size_t fdpo_json_bad_u_escape(const char *s, size_t n) {
 #define HEX(c) (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F'))
     int in = 0;
@@ -166,8 +171,7 @@ static cJSON *parse_json(const char *path, size_t line_no, const char *line, siz
      * second right after the file's own (a file saved with a BOM by a tool that kept the one it
      * read). Python's json refuses the line ("Unexpected UTF-8 BOM") at column 1. */
     if (fdpo_jsonl_bom(line, n)) {
-        fdpo_error("%s:%zu: a UTF-8 byte order mark at the start of the line, column 1 (only the file's start may hold "
-                   "one, once; Python's json refuses the line)", path, line_no);
+        fdpo_jsonl_refuse_bom(path, line_no);
         return NULL;
     }
     /* what only cJSON reads: a raw control character or a bad \u escape before the parse, a

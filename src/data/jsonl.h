@@ -32,6 +32,9 @@ cJSON *fdpo_jsonl_parse_object_any_bytes(const char *path, size_t line_no, const
  * skips them to find blank lines but hands line 1 to the parser with them: it skips the file's
  * own and refuses a second one (EF BB BF EF BB BF), as Python's json after utf-8-sig. */
 size_t fdpo_jsonl_bom(const char *text, size_t len);
+/* The error for a byte order mark starting line LINE_NO of PATH that is not the file's own
+ * (a later line's, or a second one after it): -1 (Python's json refuses the line at column 1) */
+int fdpo_jsonl_refuse_bom(const char *path, size_t line_no);
 
 /* fdpo_jsonl_check_nul is public too (fdpo/core.h). */
 

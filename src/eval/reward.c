@@ -231,9 +231,7 @@ static int lex_parse_json(lexicon *L, const char *path, const char *text, size_t
 static int lex_parse(lexicon *L, const char *path, const char *text, size_t len) {
     size_t bom = fdpo_jsonl_bom(text, len);
     if (fdpo_json_refuse_invalid_utf8(path, 1, text + bom, len - bom)) return -1;   /* as every JSON reader */
-    if (fdpo_jsonl_bom(text + bom, len - bom))   /* a second one: the JSONL readers' rule and message */
-        return fdpo_error("%s:1: a UTF-8 byte order mark at the start of the line, column 1 (only the file's start may "
-                          "hold one, once; Python's json refuses the line)", path);
+    if (fdpo_jsonl_bom(text + bom, len - bom)) return fdpo_jsonl_refuse_bom(path, 1);   /* a second one */
     size_t i = bom;
     while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n')) i++;
     /* a NUL byte ends the JavaScript form's text: the JSON reader names it */
