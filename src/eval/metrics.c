@@ -259,7 +259,8 @@ static int all_equal(const double *x, size_t n) {
  * inf, a correlation finite/inf = 0. Values whose largest magnitude lies outside
  * [2^-200, 2^200] are scaled by 2^-e to a largest magnitude in [0.5, 1), and the results
  * scaled back: exact, but for values below 2^-1021 of the largest (they become subnormal),
- * which are below its rounding anyway; inside that range e is 0 and nothing changes. NaN and inf are left
+ * which are below the spread's rounding anyway (the mean is summed unscaled: fdpo_stats_of);
+ * inside that range e is 0 and nothing changes. NaN and inf are left
  * as they are (e 0), so they still make the result NaN. */
 static int scale_exponent(const double *x, size_t n) {
     double largest = 0;
@@ -365,7 +366,11 @@ fdpo_stats fdpo_stats_of(const double *x, size_t n) {
     /* the mean is the exactly rounded sum over n (math.fsum(x) / len(x)); an inf or NaN in x
      * gives the plain sum's inf or NaN. Kept inside [min, max], where the exact mean lies. */
     const double sum = fdpo_exact_sum(xs, n), m = sum / (double)n;
-    s.mean = ldexp(m, e);
+    /* the mean from the values as they are: scaled by 2^-e, those below 2^-1021 of the largest
+     * lose bits the exact sum keeps ((1e-300, 1e300, -1e300) gave 0, a review's find); the
+     * scaled sum only where this one overflows */
+    const double whole = fdpo_exact_sum(x, n);
+    s.mean = isfinite(whole) ? whole / (double)n : ldexp(m, e);
     if (isfinite(s.mean)) s.mean = s.mean < lo ? lo : s.mean > hi ? hi : s.mean;
     if (n < 2) { free(xs); return s; }
     /* two passes: deviations from the rounded mean, with the correction (sum d)^2 / n for the

@@ -1472,6 +1472,10 @@ CANCELLING_REWARDS = {
     "1-1e300": "[(1.0, 1e300, -1e300)[i % 3] for i, c in enumerate(comps)]",
     "tiny-huge": "[(0.1 * (len(c) + 1), 1e200, -1e200, 3e-5)[i % 4] for i, c in enumerate(comps)]",
     "mixed": "[(1e16, 1.0, -1e16, 0.3 * len(c))[i % 4] for i, c in enumerate(comps)]",
+    # values below 2^-1021 of the largest: scaled before the exact sum they lost bits (mean 0,
+    # and 1.000000000000009e-10 for 1e-10: a review's find)
+    "1e-300": "[(1e-300, 1e300, -1e300)[i % 3] for i, c in enumerate(comps)]",
+    "3e-10": "[(3e-10, 1e300, -1e300)[i % 3] for i, c in enumerate(comps)]",
 }
 
 
