@@ -56,10 +56,8 @@ typedef struct {
      * checkpoint has no generation_config.json; its defaults (GPT-2 50256, Llama 2) would
      * be other tokens. A model fdpo creates gets its tokenizer's bos and end token
      * (fdpo_config_set_special_ids). Room for ~500 seven-digit ids; a config.json whose
-     * ids need more is read (the ids are not kept: special_token_ids_dropped), and a save of
-     * that config is refused naming them, never written without them. */
+     * ids need more is refused naming them, never saved without them. */
     char special_token_ids[4096];
-    size_t special_token_ids_dropped;   /* > 0: the read ids took this many characters, not kept */
 } fdpo_gpt2_config;
 
 /* Parameter tensors, carved from one allocation in this order. Linear weights are stored

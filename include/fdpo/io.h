@@ -73,10 +73,6 @@ int fdpo_config_load(const char *config_json_path, fdpo_gpt2_config *c);
 /* The same from text in memory (path is used in messages). */
 int fdpo_config_parse(const char *path, const char *text, size_t len, fdpo_gpt2_config *c);
 int fdpo_config_save(const char *config_json_path, const fdpo_gpt2_config *c);
-/* 0 when fdpo_config_save can write c whole; else -1 with its error (the special token ids
- * read were too long to keep: c->special_token_ids_dropped), checked before a save writes
- * anything. Reading such a config is not refused. */
-int fdpo_config_check_save(const char *config_json_path, const fdpo_gpt2_config *c);
 /* c->special_token_ids of a model created for a tokenizer: bos_token_id its bos (its end
  * token where it has none, as GPT-2's), eos_token_id its end token */
 void fdpo_config_set_special_ids(fdpo_gpt2_config *c, int32_t bos, int32_t eos);

@@ -245,7 +245,7 @@ static void config_json_head(cJSON *root, const fdpo_gpt2_config *c) {
 /* The token ids other tools read from config.json, kept as read when each is an integer, a
  * list of integers or an explicit null (anything else is left out: no reader of fdpo's own
  * needs them; they are only carried to the saved config; a set too long to keep is refused,
- * as saving without it would change the model's end token: fdpo_config_save). A
+ * as saving without it would change the model's end token). A
  * null, an empty list and a negative id (the -1 pad of early LLaMA conversions) are kept,
  * not dropped: transformers fills an absent key with the class's default (LlamaConfig's
  * bos 1 / eos 2, GPT2Config's 50256), so a model read with no end token would be saved as
@@ -266,10 +266,10 @@ static int config_special_ids(const char *path, const cJSON *root, fdpo_gpt2_con
     char *js = cJSON_PrintUnformatted(kept);
     int rc = 0;
     c->special_token_ids[0] = 0;
-    c->special_token_ids_dropped = 0;
     if (!js) rc = fdpo_error("%s: out of memory", path);
     else if (strlen(js) >= sizeof c->special_token_ids)
-        c->special_token_ids_dropped = strlen(js);   /* read-only use needs none of them: refused at save */
+        rc = fdpo_error("%s: bos_token_id, eos_token_id and pad_token_id take %zu characters written compactly; "
+                        "fdpo keeps at most %zu to write them back", path, strlen(js), sizeof c->special_token_ids - 1);
     else if (cJSON_GetArraySize(kept) > 0) memcpy(c->special_token_ids, js, strlen(js) + 1);
     cJSON_free(js);
     cJSON_Delete(kept);
@@ -290,7 +290,6 @@ static void config_json_special_ids(cJSON *root, const fdpo_gpt2_config *c) {
 }
 
 void fdpo_config_set_special_ids(fdpo_gpt2_config *c, int32_t bos, int32_t eos) {
-    c->special_token_ids_dropped = 0;
     snprintf(c->special_token_ids, sizeof c->special_token_ids, "{\"bos_token_id\":%d,\"eos_token_id\":%d}",
              (int)(bos >= 0 ? bos : eos), (int)eos);
 }
@@ -440,21 +439,8 @@ static cJSON *config_json_gpt2(const fdpo_gpt2_config *c) {
     return root;
 }
 
-int fdpo_config_check_save(const char *path, const fdpo_gpt2_config *c) {
-    /* saved without them, the model would take transformers' default end token (LlamaConfig's
-     * 2, GPT2Config's 50256): refused, where reading the model (info, generate, a LoRA run that
-     * saves an adapter only) needs none of them */
-    if (c->special_token_ids_dropped)
-        return fdpo_error("%s: the model's bos_token_id, eos_token_id and pad_token_id (as its config.json was read) "
-                          "take %zu characters written compactly; fdpo keeps at most %zu to write them back, and does "
-                          "not save the model without them", path, c->special_token_ids_dropped,
-                          sizeof c->special_token_ids - 1);
-    return 0;
-}
-
 int fdpo_config_save(const char *path, const fdpo_gpt2_config *c) {
     if (fdpo_gpt2_config_check(c)) return fdpo_error_context("%s", path);
-    if (fdpo_config_check_save(path, c)) return -1;
     cJSON *root = c->arch == FDPO_ARCH_LLAMA ? config_json_llama(c) : config_json_gpt2(c);
     config_json_special_ids(root, c);
     int rc = fdpo_write_json_atomic(path, root, 1);

@@ -541,12 +541,6 @@ int fdpo_checkpoint_save_run(const char *out, const fdpo_gpt2 *m, const fdpo_tok
     int rc = -1;
     if (fdpo_checkpoint_recover(out) || recover_swap(out) || refuse_swap_names_taken(out)) goto done;
     if (fdpo_weights_finite(out, m->lora ? &m->lora->view : m)) goto done;   /* before anything is written */
-    if (!m->lora) {   /* a config.json that cannot be written whole (special ids too long to keep): the same */
-        char *cfg = fdpo_path_join(out, "config.json");
-        int crc = fdpo_config_check_save(cfg, &m->config);
-        free(cfg);
-        if (crc) goto done;
-    }
     /* OUT.tmp made here, not taken over (one made since the check is another's), and marked ours */
     if (mkdir(tmp, 0777) != 0) { fdpo_error("%s: cannot make the save's directory: %s", tmp, strerror(errno)); goto done; }
     if (make_save_mark(tmp)) goto done;
